@@ -1,0 +1,95 @@
+/** Command line: `docker-identd serve [flags]`, `--help`, `--version`. */
+import { ConfigError, loadConfig } from './config';
+import { startDaemon } from './daemon';
+import { createLogger } from './logger';
+import { VERSION } from './version';
+
+export const USAGE = `Usage: docker-identd serve [options]
+
+Answers RFC 1413 ident queries with the name of the Docker container that
+owns the NATed connection.
+
+Options:
+  --listen ADDR:PORT     address to listen on, [IPv6]:PORT for IPv6; repeatable
+                         (default: port 113 on every IPv4 and IPv6 address)
+  --allow CIDR           source address or network whose queries are answered;
+                         repeatable (default: loopback only)
+  --docker-host URL      Docker Engine API (default: $DOCKER_HOST, else
+                         unix:///var/run/docker.sock)
+  --conntrack MODE       auto | netlink | procfs (default: auto)
+  --config FILE          JSON file with the same settings (keys: listen, allow,
+                         docker-host, conntrack, log-level, idle-timeout);
+                         flags win
+  --log-level LEVEL      fatal | error | warn | info | debug | trace | silent
+                         (default: info)
+  --idle-timeout SECS    close a connection idle this long (default: 10)
+  -h, --help             show this help
+  -V, --version          show the version
+`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(USAGE);
+    return command === undefined ? 2 : 0;
+  }
+  if (command === '--version' || command === '-V') {
+    process.stdout.write(`docker-identd ${VERSION}\n`);
+    return 0;
+  }
+  if (command !== 'serve') {
+    process.stderr.write(`docker-identd: unknown command "${command}" (try --help)\n`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (rest.includes('--version') || rest.includes('-V')) {
+    process.stdout.write(`docker-identd ${VERSION}\n`);
+    return 0;
+  }
+  let config;
+  try {
+    config = loadConfig(rest);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`docker-identd: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  const log = createLogger(config.logLevel);
+  let daemon;
+  try {
+    daemon = await startDaemon(config, log);
+  } catch (err) {
+    log.fatal({ err: (err as Error).message, code: (err as { code?: string }).code }, 'start-up failed');
+    process.stderr.write(`docker-identd: ${(err as Error).message}\n`);
+    return 1;
+  }
+  return new Promise<number>((resolve) => {
+    const stop = (signal: string): void => {
+      log.info({ signal }, 'stopping');
+      daemon.stop().then(
+        () => resolve(0),
+        (err: Error) => {
+          log.error({ err: err.message }, 'error while stopping');
+          resolve(1);
+        },
+      );
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (err: Error) => {
+      process.stderr.write(`docker-identd: ${err.stack ?? err.message}\n`);
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,165 @@
+/**
+ * Settings from flags and an optional JSON config file (flags win).
+ * Every bad value stops start-up with a one-line error naming it.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+
+import { canonicalIp, parseCidr, type Cidr } from './ip';
+import type { ListenAddress } from './server';
+
+export type ConntrackMode = 'auto' | 'netlink' | 'procfs';
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface Config {
+  listen: ListenAddress[];
+  allow: Cidr[];
+  /** True when --allow was not given: loopback only, and a warning at start. */
+  allowDefaulted: boolean;
+  dockerHost: string;
+  conntrack: ConntrackMode;
+  logLevel: LogLevel;
+  idleTimeoutMs: number;
+  configFile?: string;
+}
+
+export class ConfigError extends Error {}
+
+export const DEFAULT_LISTEN: ListenAddress[] = [
+  { host: '0.0.0.0', port: 113 },
+  { host: '::', port: 113, optional: true },
+];
+export const DEFAULT_ALLOW = ['127.0.0.0/8', '::1/128'];
+
+/** Settings that may be given as flags or config file keys (same names). */
+const SETTINGS = ['listen', 'allow', 'docker-host', 'conntrack', 'log-level', 'idle-timeout'] as const;
+type Setting = (typeof SETTINGS)[number];
+const MULTI: ReadonlySet<Setting> = new Set(['listen', 'allow']);
+
+export const SERVE_OPTIONS = {
+  listen: { type: 'string', multiple: true },
+  allow: { type: 'string', multiple: true },
+  'docker-host': { type: 'string' },
+  conntrack: { type: 'string' },
+  config: { type: 'string' },
+  'log-level': { type: 'string' },
+  'idle-timeout': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'V' },
+} as const;
+
+export function parseListen(text: string): ListenAddress {
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(text) ?? /^([^:[\]]+):(\d{1,5})$/.exec(text);
+  if (!m) throw new ConfigError(`--listen: "${text}" is not ADDR:PORT or [IPv6]:PORT`);
+  const host = canonicalIp(m[1]);
+  if (!host) throw new ConfigError(`--listen: "${m[1]}" is not an IP address`);
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) throw new ConfigError(`--listen: port ${m[2]} is out of range 1..65535`);
+  return { host, port };
+}
+
+function parseAllow(text: string): Cidr {
+  const c = parseCidr(text.trim());
+  if (!c) throw new ConfigError(`--allow: "${text}" is not an address or CIDR`);
+  return c;
+}
+
+type Raw = Partial<Record<Setting, string | string[]>>;
+
+function readConfigFile(file: string): Raw {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`--config: cannot read ${file}: ${(err as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`--config: ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+    throw new ConfigError(`--config: ${file} must hold a JSON object`);
+  }
+  const raw: Raw = {};
+  for (const [key, value] of Object.entries(json)) {
+    if (!(SETTINGS as readonly string[]).includes(key)) {
+      throw new ConfigError(`--config: unknown setting "${key}" in ${file} (known: ${SETTINGS.join(', ')})`);
+    }
+    const k = key as Setting;
+    if (MULTI.has(k)) {
+      const list = Array.isArray(value) ? value : [value];
+      if (!list.every((v) => typeof v === 'string')) {
+        throw new ConfigError(`--config: "${key}" in ${file} must be a string or a list of strings`);
+      }
+      raw[k] = list as string[];
+    } else if (typeof value === 'string' || typeof value === 'number') {
+      raw[k] = String(value);
+    } else {
+      throw new ConfigError(`--config: "${key}" in ${file} must be a string`);
+    }
+  }
+  return raw;
+}
+
+/** Builds the config from `serve`'s arguments and the environment. */
+export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env): Config {
+  let values: Record<string, unknown>;
+  try {
+    ({ values } = parseArgs({ args, options: SERVE_OPTIONS, strict: true, allowPositionals: false }));
+  } catch (err) {
+    throw new ConfigError((err as Error).message.split('\n')[0]);
+  }
+  const configFile = values.config as string | undefined;
+  const fromFile: Raw = configFile ? readConfigFile(configFile) : {};
+  const get = (k: Setting): string | string[] | undefined =>
+    (values[k] as string | string[] | undefined) ?? fromFile[k];
+  const list = (k: Setting): string[] | undefined => {
+    const v = get(k);
+    return v === undefined ? undefined : Array.isArray(v) ? v : [v];
+  };
+  const one = (k: Setting): string | undefined => {
+    const v = get(k);
+    return Array.isArray(v) ? v[v.length - 1] : v;
+  };
+
+  const listenText = list('listen');
+  const listen = listenText ? listenText.map(parseListen) : DEFAULT_LISTEN;
+  const allowText = list('allow');
+  const allow = (allowText ?? DEFAULT_ALLOW).map(parseAllow);
+
+  const dockerHost = one('docker-host') ?? env.DOCKER_HOST ?? 'unix:///var/run/docker.sock';
+  if (!/^(unix|tcp|http|https):\/\/./.test(dockerHost)) {
+    throw new ConfigError(`--docker-host: "${dockerHost}" must be unix:///path or tcp://host:port`);
+  }
+  try {
+    new URL(dockerHost);
+  } catch {
+    throw new ConfigError(`--docker-host: "${dockerHost}" is not a valid URL`);
+  }
+  const conntrack = one('conntrack') ?? 'auto';
+  if (conntrack !== 'auto' && conntrack !== 'netlink' && conntrack !== 'procfs') {
+    throw new ConfigError(`--conntrack: "${conntrack}" must be auto, netlink or procfs`);
+  }
+  const logLevel = one('log-level') ?? 'info';
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    throw new ConfigError(`--log-level: "${logLevel}" must be one of ${LOG_LEVELS.join(', ')}`);
+  }
+  const idleText = one('idle-timeout') ?? '10';
+  const idle = Number(idleText);
+  if (!/^\d+(\.\d+)?$/.test(idleText) || idle <= 0 || idle > 600) {
+    throw new ConfigError(`--idle-timeout: "${idleText}" must be a number of seconds in (0, 600]`);
+  }
+  return {
+    listen,
+    allow,
+    allowDefaulted: allowText === undefined,
+    dockerHost,
+    conntrack,
+    logLevel: logLevel as LogLevel,
+    idleTimeoutMs: Math.round(idle * 1000),
+    ...(configFile ? { configFile } : {}),
+  };
+}

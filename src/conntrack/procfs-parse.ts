@@ -1,0 +1,123 @@
+/**
+ * Parser for lines of /proc/net/nf_conntrack. Pure: no I/O.
+ *
+ * A line looks like (one line; accounting, timestamp, zone and label fields
+ * appear only when the kernel has them turned on):
+ *
+ *   ipv4     2 tcp      6 431999 ESTABLISHED src=172.17.0.2 dst=10.213.0.2 sport=40000
+ *   dport=3128 packets=3 bytes=164 src=10.213.0.2 dst=10.213.0.1 sport=3128 dport=40000
+ *   packets=2 bytes=112 [ASSURED] mark=0 zone=0 use=2
+ *
+ * IPv6 addresses are printed fully expanded (`fd00:0000:...:0002`); they are
+ * returned in canonical form.
+ */
+import { canonicalIp } from '../ip';
+import type { ConntrackEntry, Family, Tuple } from './types';
+
+const SPORT = ' sport=';
+const DPORT = ' dport=';
+
+/**
+ * The reply direction's ports of a line as `sport:dport`, found without a full
+ * parse (the second `sport=`/`dport=` pair), or null. A cheap pre-filter: a
+ * line whose key matches must still be parsed and compared in full.
+ */
+export function replyPortsKey(line: string): string | null {
+  const first = line.indexOf(SPORT);
+  if (first < 0) return null;
+  const second = line.indexOf(SPORT, first + SPORT.length);
+  if (second < 0) return null;
+  const sportStart = second + SPORT.length;
+  const sportEnd = line.indexOf(' ', sportStart);
+  if (sportEnd < 0 || !line.startsWith(DPORT, sportEnd)) return null;
+  const dportStart = sportEnd + DPORT.length;
+  let dportEnd = line.indexOf(' ', dportStart);
+  if (dportEnd < 0) dportEnd = line.length;
+  return `${line.slice(sportStart, sportEnd)}:${line.slice(dportStart, dportEnd)}`;
+}
+
+export function portsKey(sport: number, dport: number): string {
+  return `${sport}:${dport}`;
+}
+
+function parsePort(v: string): number | null {
+  if (!/^\d{1,5}$/.test(v)) return null;
+  const n = Number(v);
+  return n <= 65535 ? n : null;
+}
+
+/**
+ * Parses one line; null for a line that is not a well-formed IPv4/IPv6 entry
+ * with two address/port tuples (ICMP and other port-less protocols included).
+ */
+export function parseConntrackLine(line: string): ConntrackEntry | null {
+  const tokens = line.trim().split(/[ \t]+/);
+  if (tokens.length < 6) return null;
+  let family: Family;
+  if (tokens[0] === 'ipv4') family = 4;
+  else if (tokens[0] === 'ipv6') family = 6;
+  else return null;
+  const protocol = tokens[2];
+  if (!/^[a-z0-9]+$/.test(protocol)) return null;
+
+  const tuples: Partial<Record<keyof Tuple, string>>[] = [];
+  const status: string[] = [];
+  let state: string | undefined;
+  let zone: number | undefined;
+  let mark: number | undefined;
+  for (let i = 5; i < tokens.length; i++) {
+    const t = tokens[i];
+    if (t.startsWith('[') && t.endsWith(']')) {
+      status.push(t.slice(1, -1));
+      continue;
+    }
+    const eq = t.indexOf('=');
+    if (eq < 0) {
+      if (i === 5) state = t;
+      continue;
+    }
+    const key = t.slice(0, eq);
+    const value = t.slice(eq + 1);
+    switch (key) {
+      case 'src':
+        if (tuples.length === 2) return null;
+        tuples.push({ src: value });
+        break;
+      case 'dst':
+      case 'sport':
+      case 'dport': {
+        const cur = tuples[tuples.length - 1];
+        if (!cur || cur[key] !== undefined) return null;
+        cur[key] = value;
+        break;
+      }
+      case 'mark':
+        mark = Number(value);
+        break;
+      case 'zone':
+        zone = Number(value);
+        break;
+      default:
+        break;
+    }
+  }
+  if (tuples.length !== 2) return null;
+  const parsed: Tuple[] = [];
+  for (const raw of tuples) {
+    if (raw.src === undefined || raw.dst === undefined || raw.sport === undefined || raw.dport === undefined) {
+      return null;
+    }
+    const src = canonicalIp(raw.src);
+    const dst = canonicalIp(raw.dst);
+    const sport = parsePort(raw.sport);
+    const dport = parsePort(raw.dport);
+    if (src === null || dst === null || sport === null || dport === null) return null;
+    parsed.push({ src, dst, sport, dport });
+  }
+  const entry: ConntrackEntry = { family, protocol, orig: parsed[0], reply: parsed[1] };
+  if (state !== undefined) entry.state = state;
+  if (status.length > 0) entry.status = status;
+  if (zone !== undefined && Number.isInteger(zone)) entry.zone = zone;
+  if (mark !== undefined && Number.isInteger(mark)) entry.mark = mark;
+  return entry;
+}

@@ -1,0 +1,155 @@
+/**
+ * Conntrack source that streams /proc/net/nf_conntrack. The fallback when the
+ * netlink addon is missing or cannot work.
+ *
+ * One scan serves every query waiting when it starts. A query that arrives
+ * while a scan runs joins it: if the rest of the file holds its entry it is
+ * answered by that scan; otherwise it waits for the next scan, which starts
+ * as soon as the current one ends. A scan stops as soon as all of its queries
+ * are answered. The file is read in chunks, so the event loop is never held
+ * for more than one chunk's worth of lines.
+ */
+import { createReadStream, type ReadStream } from 'node:fs';
+
+import { conntrackError, replyMatches } from './types';
+import type { ConntrackEntry, ConntrackSource, ReplyTuple } from './types';
+import { parseConntrackLine, portsKey, replyPortsKey } from './procfs-parse';
+
+export const DEFAULT_PROCFS_PATH = '/proc/net/nf_conntrack';
+
+/** Longest line accepted; a longer one is skipped, never buffered without bound. */
+const MAX_LINE = 4096;
+
+interface Waiter {
+  tuple: ReplyTuple;
+  key: string;
+  /** Joined a scan that had already started: not found there means "try the next scan". */
+  late: boolean;
+  resolve: (e: ConntrackEntry | null) => void;
+  reject: (err: Error) => void;
+}
+
+export interface ProcfsOptions {
+  path?: string;
+  /** Read size per chunk (bytes). */
+  chunkSize?: number;
+}
+
+export interface ProcfsStats {
+  scans: number;
+  linesRead: number;
+}
+
+export class ProcfsSource implements ConntrackSource {
+  readonly name = 'procfs' as const;
+  readonly path: string;
+  private readonly chunkSize: number;
+  private queued: Waiter[] = [];
+  private active: Map<string, Waiter[]> | null = null;
+  private stream: ReadStream | null = null;
+  private closed = false;
+  readonly stats: ProcfsStats = { scans: 0, linesRead: 0 };
+
+  constructor(opts: ProcfsOptions = {}) {
+    this.path = opts.path ?? DEFAULT_PROCFS_PATH;
+    this.chunkSize = opts.chunkSize ?? 256 * 1024;
+  }
+
+  lookup(tuple: ReplyTuple): Promise<ConntrackEntry | null> {
+    if (this.closed) return Promise.reject(conntrackError('procfs source is closed', 'ERR_CLOSED'));
+    return new Promise((resolve, reject) => {
+      const w: Waiter = { tuple, key: portsKey(tuple.sport, tuple.dport), late: false, resolve, reject };
+      if (this.active) {
+        w.late = true;
+        addWaiter(this.active, w);
+      } else {
+        this.queued.push(w);
+        this.startScan();
+      }
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.stream?.destroy();
+    const err = conntrackError('procfs source is closed', 'ERR_CLOSED');
+    for (const w of this.queued) w.reject(err);
+    this.queued = [];
+    if (this.active) for (const list of this.active.values()) for (const w of list) w.reject(err);
+    this.active = null;
+  }
+
+  private startScan(): void {
+    if (this.active || this.queued.length === 0 || this.closed) return;
+    const active = new Map<string, Waiter[]>();
+    for (const w of this.queued) addWaiter(active, w);
+    this.queued = [];
+    this.active = active;
+    this.stats.scans++;
+
+    const stream = createReadStream(this.path, { encoding: 'latin1', highWaterMark: this.chunkSize });
+    this.stream = stream;
+    let rest = '';
+    let finished = false;
+    const finish = (err: Error | null): void => {
+      if (finished) return;
+      finished = true;
+      this.stream = null;
+      this.active = null;
+      stream.destroy();
+      for (const list of active.values()) {
+        for (const w of list) {
+          if (err) w.reject(err);
+          else if (w.late) {
+            w.late = false;
+            this.queued.push(w);
+          } else w.resolve(null);
+        }
+      }
+      if (!this.closed) this.startScan();
+    };
+    const onLine = (line: string): void => {
+      this.stats.linesRead++;
+      const key = replyPortsKey(line);
+      if (key === null) return;
+      const list = active.get(key);
+      if (!list) return;
+      const entry = parseConntrackLine(line);
+      if (!entry) return;
+      for (let i = list.length - 1; i >= 0; i--) {
+        if (replyMatches(entry, list[i].tuple)) {
+          list[i].resolve(entry);
+          list.splice(i, 1);
+        }
+      }
+      if (list.length === 0) active.delete(key);
+    };
+    stream.on('data', (chunk: string | Buffer) => {
+      const text = rest + (typeof chunk === 'string' ? chunk : chunk.toString('latin1'));
+      let start = 0;
+      for (;;) {
+        const nl = text.indexOf('\n', start);
+        if (nl < 0) break;
+        if (nl - start <= MAX_LINE) onLine(text.slice(start, nl));
+        start = nl + 1;
+        if (active.size === 0) return finish(null);
+      }
+      rest = text.slice(start);
+      // A line longer than MAX_LINE is dropped; keep only a marker so its tail is skipped too.
+      if (rest.length > MAX_LINE) rest = ' '.repeat(MAX_LINE + 1);
+    });
+    stream.on('end', () => {
+      if (rest.length > 0 && rest.length <= MAX_LINE) onLine(rest);
+      finish(null);
+    });
+    stream.on('error', (e: NodeJS.ErrnoException) => {
+      finish(conntrackError(`cannot read ${this.path}: ${e.message}`, e.code ?? 'EIO', e.errno, 'read'));
+    });
+  }
+}
+
+function addWaiter(map: Map<string, Waiter[]>, w: Waiter): void {
+  const list = map.get(w.key);
+  if (list) list.push(w);
+  else map.set(w.key, [w]);
+}

@@ -1,0 +1,61 @@
+/**
+ * Chooses the conntrack source for `--conntrack auto|netlink|procfs`.
+ * auto: netlink when the addon loads and a probe query works, else procfs,
+ * saying once why. netlink and procfs fail loudly when they cannot work.
+ */
+import { access, constants } from 'node:fs/promises';
+import type { Logger } from 'pino';
+
+import type { ConntrackMode } from '../config';
+import type { AddressSet } from '../ip';
+import { DEFAULT_PROCFS_PATH, ProcfsSource } from './procfs';
+import type { ConntrackSource } from './types';
+
+export interface SelectOptions {
+  mode: ConntrackMode;
+  /** Proxy addresses for the netlink source's second try (filtered dump). */
+  proxyAddresses: AddressSet;
+  procfsPath?: string;
+  log: Logger;
+}
+
+async function openProcfs(path: string): Promise<ConntrackSource> {
+  try {
+    await access(path, constants.R_OK);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw Object.assign(
+      new Error(
+        `cannot read ${path} (${e.code}): the procfs conntrack source needs root or CAP_DAC_READ_SEARCH ` +
+          'and a kernel with CONFIG_NF_CONNTRACK_PROCFS; is the nf_conntrack module loaded?',
+      ),
+      { code: e.code },
+    );
+  }
+  return new ProcfsSource({ path });
+}
+
+async function openNetlink(proxyAddresses: AddressSet): Promise<ConntrackSource> {
+  const { NetlinkSource } = await import('./netlink');
+  return NetlinkSource.open({ proxyAddresses });
+}
+
+export async function selectConntrackSource(opts: SelectOptions): Promise<ConntrackSource> {
+  const path = opts.procfsPath ?? DEFAULT_PROCFS_PATH;
+  switch (opts.mode) {
+    case 'procfs':
+      return openProcfs(path);
+    case 'netlink':
+      return openNetlink(opts.proxyAddresses);
+    case 'auto':
+      try {
+        return await openNetlink(opts.proxyAddresses);
+      } catch (err) {
+        opts.log.warn(
+          { err: (err as Error).message, code: (err as { code?: string }).code },
+          'netlink conntrack source unavailable; using /proc/net/nf_conntrack',
+        );
+        return openProcfs(path);
+      }
+  }
+}

@@ -1,0 +1,83 @@
+/**
+ * The contract every conntrack source (netlink addon, /proc parser) fulfils.
+ *
+ * Addresses are always in canonical text form (see `canonicalIp` in ../ip.ts):
+ * dotted quad for IPv4, RFC 5952 compressed lower-case for IPv6, never an
+ * IPv4-mapped IPv6 address.
+ */
+
+export type Family = 4 | 6;
+
+/** One direction of a conntrack entry. */
+export interface Tuple {
+  src: string;
+  dst: string;
+  sport: number;
+  dport: number;
+}
+
+/**
+ * The reply tuple of the NATed connection, as seen from the ident connection:
+ * src = the querier (proxy) address and its port (port-on-client),
+ * dst = our local address of the ident connection and port-on-server.
+ */
+export interface ReplyTuple extends Tuple {
+  family: Family;
+}
+
+export interface ConntrackEntry {
+  family: Family;
+  /** Layer 4 protocol name as the kernel names it ("tcp", "udp", ...). */
+  protocol: string;
+  orig: Tuple;
+  reply: Tuple;
+  /** TCP state ("ESTABLISHED", "TIME_WAIT", ...) where known. */
+  state?: string;
+  zone?: number;
+  mark?: number;
+  /** Entry start, nanoseconds since the epoch, where the kernel keeps timestamps. */
+  startNs?: bigint;
+  /** Status flags where known (IPS_* bit names such as "ASSURED", "SRC_NAT", "UNREPLIED"). */
+  status?: string[];
+}
+
+export type ConntrackSourceName = 'netlink' | 'procfs';
+
+export interface ConntrackSource {
+  readonly name: ConntrackSourceName;
+  /**
+   * Find the TCP entry whose REPLY tuple equals `tuple` exactly.
+   * Resolves to null when there is none ("not found" is not an error);
+   * rejects with an Error carrying `code` (and `errno` where it applies) on failure.
+   */
+  lookup(tuple: ReplyTuple): Promise<ConntrackEntry | null>;
+  /** Releases handles; further lookups reject. */
+  close(): Promise<void>;
+}
+
+/** An Error shaped like Node's system errors. */
+export interface ConntrackError extends Error {
+  code: string;
+  errno?: number;
+  syscall?: string;
+}
+
+export function conntrackError(message: string, code: string, errno?: number, syscall?: string): ConntrackError {
+  const err = new Error(message) as ConntrackError;
+  err.code = code;
+  if (errno !== undefined) err.errno = errno;
+  if (syscall !== undefined) err.syscall = syscall;
+  return err;
+}
+
+/** True when the entry's reply direction is exactly `tuple` (TCP, same family). */
+export function replyMatches(entry: ConntrackEntry, tuple: ReplyTuple): boolean {
+  return (
+    entry.protocol === 'tcp' &&
+    entry.family === tuple.family &&
+    entry.reply.src === tuple.src &&
+    entry.reply.dst === tuple.dst &&
+    entry.reply.sport === tuple.sport &&
+    entry.reply.dport === tuple.dport
+  );
+}

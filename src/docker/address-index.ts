@@ -1,0 +1,128 @@
+/**
+ * Address -> container index. Pure: fed with container descriptions, no I/O.
+ *
+ * Every address of every network of a container is indexed. An address that
+ * two containers claim at once (overlapping subnets of separate networks) is
+ * ambiguous and never answered with either name.
+ */
+import { canonicalIp } from '../ip';
+
+export interface ContainerNetwork {
+  networkId: string;
+  networkName: string;
+  ipv4?: string;
+  ipv6?: string;
+}
+
+export interface ContainerInfo {
+  id: string;
+  /** Name without the leading slash. */
+  name: string;
+  networks: ContainerNetwork[];
+}
+
+export interface IndexedAddress {
+  container: ContainerInfo;
+  network: ContainerNetwork;
+  /** When this container was indexed under this address (ms since epoch). */
+  since: number;
+}
+
+export type IndexLookup =
+  | { status: 'found'; owner: IndexedAddress }
+  | { status: 'none' }
+  | { status: 'ambiguous'; owners: IndexedAddress[] };
+
+/** The subset of Docker's list/inspect JSON that the index reads. */
+export interface DockerNetworkJson {
+  NetworkID?: string;
+  IPAddress?: string;
+  GlobalIPv6Address?: string;
+}
+
+/** Builds a ContainerInfo from `docker ps`-style (list) or inspect JSON. */
+export function containerFromDocker(json: {
+  Id?: string;
+  Name?: string;
+  Names?: string[];
+  NetworkSettings?: { Networks?: Record<string, DockerNetworkJson | null> | null } | null;
+}): ContainerInfo | null {
+  const id = json.Id;
+  const rawName = json.Name ?? json.Names?.[0];
+  if (!id || !rawName) return null;
+  const name = rawName.startsWith('/') ? rawName.slice(1) : rawName;
+  const networks: ContainerNetwork[] = [];
+  for (const [networkName, n] of Object.entries(json.NetworkSettings?.Networks ?? {})) {
+    if (!n) continue;
+    const net: ContainerNetwork = { networkId: n.NetworkID ?? '', networkName };
+    const v4 = n.IPAddress ? canonicalIp(n.IPAddress) : null;
+    const v6 = n.GlobalIPv6Address ? canonicalIp(n.GlobalIPv6Address) : null;
+    if (v4) net.ipv4 = v4;
+    if (v6) net.ipv6 = v6;
+    if (net.ipv4 || net.ipv6) networks.push(net);
+  }
+  return { id, name, networks };
+}
+
+export class AddressIndex {
+  private readonly byAddress = new Map<string, IndexedAddress[]>();
+  private readonly byId = new Map<string, ContainerInfo>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  get containers(): number {
+    return this.byId.size;
+  }
+
+  get addresses(): number {
+    return this.byAddress.size;
+  }
+
+  /** Adds or replaces a container; addresses it keeps keep their `since`. */
+  set(info: ContainerInfo): void {
+    const previous = new Map<string, number>();
+    for (const [addr, list] of this.byAddress) {
+      for (const o of list) if (o.container.id === info.id) previous.set(addr, o.since);
+    }
+    this.remove(info.id);
+    this.byId.set(info.id, info);
+    const t = this.now();
+    for (const network of info.networks) {
+      for (const addr of [network.ipv4, network.ipv6]) {
+        if (!addr) continue;
+        const entry: IndexedAddress = { container: info, network, since: previous.get(addr) ?? t };
+        const list = this.byAddress.get(addr);
+        if (list) list.push(entry);
+        else this.byAddress.set(addr, [entry]);
+      }
+    }
+  }
+
+  remove(id: string): void {
+    const info = this.byId.get(id);
+    if (!info) return;
+    this.byId.delete(id);
+    for (const network of info.networks) {
+      for (const addr of [network.ipv4, network.ipv6]) {
+        if (!addr) continue;
+        const list = this.byAddress.get(addr);
+        if (!list) continue;
+        const kept = list.filter((o) => o.container.id !== id);
+        if (kept.length > 0) this.byAddress.set(addr, kept);
+        else this.byAddress.delete(addr);
+      }
+    }
+  }
+
+  has(id: string): boolean {
+    return this.byId.has(id);
+  }
+
+  lookup(address: string): IndexLookup {
+    const a = canonicalIp(address);
+    const list = a ? this.byAddress.get(a) : undefined;
+    if (!list || list.length === 0) return { status: 'none' };
+    if (list.some((o) => o.container.id !== list[0].container.id)) return { status: 'ambiguous', owners: [...list] };
+    return { status: 'found', owner: list[0] };
+  }
+}

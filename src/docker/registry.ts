@@ -1,0 +1,309 @@
+/**
+ * The Docker side: which container owns an address right now.
+ *
+ * A full listing builds the index; Docker's event stream keeps it current.
+ * The stream is opened before the listing so that no change between the two
+ * is lost, and events that arrive meanwhile are applied after it. Whenever the
+ * stream breaks, the registry is not synced: lookups fail closed (the caller
+ * answers ERROR) until it has reconnected (backoff with jitter) and listed
+ * everything again.
+ */
+import Docker from 'dockerode';
+import type { Logger } from 'pino';
+
+import { withDeadline, sleep } from '../deadline';
+import { AddressIndex, containerFromDocker, type IndexLookup } from './address-index';
+
+export type RegistryState = 'connecting' | 'syncing' | 'synced' | 'closed';
+
+export type RegistryLookup = IndexLookup | { status: 'unavailable'; reason: string };
+
+export interface RegistryOptions {
+  /** Per API call. */
+  apiTimeoutMs?: number;
+  /** Reconnect backoff bounds. */
+  backoffMinMs?: number;
+  backoffMaxMs?: number;
+  /** Longest event line accepted from the stream. */
+  maxEventBytes?: number;
+}
+
+interface DockerEvent {
+  Type?: string;
+  Action?: string;
+  Actor?: { ID?: string; Attributes?: Record<string, string> };
+}
+
+const CONTAINER_ACTIONS = new Set(['start', 'die', 'destroy', 'rename', 'restart', 'unpause']);
+const NETWORK_ACTIONS = new Set(['connect', 'disconnect']);
+
+/** dockerode connection options from a DOCKER_HOST-style URL. */
+export function dockerOptions(dockerHost: string): Docker.DockerOptions {
+  const u = new URL(dockerHost);
+  if (u.protocol === 'unix:') return { socketPath: decodeURIComponent(u.pathname) };
+  if (u.protocol === 'tcp:' || u.protocol === 'http:') {
+    return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 2375), protocol: 'http' };
+  }
+  if (u.protocol === 'https:') {
+    return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 2376), protocol: 'https' };
+  }
+  throw new Error(`unsupported Docker host URL scheme ${u.protocol}`);
+}
+
+export class DockerRegistry {
+  private index = new AddressIndex();
+  private _state: RegistryState = 'connecting';
+  private stateReason = 'not connected to Docker yet';
+  private readonly api: Docker;
+  private readonly stream: Docker;
+  private abort: AbortController | null = null;
+  private queue: Promise<void> = Promise.resolve();
+  private pendingEvents = 0;
+  private drainWaiters: (() => void)[] = [];
+  private readonly apiTimeoutMs: number;
+  private readonly backoffMinMs: number;
+  private readonly backoffMaxMs: number;
+  private readonly maxEventBytes: number;
+  private syncedWaiters: (() => void)[] = [];
+  reconnects = 0;
+
+  constructor(
+    dockerHost: string,
+    private readonly log: Logger,
+    opts: RegistryOptions = {},
+  ) {
+    this.apiTimeoutMs = opts.apiTimeoutMs ?? 5000;
+    this.backoffMinMs = opts.backoffMinMs ?? 250;
+    this.backoffMaxMs = opts.backoffMaxMs ?? 30_000;
+    this.maxEventBytes = opts.maxEventBytes ?? 1024 * 1024;
+    const base = dockerOptions(dockerHost);
+    this.api = new Docker({ ...base, timeout: this.apiTimeoutMs });
+    this.stream = new Docker(base);
+  }
+
+  get state(): RegistryState {
+    return this._state;
+  }
+
+  get containers(): number {
+    return this.index.containers;
+  }
+
+  /** Starts the connect/sync loop; returns at once. */
+  start(): void {
+    void this.run();
+  }
+
+  /** Resolves when synced, or false after `ms`. */
+  waitSynced(ms: number): Promise<boolean> {
+    if (this._state === 'synced') return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const t = setTimeout(() => resolve(false), ms);
+      this.syncedWaiters.push(() => {
+        clearTimeout(t);
+        resolve(true);
+      });
+    });
+  }
+
+  /**
+   * The owner of `address`, from an index that has applied every event
+   * received so far (waits up to `ms` for pending ones), or 'unavailable'.
+   */
+  async lookup(address: string, ms: number): Promise<RegistryLookup> {
+    if (this._state !== 'synced') return { status: 'unavailable', reason: this.stateReason };
+    if (this.pendingEvents > 0) {
+      const drained = await new Promise<boolean>((resolve) => {
+        const t = setTimeout(() => resolve(false), ms);
+        this.drainWaiters.push(() => {
+          clearTimeout(t);
+          resolve(true);
+        });
+      });
+      if (!drained) return { status: 'unavailable', reason: 'Docker events are still being applied' };
+      // The state may have changed while waiting.
+      if (this.state !== 'synced') return { status: 'unavailable', reason: this.stateReason };
+    }
+    return this.index.lookup(address);
+  }
+
+  /**
+   * Confirms with the Docker API that container `id` is running and still
+   * has `address`. Used before answering with an owner that changed recently.
+   */
+  async confirm(id: string, address: string): Promise<boolean> {
+    try {
+      const json = await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect');
+      if (!json.State?.Running) return false;
+      const info = containerFromDocker(json);
+      return !!info?.networks.some((n) => n.ipv4 === address || n.ipv6 === address);
+    } catch {
+      return false;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.setState('closed', 'shutting down');
+    this.abort?.abort();
+  }
+
+  private closed(): boolean {
+    return this._state === 'closed';
+  }
+
+  private setState(state: RegistryState, reason: string): void {
+    if (this._state === 'closed') return;
+    this._state = state;
+    this.stateReason = reason;
+    if (state === 'synced') {
+      const w = this.syncedWaiters;
+      this.syncedWaiters = [];
+      for (const f of w) f();
+    }
+  }
+
+  private async run(): Promise<void> {
+    let backoff = this.backoffMinMs;
+    let incidentLogged = false;
+    while (!this.closed()) {
+      const started = Date.now();
+      try {
+        await this.session();
+      } catch (err) {
+        if (this.closed()) return;
+        const msg = (err as Error).message;
+        this.setState('connecting', `Docker event stream down: ${msg}`);
+        if (!incidentLogged) {
+          this.log.warn({ err: msg }, 'Docker unavailable; answering ERROR until resynced');
+          incidentLogged = true;
+        }
+      }
+      if (this.closed()) return;
+      this.reconnects++;
+      // A session that ran for a while resets the backoff.
+      if (Date.now() - started > 60_000) backoff = this.backoffMinMs;
+      const jittered = backoff / 2 + Math.random() * (backoff / 2);
+      await sleep(jittered);
+      backoff = Math.min(backoff * 2, this.backoffMaxMs);
+      if (this._state === 'synced') incidentLogged = false;
+    }
+  }
+
+  /** One connection: open events, list everything, then follow events until the stream ends. */
+  private async session(): Promise<void> {
+    this.abort = new AbortController();
+    const abort = this.abort;
+    this.queue = Promise.resolve();
+    const events = await withDeadline(
+      this.stream.getEvents({
+        filters: { type: ['container', 'network'] },
+        abortSignal: abort.signal,
+      } as Docker.GetEventsOptions),
+      this.apiTimeoutMs,
+      'docker events',
+    );
+    this.setState('syncing', 'listing containers');
+    const readable = events as NodeJS.ReadableStream & { destroy?: () => void };
+
+    const ended = new Promise<void>((_, reject) => {
+      let buf = '';
+      readable.on('data', (chunk: Buffer | string) => {
+        buf += chunk.toString();
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl).trim();
+          buf = buf.slice(nl + 1);
+          if (line) this.onEventLine(line);
+        }
+        if (buf.length > this.maxEventBytes) {
+          readable.destroy?.();
+          reject(new Error('Docker event line over the size limit'));
+        }
+      });
+      readable.on('end', () => reject(new Error('Docker event stream ended')));
+      readable.on('close', () => reject(new Error('Docker event stream closed')));
+      readable.on('error', (e: Error) => reject(e));
+    });
+    // Rejections before the listing is done are read by the `await ended` below.
+    ended.catch(() => undefined);
+    // Keep the event queue blocked until the listing has been applied.
+    let listed!: () => void;
+    const listingDone = new Promise<void>((r) => (listed = r));
+    this.enqueue(() => listingDone);
+    try {
+      const list = await withDeadline(this.api.listContainers(), this.apiTimeoutMs, 'docker ps');
+      const index = new AddressIndex();
+      for (const c of list) {
+        const info = containerFromDocker(c as Parameters<typeof containerFromDocker>[0]);
+        if (info) index.set(info);
+      }
+      this.index = index;
+    } catch (err) {
+      readable.destroy?.();
+      throw err;
+    } finally {
+      listed();
+    }
+    await this.queue;
+    this.setState('synced', 'synced');
+    this.log.info({ containers: this.index.containers, addresses: this.index.addresses }, 'Docker index synced');
+    try {
+      await ended;
+    } finally {
+      readable.destroy?.();
+    }
+  }
+
+  private onEventLine(line: string): void {
+    let ev: DockerEvent;
+    try {
+      ev = JSON.parse(line) as DockerEvent;
+    } catch {
+      this.log.warn('unparseable Docker event; resyncing');
+      this.abort?.abort();
+      return;
+    }
+    let id: string | undefined;
+    if (ev.Type === 'container' && ev.Action && CONTAINER_ACTIONS.has(ev.Action)) id = ev.Actor?.ID;
+    else if (ev.Type === 'network' && ev.Action && NETWORK_ACTIONS.has(ev.Action)) id = ev.Actor?.Attributes?.container;
+    if (!id) return;
+    const cid = id;
+    this.log.debug({ type: ev.Type, action: ev.Action, container: cid }, 'Docker event');
+    this.enqueue(() => this.refresh(cid));
+  }
+
+  private enqueue(task: () => Promise<void>): void {
+    this.pendingEvents++;
+    this.queue = this.queue
+      .then(task)
+      .catch((err: Error) => {
+        // Could not learn a container's state: the index may be wrong, so resync.
+        this.log.warn({ err: err.message }, 'Docker inspect failed; resyncing');
+        this.setState('connecting', `Docker inspect failed: ${err.message}`);
+        this.abort?.abort();
+      })
+      .finally(() => {
+        this.pendingEvents--;
+        if (this.pendingEvents === 0) {
+          const w = this.drainWaiters;
+          this.drainWaiters = [];
+          for (const f of w) f();
+        }
+      });
+  }
+
+  private async refresh(id: string): Promise<void> {
+    try {
+      const json = await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect');
+      const info = json.State?.Running ? containerFromDocker(json) : null;
+      if (info) this.index.set(info);
+      else this.index.remove(id);
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode === 404) {
+        this.index.remove(id);
+        return;
+      }
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * Ties the pieces together: ident query -> reply tuple -> conntrack entry ->
+ * container address -> container name. Every doubt becomes an ERROR answer.
+ */
+import { performance } from 'node:perf_hooks';
+
+import { withDeadline } from './deadline';
+import { ipFamily } from './ip';
+import type { Answer } from './protocol';
+import { isAnswerableName } from './protocol';
+import type { ConntrackEntry, ConntrackSource, ReplyTuple } from './conntrack/types';
+import { replyMatches } from './conntrack/types';
+import type { RegistryLookup } from './docker/registry';
+
+export interface IdentQuery {
+  /** Canonical address of the querier (the ident connection's remote end). */
+  querier: string;
+  /** Canonical address of our end of the ident connection. */
+  local: string;
+  portOnServer: number;
+  portOnClient: number;
+}
+
+export interface Resolution {
+  answer: Answer;
+  /** Why the answer is what it is, for the log. */
+  reason: string;
+  tuple?: ReplyTuple;
+  entry?: ConntrackEntry;
+  /** The container address (the entry's original source). */
+  containerAddress?: string;
+  containerId?: string;
+  source?: string;
+  lookupUs?: number;
+}
+
+/** What the resolver needs of the Docker registry. */
+export interface OwnerRegistry {
+  lookup(address: string, ms: number): Promise<RegistryLookup>;
+  confirm(id: string, address: string): Promise<boolean>;
+}
+
+export interface ResolverOptions {
+  /** Deadline for the conntrack lookup. */
+  conntrackTimeoutMs?: number;
+  /** Deadline for the Docker side (waiting for events, confirming). */
+  dockerTimeoutMs?: number;
+  /** An owner indexed more recently than this is confirmed with the Docker API first. */
+  recentOwnerMs?: number;
+}
+
+const ERR = (code: 'NO-USER' | 'UNKNOWN-ERROR'): Answer => ({ kind: 'ERROR', code });
+
+export function replyTupleFor(q: IdentQuery): ReplyTuple | null {
+  const family = ipFamily(q.querier);
+  if (family !== ipFamily(q.local)) return null;
+  return { family, src: q.querier, sport: q.portOnClient, dst: q.local, dport: q.portOnServer };
+}
+
+export class Resolver {
+  private readonly conntrackTimeoutMs: number;
+  private readonly dockerTimeoutMs: number;
+  private readonly recentOwnerMs: number;
+
+  constructor(
+    private readonly conntrack: ConntrackSource,
+    private readonly registry: OwnerRegistry,
+    opts: ResolverOptions = {},
+    private readonly now: () => number = Date.now,
+  ) {
+    this.conntrackTimeoutMs = opts.conntrackTimeoutMs ?? 5000;
+    this.dockerTimeoutMs = opts.dockerTimeoutMs ?? 2000;
+    this.recentOwnerMs = opts.recentOwnerMs ?? 10_000;
+  }
+
+  get sourceName(): string {
+    return this.conntrack.name;
+  }
+
+  async resolve(q: IdentQuery): Promise<Resolution> {
+    const tuple = replyTupleFor(q);
+    if (!tuple) return { answer: ERR('UNKNOWN-ERROR'), reason: 'querier and local address families differ' };
+    const source = this.conntrack.name;
+    const t0 = performance.now();
+    let entry: ConntrackEntry | null;
+    try {
+      entry = await withDeadline(this.conntrack.lookup(tuple), this.conntrackTimeoutMs, `${source} conntrack lookup`);
+    } catch (err) {
+      const e = err as Error & { code?: string };
+      const lookupUs = Math.round((performance.now() - t0) * 1000);
+      return {
+        answer: ERR('UNKNOWN-ERROR'),
+        reason: `conntrack lookup failed: ${e.code ?? ''} ${e.message}`.trim(),
+        tuple,
+        source,
+        lookupUs,
+      };
+    }
+    const lookupUs = Math.round((performance.now() - t0) * 1000);
+    const base = { tuple, source, lookupUs };
+    if (!entry) return { ...base, answer: ERR('NO-USER'), reason: 'no conntrack entry with this reply tuple' };
+    if (!replyMatches(entry, tuple)) {
+      return { ...base, answer: ERR('UNKNOWN-ERROR'), reason: 'conntrack source returned a non-matching entry' };
+    }
+    const containerAddress = entry.orig.src;
+    const withEntry = { ...base, entry, containerAddress };
+    const owner = await this.registry.lookup(containerAddress, this.dockerTimeoutMs);
+    switch (owner.status) {
+      case 'unavailable':
+        return { ...withEntry, answer: ERR('UNKNOWN-ERROR'), reason: `Docker index unavailable: ${owner.reason}` };
+      case 'none':
+        return { ...withEntry, answer: ERR('NO-USER'), reason: 'no running container has this address' };
+      case 'ambiguous':
+        return {
+          ...withEntry,
+          answer: ERR('UNKNOWN-ERROR'),
+          reason: `address claimed by ${owner.owners.length} containers`,
+        };
+      case 'found':
+        break;
+    }
+    const { container, since } = owner.owner;
+    const withOwner = { ...withEntry, containerId: container.id };
+    if (this.now() - since < this.recentOwnerMs) {
+      // The address changed hands recently: make sure the index is not behind Docker.
+      const ok = await withDeadline(
+        this.registry.confirm(container.id, containerAddress),
+        this.dockerTimeoutMs,
+        'docker confirm',
+      ).catch(() => false);
+      if (!ok) {
+        return {
+          ...withOwner,
+          answer: ERR('UNKNOWN-ERROR'),
+          reason: 'recent owner could not be confirmed with Docker',
+        };
+      }
+    }
+    if (!isAnswerableName(container.name)) {
+      return { ...withOwner, answer: ERR('UNKNOWN-ERROR'), reason: 'container name cannot be answered over ident' };
+    }
+    return { ...withOwner, answer: { kind: 'USERID', name: container.name }, reason: 'container found' };
+  }
+}

@@ -1,0 +1,204 @@
+/**
+ * The RFC 1413 TCP server: framing, limits, the allowlist and one reply per
+ * connection, written in a single write. Knows nothing of conntrack or Docker:
+ * it hands each well-formed query to `resolve`.
+ */
+import net from 'node:net';
+import type { Logger } from 'pino';
+
+import { canonicalIp, type AddressSet } from './ip';
+import { formatReply, parseRequest, type Answer } from './protocol';
+import type { IdentQuery, Resolution } from './resolver';
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+  /** A default listener that is skipped when the host lacks its address family (no IPv6). */
+  optional?: boolean;
+}
+
+export interface ServerOptions {
+  listen: ListenAddress[];
+  allow: AddressSet;
+  /** Idle deadline per connection. */
+  idleTimeoutMs: number;
+  /** Deadline for a whole connection, from accept to close. */
+  connectionTimeoutMs: number;
+  /** Most bytes read from one connection. */
+  maxRequestBytes: number;
+  /** Connections open at once. */
+  maxConnections: number;
+  resolve: (q: IdentQuery) => Promise<Resolution>;
+  log: Logger;
+}
+
+export function formatListenAddress(a: ListenAddress): string {
+  return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+}
+
+function answerText(a: Answer): string {
+  return a.kind === 'USERID' ? `USERID:${a.name}` : `ERROR:${a.code}`;
+}
+
+export class IdentServer {
+  private readonly servers: net.Server[] = [];
+  private readonly sockets = new Set<net.Socket>();
+  private readonly opts: ServerOptions;
+
+  constructor(opts: ServerOptions) {
+    this.opts = opts;
+  }
+
+  get connections(): number {
+    return this.sockets.size;
+  }
+
+  /** Listens on every address; rejects with the first error (others are closed). */
+  async start(): Promise<ListenAddress[]> {
+    const bound: ListenAddress[] = [];
+    try {
+      for (const addr of this.opts.listen) {
+        const server = net.createServer({ allowHalfOpen: true }, (s) => this.onConnection(s));
+        server.maxConnections = this.opts.maxConnections;
+        server.on('error', (err) => this.opts.log.error({ err: err.message }, 'listener error'));
+        try {
+          await new Promise<void>((resolve, reject) => {
+            const onError = (err: Error): void => reject(err);
+            server.once('error', onError);
+            server.listen({ host: addr.host, port: addr.port, ipv6Only: addr.host.includes(':') }, () => {
+              server.off('error', onError);
+              resolve();
+            });
+          });
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code;
+          if (addr.optional && (code === 'EAFNOSUPPORT' || code === 'EADDRNOTAVAIL')) {
+            this.opts.log.warn(
+              { listen: formatListenAddress(addr), code },
+              'address family unavailable; not listening',
+            );
+            continue;
+          }
+          throw Object.assign(new Error(`cannot listen on ${formatListenAddress(addr)}: ${(err as Error).message}`), {
+            code,
+          });
+        }
+        this.servers.push(server);
+        const a = server.address() as net.AddressInfo;
+        bound.push({ host: a.address, port: a.port });
+      }
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
+    return bound;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    for (const s of this.sockets) s.destroy();
+  }
+
+  private onConnection(socket: net.Socket): void {
+    const log = this.opts.log;
+    socket.on('error', (err) => log.debug({ err: err.message }, 'ident connection error'));
+    const remote = canonicalIp(socket.remoteAddress ?? '');
+    const local = canonicalIp(socket.localAddress ?? '');
+    if (!remote || !local || !this.opts.allow.has(remote)) {
+      log.debug({ remote: socket.remoteAddress }, 'connection from outside --allow closed');
+      socket.destroy();
+      return;
+    }
+    this.sockets.add(socket);
+    const whole = setTimeout(() => socket.destroy(), this.opts.connectionTimeoutMs);
+    socket.on('close', () => {
+      clearTimeout(whole);
+      this.sockets.delete(socket);
+    });
+    socket.setTimeout(this.opts.idleTimeoutMs, () => socket.destroy());
+
+    const chunks: Buffer[] = [];
+    let received = 0;
+    let handled = false;
+    const handle = (line: string | null): void => {
+      if (handled) return;
+      handled = true;
+      socket.off('data', onData);
+      socket.pause();
+      void this.answer(socket, remote, local, line);
+    };
+    const onData = (chunk: Buffer): void => {
+      const room = this.opts.maxRequestBytes - received;
+      const part = chunk.length > room ? chunk.subarray(0, room) : chunk;
+      received += part.length;
+      chunks.push(part);
+      const nl = part.indexOf(0x0a);
+      if (nl >= 0) {
+        const all = Buffer.concat(chunks);
+        const end = all.indexOf(0x0a);
+        let line = all.subarray(0, end).toString('latin1');
+        if (line.endsWith('\r')) line = line.slice(0, -1);
+        handle(line);
+      } else if (received >= this.opts.maxRequestBytes) {
+        handle(null);
+      }
+    };
+    socket.on('data', onData);
+    // A query without a line end, followed by the client's half-close, is still answered.
+    socket.on('end', () => {
+      if (handled) return;
+      if (received === 0) socket.destroy();
+      else handle(Buffer.concat(chunks).toString('latin1').replace(/\r$/, ''));
+    });
+  }
+
+  private async answer(socket: net.Socket, querier: string, local: string, line: string | null): Promise<void> {
+    const log = this.opts.log;
+    const t0 = process.hrtime.bigint();
+    const parsed = line === null ? null : parseRequest(line);
+    let reply: string;
+    let fields: Record<string, unknown>;
+    if (!parsed || !parsed.ok) {
+      const error = parsed ? parsed.error : 'UNKNOWN-ERROR';
+      const ps = parsed ? parsed.portOnServer : 0;
+      const pc = parsed ? parsed.portOnClient : 0;
+      reply = formatReply(ps, pc, { kind: 'ERROR', code: error });
+      fields = {
+        querier,
+        portOnServer: ps,
+        portOnClient: pc,
+        answer: `ERROR:${error}`,
+        reason: line === null ? 'request over the size limit' : 'malformed request',
+      };
+    } else {
+      const q: IdentQuery = { querier, local, portOnServer: parsed.portOnServer, portOnClient: parsed.portOnClient };
+      let r: Resolution;
+      try {
+        r = await this.opts.resolve(q);
+      } catch (err) {
+        r = { answer: { kind: 'ERROR', code: 'UNKNOWN-ERROR' }, reason: `resolver failed: ${(err as Error).message}` };
+      }
+      reply = formatReply(q.portOnServer, q.portOnClient, r.answer);
+      fields = {
+        querier,
+        local,
+        portOnServer: q.portOnServer,
+        portOnClient: q.portOnClient,
+        container: r.containerAddress,
+        containerId: r.containerId?.slice(0, 12),
+        answer: answerText(r.answer),
+        reason: r.reason,
+        source: r.source,
+        lookupUs: r.lookupUs,
+      };
+    }
+    const totalUs = Number((process.hrtime.bigint() - t0) / 1000n);
+    if (socket.destroyed) {
+      log.info({ ...fields, totalUs, delivered: false }, 'query');
+      return;
+    }
+    // One write: Squid reads the reply with a single read.
+    socket.end(reply);
+    log.info({ ...fields, totalUs }, 'query');
+  }
+}
