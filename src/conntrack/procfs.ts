@@ -48,6 +48,7 @@ export class ProcfsSource implements ConntrackSource {
   private active: Map<string, Waiter[]> | null = null;
   private stream: ReadStream | null = null;
   private closed = false;
+  private startPending = false;
   readonly stats: ProcfsStats = { scans: 0, linesRead: 0 };
 
   constructor(opts: ProcfsOptions = {}) {
@@ -64,7 +65,14 @@ export class ProcfsSource implements ConntrackSource {
         addWaiter(this.active, w);
       } else {
         this.queued.push(w);
-        this.startScan();
+        // Start on the next turn of the event loop, so queries that arrive together share the scan.
+        if (!this.startPending) {
+          this.startPending = true;
+          setImmediate(() => {
+            this.startPending = false;
+            this.startScan();
+          });
+        }
       }
     });
   }

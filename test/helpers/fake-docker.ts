@@ -1,0 +1,109 @@
+/**
+ * A fault-injecting stand-in for the Docker Engine API on a unix socket, for
+ * unit tests of the registry's error paths. The real dockerd is used by the
+ * end-to-end tests.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface FakeContainer {
+  Id: string;
+  Name: string;
+  Running: boolean;
+  Networks: Record<string, { NetworkID: string; IPAddress: string; GlobalIPv6Address?: string }>;
+}
+
+export class FakeDocker {
+  readonly containers = new Map<string, FakeContainer>();
+  private readonly streams = new Set<http.ServerResponse>();
+  private server: http.Server | null = null;
+  /** When set, every API call answers with this status. */
+  failWith: number | null = null;
+  inspectFailWith: number | null = null;
+  requests: string[] = [];
+
+  constructor(readonly socketPath: string) {}
+
+  async start(): Promise<void> {
+    this.server = http.createServer((req, res) => this.handle(req, res));
+    await new Promise<void>((r) => this.server!.listen(this.socketPath, r));
+  }
+
+  async stop(): Promise<void> {
+    this.cutEvents();
+    if (!this.server) return;
+    this.server.closeAllConnections();
+    await new Promise<void>((r) => this.server!.close(() => r()));
+    this.server = null;
+  }
+
+  get url(): string {
+    return `unix://${this.socketPath}`;
+  }
+
+  get eventSubscribers(): number {
+    return this.streams.size;
+  }
+
+  add(c: FakeContainer): void {
+    this.containers.set(c.Id, c);
+  }
+
+  emit(ev: object): void {
+    for (const s of this.streams) s.write(JSON.stringify(ev) + '\n');
+  }
+
+  emitRaw(text: string): void {
+    for (const s of this.streams) s.write(text);
+  }
+
+  cutEvents(): void {
+    for (const s of this.streams) s.destroy();
+    this.streams.clear();
+  }
+
+  private json(c: FakeContainer): object {
+    return {
+      Id: c.Id,
+      Name: `/${c.Name}`,
+      Names: [`/${c.Name}`],
+      State: { Running: c.Running },
+      NetworkSettings: { Networks: c.Networks },
+    };
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const url = new URL(req.url ?? '/', 'http://docker');
+    this.requests.push(url.pathname);
+    if (this.failWith !== null) {
+      res.writeHead(this.failWith, { 'content-type': 'application/json' }).end('{"message":"injected failure"}');
+      return;
+    }
+    if (url.pathname === '/events') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.flushHeaders();
+      this.streams.add(res);
+      res.on('close', () => this.streams.delete(res));
+      return;
+    }
+    if (url.pathname === '/containers/json') {
+      const list = [...this.containers.values()].filter((c) => c.Running).map((c) => this.json(c));
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(list));
+      return;
+    }
+    const m = /^\/containers\/([^/]+)\/json$/.exec(url.pathname);
+    if (m) {
+      if (this.inspectFailWith !== null) {
+        res.writeHead(this.inspectFailWith).end('{"message":"injected inspect failure"}');
+        return;
+      }
+      const c = this.containers.get(m[1]);
+      if (!c) res.writeHead(404, { 'content-type': 'application/json' }).end('{"message":"No such container"}');
+      else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.json(c)));
+      return;
+    }
+    res.writeHead(404).end('{"message":"not found"}');
+  }
+}
+
+export type { AddressInfo };

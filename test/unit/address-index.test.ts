@@ -1,0 +1,65 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { AddressIndex, containerFromDocker } from '../../src/docker/address-index';
+
+test('containerFromDocker reads list and inspect JSON, every network, IPv4 and IPv6', () => {
+  const fromList = containerFromDocker({
+    Id: 'abc',
+    Names: ['/web'],
+    NetworkSettings: {
+      Networks: {
+        bridge: { NetworkID: 'n1', IPAddress: '172.17.0.2', GlobalIPv6Address: '' },
+        app_default: { NetworkID: 'n2', IPAddress: '172.20.0.3', GlobalIPv6Address: 'fd00:0:0:0::3' },
+      },
+    },
+  });
+  assert.deepEqual(fromList, {
+    id: 'abc',
+    name: 'web',
+    networks: [
+      { networkId: 'n1', networkName: 'bridge', ipv4: '172.17.0.2' },
+      { networkId: 'n2', networkName: 'app_default', ipv4: '172.20.0.3', ipv6: 'fd00::3' },
+    ],
+  });
+  // Host network / container: network mode: no addresses.
+  assert.deepEqual(
+    containerFromDocker({ Id: 'h', Name: '/hostnet', NetworkSettings: { Networks: { host: { IPAddress: '' } } } })
+      ?.networks,
+    [],
+  );
+  assert.equal(containerFromDocker({ Names: ['/x'] }), null);
+});
+
+test('lookup by address; replace and remove keep the index exact', () => {
+  let now = 1000;
+  const idx = new AddressIndex(() => now);
+  idx.set({ id: 'a', name: 'one', networks: [{ networkId: 'n', networkName: 'b', ipv4: '172.17.0.2' }] });
+  const r = idx.lookup('::ffff:172.17.0.2');
+  assert.equal(r.status, 'found');
+  if (r.status === 'found') {
+    assert.equal(r.owner.container.name, 'one');
+    assert.equal(r.owner.since, 1000);
+  }
+  now = 2000;
+  // Re-indexing the same container (e.g. after a rename) keeps `since` for addresses it keeps.
+  idx.set({ id: 'a', name: 'renamed', networks: [{ networkId: 'n', networkName: 'b', ipv4: '172.17.0.2' }] });
+  const r2 = idx.lookup('172.17.0.2');
+  assert.ok(r2.status === 'found' && r2.owner.container.name === 'renamed' && r2.owner.since === 1000);
+  idx.remove('a');
+  assert.equal(idx.lookup('172.17.0.2').status, 'none');
+  // A new owner of a reused address gets a new `since`.
+  idx.set({ id: 'b', name: 'two', networks: [{ networkId: 'n', networkName: 'b', ipv4: '172.17.0.2' }] });
+  const r3 = idx.lookup('172.17.0.2');
+  assert.ok(r3.status === 'found' && r3.owner.container.name === 'two' && r3.owner.since === 2000);
+  assert.equal(idx.containers, 1);
+});
+
+test('an address claimed by two containers is ambiguous', () => {
+  const idx = new AddressIndex();
+  idx.set({ id: 'a', name: 'one', networks: [{ networkId: 'n1', networkName: 'x', ipv4: '10.9.0.2' }] });
+  idx.set({ id: 'b', name: 'two', networks: [{ networkId: 'n2', networkName: 'y', ipv4: '10.9.0.2' }] });
+  assert.equal(idx.lookup('10.9.0.2').status, 'ambiguous');
+  idx.remove('b');
+  assert.equal(idx.lookup('10.9.0.2').status, 'found');
+});

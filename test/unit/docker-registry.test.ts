@@ -1,0 +1,150 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import pino from 'pino';
+
+import { DockerRegistry, dockerOptions } from '../../src/docker/registry';
+import { FakeDocker } from '../helpers/fake-docker';
+
+const dir = mkdtempSync(path.join(tmpdir(), 'identd-docker-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+const log = pino({ level: 'silent' });
+let n = 0;
+
+function setup(): { fake: FakeDocker; registry: DockerRegistry } {
+  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
+  const registry = new DockerRegistry(fake.url, log, { apiTimeoutMs: 500, backoffMinMs: 10, backoffMaxMs: 50 });
+  return { fake, registry };
+}
+
+async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const web = {
+  Id: 'c1',
+  Name: 'web',
+  Running: true,
+  Networks: { bridge: { NetworkID: 'n1', IPAddress: '172.17.0.2' } },
+};
+
+test('docker host URLs', () => {
+  assert.deepEqual(dockerOptions('unix:///var/run/docker.sock'), { socketPath: '/var/run/docker.sock' });
+  assert.deepEqual(dockerOptions('tcp://127.0.0.1:2375'), { host: '127.0.0.1', port: 2375, protocol: 'http' });
+  assert.throws(() => dockerOptions('ftp://x'), /unsupported/);
+});
+
+test('full listing at start, then events keep the index current', async () => {
+  const { fake, registry } = setup();
+  fake.add(structuredClone(web));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    const r = await registry.lookup('172.17.0.2', 1000);
+    assert.ok(r.status === 'found' && r.owner.container.name === 'web');
+
+    fake.add({ Id: 'c2', Name: 'db', Running: true, Networks: { app: { NetworkID: 'n2', IPAddress: '172.20.0.5' } } });
+    fake.emit({ Type: 'container', Action: 'start', Actor: { ID: 'c2' } });
+    await until('db indexed', async () => (await registry.lookup('172.20.0.5', 1000)).status === 'found');
+
+    // Network connect adds the new address.
+    fake.containers.get('c2')!.Networks.extra = { NetworkID: 'n3', IPAddress: '172.21.0.9' };
+    fake.emit({ Type: 'network', Action: 'connect', Actor: { ID: 'n3', Attributes: { container: 'c2' } } });
+    await until('connect applied', async () => (await registry.lookup('172.21.0.9', 1000)).status === 'found');
+
+    // Stop: the address is no longer owned.
+    fake.containers.get('c1')!.Running = false;
+    fake.emit({ Type: 'container', Action: 'die', Actor: { ID: 'c1' } });
+    await until('web removed', async () => (await registry.lookup('172.17.0.2', 1000)).status === 'none');
+
+    // Destroy of an unknown container (404 on inspect) is a removal, not a failure.
+    fake.containers.delete('c2');
+    fake.emit({ Type: 'container', Action: 'destroy', Actor: { ID: 'c2' } });
+    await until('db removed', async () => (await registry.lookup('172.20.0.5', 1000)).status === 'none');
+    assert.equal(registry.state, 'synced');
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
+
+test('a cut event stream fails closed, then reconnects and resyncs', async () => {
+  const { fake, registry } = setup();
+  fake.add(structuredClone(web));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    // While disconnected, web stops and its address goes to another container.
+    fake.failWith = 503;
+    fake.cutEvents();
+    await until('not synced', () => registry.state !== 'synced');
+    assert.equal((await registry.lookup('172.17.0.2', 100)).status, 'unavailable');
+    fake.containers.get('c1')!.Running = false;
+    fake.add({
+      Id: 'c9',
+      Name: 'newcomer',
+      Running: true,
+      Networks: { bridge: { NetworkID: 'n1', IPAddress: '172.17.0.2' } },
+    });
+    fake.failWith = null;
+    assert.equal(await registry.waitSynced(3000), true);
+    const r = await registry.lookup('172.17.0.2', 1000);
+    assert.ok(r.status === 'found' && r.owner.container.name === 'newcomer');
+    assert.ok(registry.reconnects >= 1);
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
+
+test('Docker unreachable at start: unavailable, then synced when it appears', async () => {
+  const { fake, registry } = setup();
+  registry.start();
+  try {
+    await new Promise((r) => setTimeout(r, 100));
+    const r = await registry.lookup('172.17.0.2', 100);
+    assert.equal(r.status, 'unavailable');
+    fake.add(structuredClone(web));
+    await fake.start();
+    assert.equal(await registry.waitSynced(3000), true);
+    assert.equal((await registry.lookup('172.17.0.2', 1000)).status, 'found');
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
+
+test('a failed inspect or garbage on the stream forces a resync', async () => {
+  const { fake, registry } = setup();
+  fake.add(structuredClone(web));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    const before = fake.requests.filter((p) => p === '/containers/json').length;
+    fake.inspectFailWith = 500;
+    fake.emit({ Type: 'container', Action: 'start', Actor: { ID: 'c1' } });
+    await until(
+      'resync after failed inspect',
+      () => fake.requests.filter((p) => p === '/containers/json').length > before,
+    );
+    fake.inspectFailWith = null;
+    assert.equal(await registry.waitSynced(3000), true);
+    const mid = fake.requests.filter((p) => p === '/containers/json').length;
+    fake.emitRaw('this is not json\n');
+    await until('resync after garbage', () => fake.requests.filter((p) => p === '/containers/json').length > mid);
+    assert.equal(await registry.waitSynced(3000), true);
+    assert.equal((await registry.lookup('172.17.0.2', 1000)).status, 'found');
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});

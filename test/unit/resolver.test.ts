@@ -1,0 +1,174 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../src/conntrack/types';
+import { conntrackError } from '../../src/conntrack/types';
+import type { RegistryLookup } from '../../src/docker/registry';
+import { Resolver, type OwnerRegistry } from '../../src/resolver';
+
+const query = { querier: '10.213.0.2', local: '10.213.0.1', portOnServer: 40001, portOnClient: 3128 };
+const entry: ConntrackEntry = {
+  family: 4,
+  protocol: 'tcp',
+  orig: { src: '172.17.0.3', dst: '10.213.0.2', sport: 40000, dport: 3128 },
+  reply: { src: '10.213.0.2', dst: '10.213.0.1', sport: 3128, dport: 40001 },
+};
+
+function source(impl: (t: ReplyTuple) => Promise<ConntrackEntry | null>): ConntrackSource & { asked: ReplyTuple[] } {
+  const asked: ReplyTuple[] = [];
+  return {
+    name: 'procfs',
+    asked,
+    lookup: (t) => {
+      asked.push(t);
+      return impl(t);
+    },
+    close: async () => undefined,
+  };
+}
+
+const owner = (name: string, since = 0): RegistryLookup => ({
+  status: 'found',
+  owner: {
+    container: { id: 'id-' + name, name, networks: [] },
+    network: { networkId: 'n', networkName: 'bridge', ipv4: '172.17.0.3' },
+    since,
+  },
+});
+
+function registry(r: RegistryLookup, confirm = true): OwnerRegistry & { confirmed: number } {
+  const reg = {
+    confirmed: 0,
+    lookup: async () => r,
+    confirm: async () => {
+      reg.confirmed++;
+      return confirm;
+    },
+  };
+  return reg;
+}
+
+test('builds the reply tuple from the ident connection and answers the owner', async () => {
+  const src = source(async () => entry);
+  const res = await new Resolver(src, registry(owner('web'))).resolve(query);
+  assert.deepEqual(src.asked, [{ family: 4, src: '10.213.0.2', sport: 3128, dst: '10.213.0.1', dport: 40001 }]);
+  assert.deepEqual(res.answer, { kind: 'USERID', name: 'web' });
+  assert.equal(res.containerAddress, '172.17.0.3');
+  assert.equal(res.source, 'procfs');
+  assert.equal(typeof res.lookupUs, 'number');
+});
+
+test('no conntrack entry, or no container at the address: NO-USER', async () => {
+  assert.deepEqual(
+    (
+      await new Resolver(
+        source(async () => null),
+        registry(owner('web')),
+      ).resolve(query)
+    ).answer,
+    {
+      kind: 'ERROR',
+      code: 'NO-USER',
+    },
+  );
+  assert.deepEqual(
+    (
+      await new Resolver(
+        source(async () => entry),
+        registry({ status: 'none' }),
+      ).resolve(query)
+    ).answer,
+    {
+      kind: 'ERROR',
+      code: 'NO-USER',
+    },
+  );
+});
+
+test('every doubt is UNKNOWN-ERROR', async () => {
+  const err = { kind: 'ERROR', code: 'UNKNOWN-ERROR' };
+  const cases: [string, Resolver][] = [
+    [
+      'Docker unavailable',
+      new Resolver(
+        source(async () => entry),
+        registry({ status: 'unavailable', reason: 'x' }),
+      ),
+    ],
+    [
+      'ambiguous owner',
+      new Resolver(
+        source(async () => entry),
+        registry({ status: 'ambiguous', owners: [] }),
+      ),
+    ],
+    [
+      'conntrack failure',
+      new Resolver(
+        source(async () => Promise.reject(conntrackError('no', 'EPERM', 1))),
+        registry(owner('web')),
+      ),
+    ],
+    [
+      'conntrack hangs',
+      new Resolver(
+        source(() => new Promise(() => undefined)),
+        registry(owner('web')),
+        { conntrackTimeoutMs: 50 },
+      ),
+    ],
+    [
+      'entry for another tuple',
+      new Resolver(
+        source(async () => ({ ...entry, reply: { ...entry.reply, dport: 1 } })),
+        registry(owner('web')),
+      ),
+    ],
+    [
+      'name too long for Squid',
+      new Resolver(
+        source(async () => entry),
+        registry(owner('x'.repeat(64))),
+      ),
+    ],
+    [
+      'recent owner not confirmed',
+      new Resolver(
+        source(async () => entry),
+        registry(owner('web', Date.now()), false),
+      ),
+    ],
+  ];
+  for (const [what, r] of cases) {
+    const res = await r.resolve(query);
+    assert.deepEqual(res.answer, err, what);
+    assert.ok(res.reason.length > 0);
+  }
+});
+
+test('a recent owner is confirmed with Docker before answering', async () => {
+  const reg = registry(owner('web', Date.now()), true);
+  const res = await new Resolver(
+    source(async () => entry),
+    reg,
+  ).resolve(query);
+  assert.deepEqual(res.answer, { kind: 'USERID', name: 'web' });
+  assert.equal(reg.confirmed, 1);
+  const old = registry(owner('web', Date.now() - 60_000), true);
+  await new Resolver(
+    source(async () => entry),
+    old,
+  ).resolve(query);
+  assert.equal(old.confirmed, 0);
+});
+
+test('mixed address families cannot form a tuple', async () => {
+  const res = await new Resolver(
+    source(async () => entry),
+    registry(owner('web')),
+  ).resolve({
+    ...query,
+    local: 'fd00::1',
+  });
+  assert.deepEqual(res.answer, { kind: 'ERROR', code: 'UNKNOWN-ERROR' });
+});
