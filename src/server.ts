@@ -32,6 +32,9 @@ export interface ServerOptions {
   log: Logger;
 }
 
+/** How long a connection may stay open after the reply, waiting for the client to close. */
+const LINGER_MS = 2000;
+
 export function formatListenAddress(a: ListenAddress): string {
   return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
@@ -124,7 +127,12 @@ export class IdentServer {
       if (handled) return;
       handled = true;
       socket.off('data', onData);
-      socket.pause();
+      // Keep reading (and discarding, within the byte cap) so the client's FIN is
+      // seen and the socket closes as soon as both sides are done.
+      socket.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+        if (received > this.opts.maxRequestBytes) socket.pause();
+      });
       void this.answer(socket, remote, local, line);
     };
     const onData = (chunk: Buffer): void => {
@@ -199,6 +207,8 @@ export class IdentServer {
     }
     // One write: Squid reads the reply with a single read.
     socket.end(reply);
+    // A client that never closes its side is not waited for long.
+    setTimeout(() => socket.destroy(), LINGER_MS).unref();
     log.info({ ...fields, totalUs }, 'query');
   }
 }

@@ -138,3 +138,10 @@ test('listening on an address in use fails with a clear error', async () => {
   });
   await assert.rejects(other.start(), /cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
 });
+
+test('answered connections are released at once, not at the idle deadline', async () => {
+  await Promise.all(Array.from({ length: 20 }, (_, i) => exchange(`${i + 1},3128\r\n`)));
+  const end = Date.now() + 250;
+  while (server.connections > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(server.connections, 0);
+});

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the real components the test suite drives: dockerd, Squid,
+# iptables, busybox (for test images), a static libc (for the test client)
+# and clang-format. Does nothing for what is already there.
+set -euo pipefail
+need=()
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+for pkg in squid iptables iproute2 busybox-static libc6-dev gcc clang-format conntrack procps; do
+  have "$pkg" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-test-deps: not root; cannot install ${need[*]} (tests that need them will be skipped)" >&2
+    exit 0
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
