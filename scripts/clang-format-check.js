@@ -6,13 +6,15 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
-const dir = path.join(root, 'native');
-const files = fs.existsSync(dir)
-  ? fs
+const dirs = [path.join(root, 'native'), path.join(root, 'test', 'fixtures')];
+const files = dirs
+  .filter((dir) => fs.existsSync(dir))
+  .flatMap((dir) =>
+    fs
       .readdirSync(dir)
-      .filter((f) => /\.(cc|cpp|h|hpp)$/.test(f))
-      .map((f) => path.join(dir, f))
-  : [];
+      .filter((f) => /\.(c|cc|cpp|h|hpp)$/.test(f))
+      .map((f) => path.join(dir, f)),
+  );
 if (files.length === 0) process.exit(0);
 const fix = process.argv.includes('--fix');
 const args = fix ? ['-i', ...files] : ['--dry-run', '--Werror', ...files];

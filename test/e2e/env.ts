@@ -1,0 +1,1075 @@
+/**
+ * Environment for the docker-identd end-to-end test.
+ *
+ * Layout (all of it created here and removed again by teardown()):
+ *
+ *   container (172.17.x.y or idt-net) --docker0/br-*--> host --idt-h0 10.213.0.1/24
+ *        |                                   MASQUERADE to 10.213.0.1
+ *        v
+ *   netns "idt-proxy": idt-p0 10.213.0.2/24
+ *        Squid 10.213.0.2:3128  (ident queries go to 10.213.0.1:113)
+ *        origin 10.213.0.2:8080 (answers 200 naming the path)
+ *
+ *   host: docker-identd serve --listen 10.213.0.1:113 --allow 10.213.0.2
+ *
+ * Everything happens on this machine: the only addresses used are the
+ * namespace's, the containers' and loopback. Squid's namespace has no default
+ * route, so nothing it does can leave the machine.
+ *
+ * Set-up first removes whatever a previous crashed run left behind (processes
+ * recorded in STATE_DIR, the namespace, the veth, labelled containers,
+ * networks and image, iptables rules carrying our comment). dockerd is
+ * started only when it is not already answering, and stopped at teardown
+ * only then.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+export const REPO_ROOT = path.resolve(__dirname, '..', '..');
+export const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures');
+
+export const NS = 'idt-proxy';
+export const HOST_IF = 'idt-h0';
+export const NS_IF = 'idt-p0';
+export const HOST_IP = '10.213.0.1';
+export const PROXY_IP = '10.213.0.2';
+export const PREFIX_LEN = 24;
+export const SQUID_PORT = 3128;
+export const ORIGIN_PORT = 8080;
+export const IDENT_PORT = 113;
+export const IMAGE = 'idt-busybox';
+/** Docker label put on every container, network and image we create. */
+export const LABEL = 'idt-e2e';
+/** Comment put on every iptables rule we add. */
+export const RULE_COMMENT = 'idt-e2e';
+/** Squid lets in ident names matching this. */
+export const OK_PREFIX = 'idt-ok-';
+export const NO_PREFIX = 'idt-no-';
+/** Pid files of what we start, so that a later run can clean up after a crash. */
+export const STATE_DIR = '/run/idt-e2e';
+
+export type ConntrackMode = 'procfs' | 'netlink';
+
+export function conntrackModeFromEnv(): ConntrackMode {
+  const v = (process.env.IDENTD_CONNTRACK ?? 'procfs').trim();
+  if (v !== 'procfs' && v !== 'netlink') {
+    throw new Error(`IDENTD_CONNTRACK must be "procfs" or "netlink", got "${v}"`);
+  }
+  return v;
+}
+
+/** The daemon's entry point (relative to the repo root); overridable for development. */
+export function daemonEntry(): string {
+  return path.resolve(REPO_ROOT, process.env.IDENTD_ENTRY ?? 'bin/docker-identd.js');
+}
+
+// ---------------------------------------------------------------------------
+// small process helpers
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface RunOptions {
+  /** Do not throw on a non-zero exit. */
+  allowFail?: boolean;
+  timeoutMs?: number;
+  input?: string | Buffer;
+}
+
+const SBIN_DIRS = ['/usr/local/sbin', '/usr/sbin', '/sbin'];
+
+/** Run a command to completion (no shell). Throws with its output on failure. */
+export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, PATH: withSbin(process.env.PATH) },
+    });
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`${cmd}: ${err.message}`));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      const res = { code, signal, stdout, stderr };
+      const what = `${cmd} ${args.join(' ')}`;
+      if (timedOut) {
+        reject(new Error(`${what}: timed out after ${timeoutMs} ms\n${stderr}${stdout}`));
+      } else if (code !== 0 && !opts.allowFail) {
+        reject(new Error(`${what}: exit ${code ?? signal}\n${(stderr + stdout).trim().slice(-2000)}`));
+      } else {
+        resolve(res);
+      }
+    });
+    child.stdin.on('error', () => {});
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+function withSbin(p: string | undefined): string {
+  const parts = (p ?? '/usr/local/bin:/usr/bin:/bin').split(':');
+  for (const d of SBIN_DIRS) if (!parts.includes(d)) parts.push(d);
+  return parts.join(':');
+}
+
+/** Absolute path of an executable found in PATH (plus the sbin dirs), or null. */
+export function which(name: string): string | null {
+  for (const dir of withSbin(process.env.PATH).split(':')) {
+    if (!dir) continue;
+    const p = path.join(dir, name);
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      if (fs.statSync(p).isFile()) return p;
+    } catch {
+      // not here
+    }
+  }
+  return null;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function cmdline(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+  } catch {
+    return '';
+  }
+}
+
+async function waitExit(pid: number, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (!isAlive(pid)) return true;
+    await sleep(50);
+  }
+  return !isAlive(pid);
+}
+
+/** SIGTERM, then SIGKILL after graceMs. Only for pids we started ourselves. */
+async function terminate(pid: number, graceMs: number): Promise<void> {
+  if (!isAlive(pid)) return;
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  if (await waitExit(pid, graceMs)) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    return;
+  }
+  await waitExit(pid, 5000);
+}
+
+function tcpProbe(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host, port });
+    const done = (ok: boolean) => {
+      sock.destroy();
+      resolve(ok);
+    };
+    sock.setTimeout(timeoutMs, () => done(false));
+    sock.once('connect', () => done(true));
+    sock.once('error', () => done(false));
+  });
+}
+
+async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined | null | false> | T | undefined | null | false,
+  timeoutMs: number,
+  intervalMs = 100,
+  onFail?: () => string,
+): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v) return v;
+    if (Date.now() > end) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${onFail ? `\n${onFail()}` : ''}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+function tail(file: string, lines = 30): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return `(no ${file})`;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// prerequisites
+
+/** True when an ELF file has no program interpreter, i.e. is statically linked. */
+function isStaticElf(file: string): boolean {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const hdr = Buffer.alloc(64);
+    fs.readSync(fd, hdr, 0, 64, 0);
+    if (hdr.readUInt32BE(0) !== 0x7f454c46 || hdr[4] !== 2) return false; // ELF64 only
+    const phoff = Number(hdr.readBigUInt64LE(0x20));
+    const phentsize = hdr.readUInt16LE(0x36);
+    const phnum = hdr.readUInt16LE(0x38);
+    const ph = Buffer.alloc(phentsize * phnum);
+    fs.readSync(fd, ph, 0, ph.length, phoff);
+    for (let i = 0; i < phnum; i++) {
+      if (ph.readUInt32LE(i * phentsize) === 3 /* PT_INTERP */) return false;
+    }
+    return true;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Reasons why the e2e test cannot run here (empty when it can). */
+export function missingPrerequisites(): string[] {
+  const missing: string[] = [];
+  if (process.platform !== 'linux') return [`needs Linux (this is ${process.platform})`];
+  if (process.getuid?.() !== 0) missing.push('needs root (network namespaces, iptables, dockerd, port 113)');
+  for (const tool of ['docker', 'dockerd', 'ip', 'iptables', 'conntrack', 'squid', 'gcc', 'tar']) {
+    if (!which(tool)) missing.push(`missing tool: ${tool}`);
+  }
+  const busybox = '/bin/busybox';
+  if (!fs.existsSync(busybox)) missing.push('missing /bin/busybox (apt-get install busybox-static)');
+  else if (!isStaticElf(busybox))
+    missing.push('/bin/busybox is not statically linked (apt-get install busybox-static)');
+  const libDirs = ['/usr/lib', ...fs.readdirSync('/usr/lib').map((d) => path.join('/usr/lib', d))];
+  if (!libDirs.some((d) => fs.existsSync(path.join(d, 'libc.a')))) {
+    missing.push('missing static libc (libc6-dev) for gcc -static');
+  }
+  const entry = daemonEntry();
+  if (!fs.existsSync(entry)) missing.push(`missing daemon entry ${entry}`);
+  if (!fs.existsSync(path.join(REPO_ROOT, 'dist', 'cli.js')) && !process.env.IDENTD_ENTRY) {
+    missing.push('daemon not built: dist/cli.js missing (run npm install && npm run build)');
+  }
+  return missing;
+}
+
+// ---------------------------------------------------------------------------
+// Squid access log
+
+/** One access.log line, in the order of the logformat below. */
+export interface AccessLogEntry {
+  time: number;
+  clientIp: string;
+  clientPort: number;
+  /** %ui: the ident user name, "-" when none. */
+  ident: string;
+  status: number;
+  method: string;
+  url: string;
+  raw: string;
+}
+
+const LOGFORMAT = 'idt %ts.%03tu %>a %>p %ui %>Hs %rm %ru';
+
+export function parseAccessLog(text: string): AccessLogEntry[] {
+  const out: AccessLogEntry[] = [];
+  for (const raw of text.split('\n')) {
+    const f = raw.trim().split(/\s+/);
+    if (f.length !== 7) continue;
+    out.push({
+      time: Number(f[0]),
+      clientIp: f[1],
+      clientPort: Number(f[2]),
+      ident: f[3],
+      status: Number(f[4]),
+      method: f[5],
+      url: f[6],
+      raw,
+    });
+  }
+  return out;
+}
+
+function squidConfig(dir: string): string {
+  return [
+    '# generated by test/e2e/env.ts',
+    `http_port ${PROXY_IP}:${SQUID_PORT}`,
+    'visible_hostname idt-proxy',
+    'cache_effective_user proxy',
+    `pid_filename ${dir}/squid.pid`,
+    `cache_log ${dir}/cache.log`,
+    `coredump_dir ${dir}`,
+    'cache deny all',
+    'netdb_filename none',
+    'pinger_enable off',
+    // Nothing is resolved (URLs carry IP literals); keep even attempts local.
+    'dns_nameservers 127.0.0.1',
+    'shutdown_lifetime 1 seconds',
+    'ident_timeout 10 seconds',
+    `logformat ${LOGFORMAT}`,
+    `access_log stdio:${dir}/access.log idt`,
+    'buffered_logs off',
+    'ident_lookup_access allow all',
+    `acl ok ident_regex ^${OK_PREFIX}`,
+    'http_access allow ok',
+    'http_access deny all',
+    '',
+  ].join('\n');
+}
+
+// ---------------------------------------------------------------------------
+// the daemon under test
+
+export interface DaemonLogLine {
+  msg?: string;
+  level?: number;
+  [key: string]: unknown;
+}
+
+export interface DaemonExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** Time from SIGTERM to exit. */
+  ms: number;
+}
+
+export class Daemon {
+  readonly lines: DaemonLogLine[] = [];
+  readonly stdoutRaw: string[] = [];
+  stderr = '';
+  exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
+  private readonly exited: Promise<void>;
+
+  constructor(
+    readonly child: ChildProcess,
+    readonly args: string[],
+    logFile: string,
+  ) {
+    let buf = '';
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      fs.appendFileSync(logFile, d);
+      buf += d;
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (!line.trim()) continue;
+        this.stdoutRaw.push(line);
+        try {
+          this.lines.push(JSON.parse(line) as DaemonLogLine);
+        } catch {
+          this.lines.push({ msg: '(not json)', raw: line });
+        }
+      }
+    });
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      this.stderr += d;
+      fs.appendFileSync(logFile, d);
+    });
+    this.exited = new Promise((resolve) => {
+      child.on('exit', (code, signal) => {
+        this.exit = { code, signal };
+        resolve();
+      });
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  queries(): DaemonLogLine[] {
+    return this.lines.filter((l) => l.msg === 'query');
+  }
+
+  /** Log lines at level error (50) or above. */
+  errors(): DaemonLogLine[] {
+    return this.lines.filter((l) => typeof l.level === 'number' && l.level >= 50);
+  }
+
+  describe(lines = 40): string {
+    const exit = this.exit ? `exited: code=${this.exit.code} signal=${this.exit.signal}\n` : '';
+    return (
+      `daemon: node ${this.args.join(' ')}\n${exit}` +
+      `--- daemon stdout (last ${lines}) ---\n${this.stdoutRaw.slice(-lines).join('\n')}\n` +
+      `--- daemon stderr ---\n${this.stderr.trim().split('\n').slice(-lines).join('\n')}`
+    );
+  }
+
+  async waitListening(timeoutMs: number): Promise<void> {
+    await waitFor(
+      'the daemon\'s "listening" log line',
+      () => {
+        if (this.exit) throw new Error(`daemon exited before listening\n${this.describe()}`);
+        return this.lines.some((l) => l.msg === 'listening');
+      },
+      timeoutMs,
+      50,
+      () => this.describe(),
+    );
+  }
+
+  /** SIGTERM and wait (SIGKILL after graceMs). */
+  async stop(graceMs = 10_000): Promise<DaemonExit> {
+    const t0 = Date.now();
+    if (!this.exit) {
+      this.child.kill('SIGTERM');
+      const done = await Promise.race([this.exited.then(() => true), sleep(graceMs).then(() => false)]);
+      if (!done) {
+        this.child.kill('SIGKILL');
+        await this.exited;
+        const ms = Date.now() - t0;
+        return { code: null, signal: 'SIGKILL', ms };
+      }
+    }
+    return { code: this.exit!.code, signal: this.exit!.signal, ms: Date.now() - t0 };
+  }
+}
+
+// ---------------------------------------------------------------------------
+// containers
+
+export interface ClientRequest {
+  /** Container name; also the last path segment of the URL. */
+  name: string;
+  network?: string;
+  sport?: number;
+  /** Wall-clock ms at which the client connects (all at the same moment). */
+  at?: number;
+  timeoutS?: number;
+}
+
+export interface ClientResult {
+  name: string;
+  url: string;
+  /** HTTP status the client saw, null when it did not print one. */
+  status: number | null;
+  exitCode: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export function urlFor(name: string): string {
+  return `http://${PROXY_IP}:${ORIGIN_PORT}/who/${name}`;
+}
+
+// ---------------------------------------------------------------------------
+
+interface AddedRule {
+  table: string;
+  /** The rule spec after "-A CHAIN" / "-I CHAIN n". */
+  chain: string;
+  spec: string[];
+}
+
+export class TestEnv {
+  /** Per-run directory: logs, Squid config, the client binary. */
+  readonly dir: string;
+  /** Short random token to keep names unique per run. */
+  readonly token = Math.random().toString(36).slice(2, 7);
+  failed = false;
+  daemon: Daemon | null = null;
+
+  private startedDockerd = false;
+  private dockerdPid: number | null = null;
+  /** Value of net.ipv4.ip_forward to put back at teardown, when we changed it. */
+  private ipForwardRestore: string | null = null;
+  private readonly addedRules: AddedRule[] = [];
+  private readonly children = new Map<string, ChildProcess>();
+  private readonly networks: string[] = [];
+  private teardownPromise: Promise<void> | null = null;
+  private readonly notes: string[] = [];
+
+  private constructor(dir: string) {
+    this.dir = dir;
+  }
+
+  log(msg: string): void {
+    const line = `[e2e ${new Date().toISOString().slice(11, 23)}] ${msg}`;
+    this.notes.push(line);
+    if (process.env.E2E_VERBOSE) process.stderr.write(`${line}\n`);
+    fs.appendFileSync(path.join(this.dir, 'e2e.log'), `${line}\n`);
+  }
+
+  /**
+   * Build the whole environment except the daemon. On failure it tears down
+   * what it made and rethrows.
+   */
+  static async setup(): Promise<TestEnv> {
+    fs.mkdirSync(STATE_DIR, { recursive: true });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'idt-e2e-'));
+    // Squid drops to user proxy and must reach its files in here.
+    fs.chmodSync(dir, 0o755);
+    const env = new TestEnv(dir);
+    try {
+      await env.cleanLeftovers();
+      await env.ensureDockerd();
+      await env.cleanDockerLeftovers();
+      await env.buildImage();
+      await env.ensureIpForward();
+      await env.createNamespace();
+      await env.ensureDockerForwarding('bridge');
+      await env.startOrigin();
+      await env.startSquid();
+    } catch (err) {
+      env.failed = true;
+      await env.teardown().catch((e: Error) => env.log(`teardown after failed setup: ${e.message}`));
+      throw err;
+    }
+    return env;
+  }
+
+  // ----- leftovers -------------------------------------------------------
+
+  private pidFile(name: string): string {
+    return path.join(STATE_DIR, `${name}.pid`);
+  }
+
+  private recordPid(name: string, pid: number): void {
+    fs.writeFileSync(this.pidFile(name), `${pid}\n`);
+  }
+
+  private forgetPid(name: string): void {
+    fs.rmSync(this.pidFile(name), { force: true });
+  }
+
+  private readPid(name: string, marker: string): number | null {
+    try {
+      const pid = Number(fs.readFileSync(this.pidFile(name), 'utf8').trim());
+      if (pid > 1 && isAlive(pid) && cmdline(pid).includes(marker)) return pid;
+    } catch {
+      // no file
+    }
+    return null;
+  }
+
+  /** Remember (also for a later run, should this one crash) what ip_forward was before us. */
+  private rememberIpForward(value: string): void {
+    if (this.ipForwardRestore !== null) return;
+    this.ipForwardRestore = value;
+    fs.writeFileSync(path.join(STATE_DIR, 'ip_forward'), `${value}\n`);
+  }
+
+  private async cleanLeftovers(): Promise<void> {
+    // A crashed run changed ip_forward: restoring it becomes our job.
+    try {
+      const v = fs.readFileSync(path.join(STATE_DIR, 'ip_forward'), 'utf8').trim();
+      if (v === '0' || v === '1') this.ipForwardRestore = v;
+    } catch {
+      // none
+    }
+    // The work dir of a crashed run (a failed but finished run keeps and reports its own).
+    const workdirFile = path.join(STATE_DIR, 'workdir');
+    try {
+      const old = fs.readFileSync(workdirFile, 'utf8').trim();
+      if (old !== this.dir && path.basename(old).startsWith('idt-e2e-') && fs.existsSync(old)) {
+        this.log(`removing work dir ${old} of a crashed run`);
+        fs.rmSync(old, { recursive: true, force: true });
+      }
+    } catch {
+      // none
+    }
+    fs.writeFileSync(workdirFile, `${this.dir}\n`);
+    // A daemon from a crashed run (recorded by pid, checked by command line).
+    const old = this.readPid('identd', daemonEntry());
+    if (old) {
+      this.log(`killing leftover daemon pid ${old}`);
+      await terminate(old, 3000);
+    }
+    this.forgetPid('identd');
+    // Everything in our namespace is ours (Squid, origin).
+    await this.killNamespaceProcesses();
+    if (
+      (await run('ip', ['netns', 'list'], { allowFail: true })).stdout.split('\n').some((l) => l.split(' ')[0] === NS)
+    ) {
+      this.log(`removing leftover netns ${NS}`);
+      await run('ip', ['netns', 'del', NS], { allowFail: true });
+    }
+    if ((await run('ip', ['link', 'show', HOST_IF], { allowFail: true })).code === 0) {
+      this.log(`removing leftover link ${HOST_IF}`);
+      await run('ip', ['link', 'del', HOST_IF], { allowFail: true });
+    }
+    await this.removeCommentedRules();
+  }
+
+  private async killNamespaceProcesses(): Promise<void> {
+    const res = await run('ip', ['netns', 'pids', NS], { allowFail: true });
+    if (res.code !== 0) return;
+    const pids = res.stdout.split(/\s+/).filter(Boolean).map(Number);
+    for (const pid of pids) {
+      this.log(`stopping pid ${pid} (${cmdline(pid).slice(0, 80)}) in netns ${NS}`);
+    }
+    await Promise.all(pids.map((pid) => terminate(pid, 5000)));
+  }
+
+  /** Remove every iptables rule that carries our comment (from any run). */
+  private async removeCommentedRules(): Promise<void> {
+    for (const table of ['filter', 'nat']) {
+      const res = await run('iptables', ['-w', '-t', table, '-S'], { allowFail: true });
+      if (res.code !== 0) continue;
+      for (const line of res.stdout.split('\n')) {
+        if (!line.startsWith('-A ') || !line.includes(`--comment ${RULE_COMMENT}`)) continue;
+        const spec = line.slice(3).split(' ');
+        this.log(`removing iptables rule -t ${table} -D ${spec.join(' ')}`);
+        await run('iptables', ['-w', '-t', table, '-D', ...spec], { allowFail: true });
+      }
+    }
+  }
+
+  private async cleanDockerLeftovers(): Promise<void> {
+    const ids = (await run('docker', ['ps', '-aq', '--filter', `label=${LABEL}`])).stdout.split('\n').filter(Boolean);
+    if (ids.length) {
+      this.log(`removing ${ids.length} leftover containers`);
+      await run('docker', ['rm', '-f', ...ids], { allowFail: true, timeoutMs: 120_000 });
+    }
+    const nets = (await run('docker', ['network', 'ls', '-q', '--filter', `label=${LABEL}`])).stdout
+      .split('\n')
+      .filter(Boolean);
+    if (nets.length) {
+      this.log(`removing ${nets.length} leftover networks`);
+      await run('docker', ['network', 'rm', ...nets], { allowFail: true });
+    }
+    const images = (await run('docker', ['images', '-q', '--filter', `label=${LABEL}`])).stdout
+      .split('\n')
+      .filter(Boolean);
+    if (images.length) {
+      this.log(`removing ${images.length} leftover images`);
+      await run('docker', ['image', 'rm', '-f', ...new Set(images)], { allowFail: true });
+    }
+  }
+
+  // ----- dockerd ---------------------------------------------------------
+
+  private async dockerAnswers(): Promise<boolean> {
+    const res = await run('docker', ['info', '--format', '{{.ServerVersion}}'], {
+      allowFail: true,
+      timeoutMs: 15_000,
+    }).catch(() => null);
+    return !!res && res.code === 0 && res.stdout.trim() !== '';
+  }
+
+  private async ensureDockerd(): Promise<void> {
+    const adopted = this.readPid('dockerd', 'dockerd');
+    if (adopted) {
+      // Started by an earlier run of this test that did not get to stop it.
+      this.startedDockerd = true;
+      this.dockerdPid = adopted;
+      this.log(`adopting dockerd pid ${adopted} started by an earlier run`);
+    }
+    if (await this.dockerAnswers()) {
+      if (!adopted) this.log('dockerd already running; using it');
+      return;
+    }
+    if (adopted) {
+      await terminate(adopted, 20_000);
+      this.forgetPid('dockerd');
+    }
+    // dockerd turns forwarding on; put back what it was when we stop it.
+    const before = fs.readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim();
+    if (before !== '1') this.rememberIpForward(before);
+    const logFile = path.join(this.dir, 'dockerd.log');
+    const fd = fs.openSync(logFile, 'a');
+    const child = spawn(which('dockerd')!, [], { detached: true, stdio: ['ignore', fd, fd] });
+    fs.closeSync(fd);
+    child.unref();
+    this.startedDockerd = true;
+    this.dockerdPid = child.pid!;
+    this.recordPid('dockerd', child.pid!);
+    this.log(`started dockerd pid ${child.pid}, log ${logFile}`);
+    await waitFor(
+      'dockerd to answer docker info',
+      async () => {
+        if (!isAlive(child.pid!)) throw new Error(`dockerd exited\n${tail(logFile)}`);
+        return this.dockerAnswers();
+      },
+      60_000,
+      250,
+      () => tail(logFile),
+    );
+  }
+
+  // ----- image -----------------------------------------------------------
+
+  private async buildImage(): Promise<void> {
+    const client = path.join(this.dir, 'httpclient');
+    await run('gcc', ['-static', '-O2', '-Wall', '-Wextra', '-o', client, path.join(FIXTURES, 'httpclient.c')], {
+      timeoutMs: 120_000,
+    });
+    const root = path.join(this.dir, 'rootfs');
+    for (const d of ['bin', 'etc', 'tmp', 'proc', 'sys', 'dev']) fs.mkdirSync(path.join(root, d), { recursive: true });
+    fs.copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
+    fs.chmodSync(path.join(root, 'bin', 'busybox'), 0o755);
+    for (const applet of ['sh', 'cat', 'echo', 'ls', 'sleep', 'nc', 'ip', 'ifconfig']) {
+      fs.symlinkSync('busybox', path.join(root, 'bin', applet));
+    }
+    fs.copyFileSync(client, path.join(root, 'httpclient'));
+    fs.chmodSync(path.join(root, 'httpclient'), 0o755);
+    fs.chmodSync(path.join(root, 'tmp'), 0o1777);
+    const tarball = path.join(this.dir, 'rootfs.tar');
+    await run('tar', ['-C', root, '--owner=0', '--group=0', '-cf', tarball, '.']);
+    await run('docker', ['import', '--change', `LABEL ${LABEL}=1`, tarball, IMAGE], { timeoutMs: 120_000 });
+    this.log(`imported image ${IMAGE}`);
+  }
+
+  // ----- network ---------------------------------------------------------
+
+  private async ensureIpForward(): Promise<void> {
+    const f = '/proc/sys/net/ipv4/ip_forward';
+    const cur = fs.readFileSync(f, 'utf8').trim();
+    if (cur !== '1') {
+      this.log('setting net.ipv4.ip_forward=1');
+      fs.writeFileSync(f, '1\n');
+      this.rememberIpForward(cur);
+    }
+  }
+
+  private async createNamespace(): Promise<void> {
+    const ip = (...args: string[]) => run('ip', args);
+    await ip('netns', 'add', NS);
+    await ip('link', 'add', HOST_IF, 'type', 'veth', 'peer', 'name', NS_IF);
+    await ip('link', 'set', NS_IF, 'netns', NS);
+    await ip('addr', 'add', `${HOST_IP}/${PREFIX_LEN}`, 'dev', HOST_IF);
+    await ip('link', 'set', HOST_IF, 'up');
+    await ip('-n', NS, 'link', 'set', 'lo', 'up');
+    await ip('-n', NS, 'addr', 'add', `${PROXY_IP}/${PREFIX_LEN}`, 'dev', NS_IF);
+    await ip('-n', NS, 'link', 'set', NS_IF, 'up');
+    this.log(`netns ${NS}: ${HOST_IF} ${HOST_IP}/${PREFIX_LEN} <-> ${NS_IF} ${PROXY_IP}/${PREFIX_LEN}`);
+  }
+
+  /**
+   * Make sure traffic from a Docker network's bridge reaches idt-h0
+   * masqueraded, and replies come back. Docker normally has the rules already;
+   * whatever is missing we add (with our comment) and remove at teardown.
+   */
+  async ensureDockerForwarding(network: string): Promise<void> {
+    const info = JSON.parse((await run('docker', ['network', 'inspect', network])).stdout)[0] as {
+      Id: string;
+      Options?: Record<string, string>;
+      IPAM: { Config: { Subnet?: string }[] };
+    };
+    const bridge = info.Options?.['com.docker.network.bridge.name'] ?? `br-${info.Id.slice(0, 12)}`;
+    const subnet = info.IPAM.Config.map((c) => c.Subnet).find((s) => s && s.includes('.'));
+    if (!subnet) throw new Error(`docker network ${network} has no IPv4 subnet`);
+    const nat = (await run('iptables', ['-w', '-t', 'nat', '-S'])).stdout;
+    const filter = (await run('iptables', ['-w', '-S'])).stdout;
+    const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+    const has = (text: string, re: RegExp) => text.split('\n').some((l) => re.test(l));
+    const b = esc(bridge);
+
+    const masq = has(nat, new RegExp(`^-A POSTROUTING -s ${esc(subnet)} ! -o ${b} -j MASQUERADE$`));
+    // Docker <= 27: FORWARD -i br ! -o br -j ACCEPT; Docker 28: DOCKER-FORWARD -i br -j ACCEPT.
+    const out = has(filter, new RegExp(`^-A (FORWARD|DOCKER-FORWARD) -i ${b}( ! -o ${b})? -j ACCEPT$`));
+    const back = has(
+      filter,
+      new RegExp(
+        `^-A (FORWARD|DOCKER-CT|DOCKER-FORWARD) -o ${b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT$`,
+      ),
+    );
+    this.log(`docker network ${network} (${bridge} ${subnet}): masquerade=${masq} forward=${out} return=${back}`);
+    const comment = ['-m', 'comment', '--comment', RULE_COMMENT];
+    if (!masq) {
+      await this.addRule('nat', 'POSTROUTING', ['-s', subnet, '-o', HOST_IF, ...comment, '-j', 'MASQUERADE']);
+    }
+    if (!out) {
+      await this.addRule('filter', 'FORWARD', ['-i', bridge, '-o', HOST_IF, ...comment, '-j', 'ACCEPT']);
+    }
+    if (!back) {
+      await this.addRule('filter', 'FORWARD', [
+        '-i',
+        HOST_IF,
+        '-o',
+        bridge,
+        '-m',
+        'conntrack',
+        '--ctstate',
+        'RELATED,ESTABLISHED',
+        ...comment,
+        '-j',
+        'ACCEPT',
+      ]);
+    }
+  }
+
+  private async addRule(table: string, chain: string, spec: string[]): Promise<void> {
+    this.log(`adding iptables rule -t ${table} -I ${chain} 1 ${spec.join(' ')}`);
+    await run('iptables', ['-w', '-t', table, '-I', chain, '1', ...spec]);
+    this.addedRules.push({ table, chain, spec });
+  }
+
+  // ----- origin and Squid -----------------------------------------------
+
+  private spawnInNamespace(name: string, argv: string[]): ChildProcess {
+    const logFile = path.join(this.dir, `${name}.out`);
+    const fd = fs.openSync(logFile, 'a');
+    const child = spawn(which('ip')!, ['netns', 'exec', NS, ...argv], {
+      detached: true,
+      stdio: ['ignore', fd, fd],
+    });
+    fs.closeSync(fd);
+    this.children.set(name, child);
+    child.on('exit', (code, signal) => this.log(`${name} exited code=${code} signal=${signal}`));
+    return child;
+  }
+
+  private async startOrigin(): Promise<void> {
+    const child = this.spawnInNamespace('origin', [
+      process.execPath,
+      path.join(FIXTURES, 'origin-server.mjs'),
+      PROXY_IP,
+      String(ORIGIN_PORT),
+    ]);
+    await waitFor(
+      `origin on ${PROXY_IP}:${ORIGIN_PORT}`,
+      () => {
+        if (child.exitCode !== null) throw new Error(`origin exited\n${tail(path.join(this.dir, 'origin.out'))}`);
+        return tcpProbe(PROXY_IP, ORIGIN_PORT);
+      },
+      15_000,
+    );
+    this.log(`origin up on ${PROXY_IP}:${ORIGIN_PORT}`);
+  }
+
+  get squidDir(): string {
+    return path.join(this.dir, 'squid');
+  }
+
+  get accessLogFile(): string {
+    return path.join(this.squidDir, 'access.log');
+  }
+
+  private async startSquid(): Promise<void> {
+    const dir = this.squidDir;
+    fs.mkdirSync(dir, { recursive: true });
+    const conf = path.join(dir, 'squid.conf');
+    fs.writeFileSync(conf, squidConfig(dir));
+    const proxyUser = await run('id', ['-u', 'proxy'], { allowFail: true });
+    if (proxyUser.code !== 0) throw new Error('user "proxy" does not exist (Squid drops to it)');
+    await run('chown', ['-R', 'proxy:proxy', dir]);
+    await run('ip', ['netns', 'exec', NS, which('squid')!, '-k', 'parse', '-f', conf]);
+    const child = this.spawnInNamespace('squid', [which('squid')!, '-N', '-f', conf]);
+    await waitFor(
+      `squid on ${PROXY_IP}:${SQUID_PORT}`,
+      () => {
+        if (child.exitCode !== null) {
+          throw new Error(
+            `squid exited\n${tail(path.join(this.dir, 'squid.out'))}\n${tail(path.join(dir, 'cache.log'))}`,
+          );
+        }
+        return tcpProbe(PROXY_IP, SQUID_PORT);
+      },
+      30_000,
+      200,
+      () => tail(path.join(dir, 'cache.log')),
+    );
+    this.log(`squid up on ${PROXY_IP}:${SQUID_PORT}`);
+  }
+
+  accessLog(): AccessLogEntry[] {
+    try {
+      return parseAccessLog(fs.readFileSync(this.accessLogFile, 'utf8'));
+    } catch {
+      return [];
+    }
+  }
+
+  /** Wait until Squid logged a line for each URL; returns them by URL. */
+  async waitForAccessLog(urls: string[], timeoutMs = 15_000): Promise<Map<string, AccessLogEntry>> {
+    let found = new Map<string, AccessLogEntry>();
+    try {
+      await waitFor(
+        `Squid access.log lines for ${urls.length} URL(s)`,
+        () => {
+          found = new Map();
+          for (const e of this.accessLog()) if (urls.includes(e.url)) found.set(e.url, e);
+          return found.size === urls.length;
+        },
+        timeoutMs,
+        100,
+      );
+    } catch (err) {
+      const missing = urls.filter((u) => !found.has(u));
+      throw new Error(`${(err as Error).message}; missing: ${missing.join(' ')}\n${tail(this.accessLogFile)}`);
+    }
+    return found;
+  }
+
+  // ----- daemon ----------------------------------------------------------
+
+  async startDaemon(mode: ConntrackMode): Promise<Daemon> {
+    const entry = daemonEntry();
+    const args = [
+      entry,
+      'serve',
+      '--listen',
+      `${HOST_IP}:${IDENT_PORT}`,
+      '--allow',
+      PROXY_IP,
+      '--conntrack',
+      mode,
+      '--log-level',
+      'info',
+    ];
+    const child = spawn(process.execPath, args, {
+      cwd: REPO_ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    this.recordPid('identd', child.pid!);
+    const daemon = new Daemon(child, args, path.join(this.dir, 'identd.log'));
+    this.daemon = daemon;
+    this.log(`started daemon pid ${child.pid}: node ${args.join(' ')}`);
+    await daemon.waitListening(30_000);
+    this.log('daemon listening');
+    return daemon;
+  }
+
+  async stopDaemon(): Promise<DaemonExit | null> {
+    if (!this.daemon) return null;
+    const wasRunning = !this.daemon.exit;
+    const res = await this.daemon.stop();
+    this.forgetPid('identd');
+    if (!wasRunning) return res;
+    this.log(`daemon stopped: code=${res.code} signal=${res.signal} after ${res.ms} ms`);
+    return res;
+  }
+
+  // ----- containers ------------------------------------------------------
+
+  /** docker network create (labelled) and make sure it is forwarded. */
+  async createNetwork(name: string): Promise<void> {
+    await run('docker', ['network', 'create', '--label', `${LABEL}=1`, name]);
+    this.networks.push(name);
+    await this.ensureDockerForwarding(name);
+  }
+
+  /** Run one client container to completion (docker run --rm) and return what it saw. */
+  async runClient(req: ClientRequest): Promise<ClientResult> {
+    const url = urlFor(req.name);
+    // --pull=never: the image is local; never let a typo send docker to a registry.
+    const args = ['run', '--rm', '--pull=never', '--name', req.name, '--label', `${LABEL}=1`];
+    if (req.network) args.push('--network', req.network);
+    args.push(IMAGE, '/httpclient', PROXY_IP, String(SQUID_PORT), url);
+    if (req.sport) args.push('--sport', String(req.sport));
+    if (req.at) args.push('--at', String(req.at));
+    const timeoutS = req.timeoutS ?? 20;
+    args.push('--timeout', String(timeoutS));
+    const wait = req.at ? Math.max(0, req.at - Date.now()) : 0;
+    const res = await run('docker', args, { allowFail: true, timeoutMs: wait + timeoutS * 1000 + 60_000 });
+    const m = /^STATUS (\d{3})$/m.exec(res.stdout);
+    const result: ClientResult = {
+      name: req.name,
+      url,
+      status: m ? Number(m[1]) : null,
+      exitCode: res.code,
+      stdout: res.stdout.trim(),
+      stderr: res.stderr.trim(),
+    };
+    this.log(`client ${req.name}: exit=${res.code} ${result.stdout} ${result.stderr}`.trim());
+    return result;
+  }
+
+  /** Delete conntrack entries of connections to Squid (only ours go there). */
+  async flushProxyConntrack(): Promise<void> {
+    await run('conntrack', ['-D', '-p', 'tcp', '--orig-dst', PROXY_IP, '--orig-port-dst', String(SQUID_PORT)], {
+      allowFail: true,
+    });
+  }
+
+  // ----- diagnostics and teardown ---------------------------------------
+
+  diagnostics(): string {
+    return [
+      `work dir: ${this.dir}`,
+      this.daemon ? this.daemon.describe() : '(daemon not started)',
+      `--- squid access.log (last 30) ---\n${tail(this.accessLogFile)}`,
+      `--- squid cache.log (last 15) ---\n${tail(path.join(this.squidDir, 'cache.log'), 15)}`,
+    ].join('\n');
+  }
+
+  /** Idempotent; does every step even if some fail, then throws if any did. */
+  teardown(): Promise<void> {
+    // A second call (after(), a signal) waits for the same teardown.
+    this.teardownPromise ??= this.doTeardown();
+    return this.teardownPromise;
+  }
+
+  private async doTeardown(): Promise<void> {
+    const errors: string[] = [];
+    const step = async (what: string, fn: () => Promise<unknown>) => {
+      try {
+        await fn();
+      } catch (err) {
+        errors.push(`${what}: ${(err as Error).message}`);
+        this.log(`teardown ${what} failed: ${(err as Error).message}`);
+      }
+    };
+    await step('stop daemon', () => this.stopDaemon());
+    const dockerUp = await this.dockerAnswers();
+    if (dockerUp) {
+      await step('remove containers and networks', () => this.cleanDockerLeftovers());
+    }
+    for (const [name, child] of this.children) {
+      await step(`stop ${name}`, () => (child.pid ? terminate(child.pid, 10_000) : Promise.resolve()));
+    }
+    await step('stop namespace processes', () => this.killNamespaceProcesses());
+    await step('delete netns', () => run('ip', ['netns', 'del', NS], { allowFail: true }));
+    await step('delete veth', async () => {
+      if ((await run('ip', ['link', 'show', HOST_IF], { allowFail: true })).code === 0) {
+        await run('ip', ['link', 'del', HOST_IF]);
+      }
+    });
+    for (const r of this.addedRules.reverse()) {
+      await step(`remove iptables rule ${r.chain} ${r.spec.join(' ')}`, () =>
+        run('iptables', ['-w', '-t', r.table, '-D', r.chain, ...r.spec]),
+      );
+    }
+    await step('remove leftover commented rules', () => this.removeCommentedRules());
+    if (this.startedDockerd && this.dockerdPid) {
+      const pid = this.dockerdPid;
+      await step('stop dockerd', async () => {
+        this.log(`stopping dockerd pid ${pid}`);
+        await terminate(pid, 30_000);
+        this.forgetPid('dockerd');
+      });
+    }
+    const restore = this.ipForwardRestore;
+    if (restore !== null) {
+      // We (or the dockerd we started) turned forwarding on: put it back.
+      await step('restore ip_forward', async () => {
+        fs.writeFileSync('/proc/sys/net/ipv4/ip_forward', `${restore}\n`);
+        fs.rmSync(path.join(STATE_DIR, 'ip_forward'), { force: true });
+      });
+    }
+    fs.rmSync(path.join(STATE_DIR, 'workdir'), { force: true });
+    if (errors.length) this.failed = true;
+    if (!this.failed && !process.env.E2E_KEEP) {
+      fs.rmSync(this.dir, { recursive: true, force: true });
+    } else {
+      process.stderr.write(`[e2e] logs kept in ${this.dir}\n`);
+    }
+    if (errors.length) throw new Error(`teardown problems:\n${errors.join('\n')}`);
+  }
+}
