@@ -17,12 +17,14 @@ Options:
   --docker-host URL      Docker Engine API (default: $DOCKER_HOST, else
                          unix:///var/run/docker.sock)
   --conntrack MODE       auto | netlink | procfs (default: auto)
-  --config FILE          JSON file with the same settings (keys: listen, allow,
-                         docker-host, conntrack, log-level, idle-timeout);
-                         flags win
+  --config FILE          JSON file with the same settings, named as the flags
+                         without dashes in front (e.g. "docker-host"); flags win
   --log-level LEVEL      fatal | error | warn | info | debug | trace | silent
                          (default: info)
   --idle-timeout SECS    close a connection idle this long (default: 10)
+  --max-connections N    connections open at once (default: 1024, lowered to
+                         fit the open file limit)
+  --max-per-source N     connections open at once from one address (default: 256)
   -h, --help             show this help
   -V, --version          show the version
 `;

@@ -21,6 +21,8 @@ export interface Config {
   conntrack: ConntrackMode;
   logLevel: LogLevel;
   idleTimeoutMs: number;
+  maxConnections: number;
+  maxPerSource: number;
   configFile?: string;
 }
 
@@ -31,9 +33,20 @@ export const DEFAULT_LISTEN: ListenAddress[] = [
   { host: '::', port: 113, optional: true },
 ];
 export const DEFAULT_ALLOW = ['127.0.0.0/8', '::1/128'];
+export const DEFAULT_MAX_CONNECTIONS = 1024;
+export const DEFAULT_MAX_PER_SOURCE = 256;
 
 /** Settings that may be given as flags or config file keys (same names). */
-const SETTINGS = ['listen', 'allow', 'docker-host', 'conntrack', 'log-level', 'idle-timeout'] as const;
+const SETTINGS = [
+  'listen',
+  'allow',
+  'docker-host',
+  'conntrack',
+  'log-level',
+  'idle-timeout',
+  'max-connections',
+  'max-per-source',
+] as const;
 type Setting = (typeof SETTINGS)[number];
 const MULTI: ReadonlySet<Setting> = new Set(['listen', 'allow']);
 
@@ -45,6 +58,8 @@ export const SERVE_OPTIONS = {
   config: { type: 'string' },
   'log-level': { type: 'string' },
   'idle-timeout': { type: 'string' },
+  'max-connections': { type: 'string' },
+  'max-per-source': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean', short: 'V' },
 } as const;
@@ -152,6 +167,15 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
   if (!/^\d+(\.\d+)?$/.test(idleText) || idle <= 0 || idle > 600) {
     throw new ConfigError(`--idle-timeout: "${idleText}" must be a number of seconds in (0, 600]`);
   }
+  const count = (k: Setting, dflt: number): number => {
+    const text = one(k) ?? String(dflt);
+    if (!/^\d{1,7}$/.test(text) || Number(text) < 1) {
+      throw new ConfigError(`--${k}: "${text}" must be a whole number >= 1`);
+    }
+    return Number(text);
+  };
+  const maxConnections = count('max-connections', DEFAULT_MAX_CONNECTIONS);
+  const maxPerSource = count('max-per-source', DEFAULT_MAX_PER_SOURCE);
   return {
     listen,
     allow,
@@ -160,6 +184,8 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
     conntrack,
     logLevel: logLevel as LogLevel,
     idleTimeoutMs: Math.round(idle * 1000),
+    maxConnections,
+    maxPerSource,
     ...(configFile ? { configFile } : {}),
   };
 }

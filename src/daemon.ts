@@ -1,4 +1,5 @@
 /** `docker-identd serve`: wires config, conntrack, Docker and the server; handles signals. */
+import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 
 import type { Config } from './config';
@@ -10,9 +11,20 @@ import { Resolver } from './resolver';
 import { formatListenAddress, IdentServer } from './server';
 import { VERSION } from './version';
 
-/** Protocol limits that are not settings. */
+/** Protocol limit, not a setting. */
 export const MAX_REQUEST_BYTES = 1000;
-export const MAX_CONNECTIONS = 1024;
+/** File descriptors kept free for Docker, conntrack, logging and listeners. */
+const FD_RESERVE = 64;
+
+/** The soft RLIMIT_NOFILE of this process, from /proc/self/limits, or null. */
+export function openFileLimit(): number | null {
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
 const SHUTDOWN_DEADLINE_MS = 5000;
 
 export interface RunningDaemon {
@@ -30,6 +42,8 @@ export async function startDaemon(config: Config, log: Logger): Promise<RunningD
         conntrack: config.conntrack,
         logLevel: config.logLevel,
         idleTimeoutMs: config.idleTimeoutMs,
+        maxConnections: config.maxConnections,
+        maxPerSource: config.maxPerSource,
         configFile: config.configFile,
       },
     },
@@ -49,13 +63,21 @@ export async function startDaemon(config: Config, log: Logger): Promise<RunningD
   const registry = new DockerRegistry(config.dockerHost, log);
   registry.start();
   const resolver = new Resolver(conntrack, registry);
+  // Stay below the descriptor limit, so the cap (not EMFILE) is what turns connections away.
+  const fdLimit = openFileLimit();
+  let maxConnections = config.maxConnections;
+  if (fdLimit !== null && fdLimit - FD_RESERVE < maxConnections) {
+    maxConnections = Math.max(1, fdLimit - FD_RESERVE);
+    log.warn({ fdLimit, maxConnections }, 'connection cap lowered to fit the open file limit');
+  }
   const server = new IdentServer({
     listen: config.listen,
     allow,
     idleTimeoutMs: config.idleTimeoutMs,
     connectionTimeoutMs: config.idleTimeoutMs * 3,
     maxRequestBytes: MAX_REQUEST_BYTES,
-    maxConnections: MAX_CONNECTIONS,
+    maxConnections,
+    maxPerSource: config.maxPerSource,
     resolve: (q) => resolver.resolve(q),
     log,
   });

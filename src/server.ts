@@ -26,8 +26,10 @@ export interface ServerOptions {
   connectionTimeoutMs: number;
   /** Most bytes read from one connection. */
   maxRequestBytes: number;
-  /** Connections open at once. */
+  /** Connections open at once, across all listeners. */
   maxConnections: number;
+  /** Connections open at once from one source address. */
+  maxPerSource: number;
   resolve: (q: IdentQuery) => Promise<Resolution>;
   log: Logger;
 }
@@ -46,6 +48,11 @@ function answerText(a: Answer): string {
 export class IdentServer {
   private readonly servers: net.Server[] = [];
   private readonly sockets = new Set<net.Socket>();
+  private readonly perSource = new Map<string, number>();
+  /** Connections refused by a cap, and whether the current incident was logged. */
+  refused = 0;
+  private capIncidentLogged = false;
+  private acceptErrorLogged = false;
   private readonly opts: ServerOptions;
 
   constructor(opts: ServerOptions) {
@@ -62,8 +69,7 @@ export class IdentServer {
     try {
       for (const addr of this.opts.listen) {
         const server = net.createServer({ allowHalfOpen: true }, (s) => this.onConnection(s));
-        server.maxConnections = this.opts.maxConnections;
-        server.on('error', (err) => this.opts.log.error({ err: err.message }, 'listener error'));
+        server.on('error', (err) => this.onListenerError(err));
         try {
           await new Promise<void>((resolve, reject) => {
             const onError = (err: Error): void => reject(err);
@@ -102,6 +108,26 @@ export class IdentServer {
     for (const s of this.sockets) s.destroy();
   }
 
+  /**
+   * Accept errors (EMFILE/ENFILE when out of file descriptors) do not stop the
+   * server: libuv sheds the pending connection and keeps listening. Logged once
+   * per incident.
+   */
+  private onListenerError(err: NodeJS.ErrnoException): void {
+    if (err.code === 'EMFILE' || err.code === 'ENFILE') {
+      if (!this.acceptErrorLogged) {
+        this.acceptErrorLogged = true;
+        this.opts.log.error(
+          { code: err.code, open: this.sockets.size },
+          'out of file descriptors; shedding connections',
+        );
+        setTimeout(() => (this.acceptErrorLogged = false), 10_000).unref();
+      }
+      return;
+    }
+    this.opts.log.error({ err: err.message, code: err.code }, 'listener error');
+  }
+
   private onConnection(socket: net.Socket): void {
     const log = this.opts.log;
     socket.on('error', (err) => log.debug({ err: err.message }, 'ident connection error'));
@@ -112,11 +138,35 @@ export class IdentServer {
       socket.destroy();
       return;
     }
+    const fromSource = this.perSource.get(remote) ?? 0;
+    if (this.sockets.size >= this.opts.maxConnections || fromSource >= this.opts.maxPerSource) {
+      this.refused++;
+      if (!this.capIncidentLogged) {
+        this.capIncidentLogged = true;
+        log.warn(
+          {
+            remote,
+            open: this.sockets.size,
+            fromSource,
+            max: this.opts.maxConnections,
+            maxPerSource: this.opts.maxPerSource,
+          },
+          'connection cap reached; closing new connections until load drops',
+        );
+      }
+      socket.destroy();
+      return;
+    }
     this.sockets.add(socket);
+    this.perSource.set(remote, fromSource + 1);
     const whole = setTimeout(() => socket.destroy(), this.opts.connectionTimeoutMs);
     socket.on('close', () => {
       clearTimeout(whole);
       this.sockets.delete(socket);
+      const left = (this.perSource.get(remote) ?? 1) - 1;
+      if (left > 0) this.perSource.set(remote, left);
+      else this.perSource.delete(remote);
+      if (this.sockets.size === 0) this.capIncidentLogged = false;
     });
     socket.setTimeout(this.opts.idleTimeoutMs, () => socket.destroy());
 

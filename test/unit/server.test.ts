@@ -18,6 +18,7 @@ const server = new IdentServer({
   connectionTimeoutMs: 2000,
   maxRequestBytes: 1000,
   maxConnections: 100,
+  maxPerSource: 100,
   log: pino({ level: 'silent' }),
   resolve: async (q): Promise<Resolution> => {
     seen.push(q);
@@ -107,6 +108,7 @@ test('sources outside --allow are closed without an answer', async () => {
     connectionTimeoutMs: 2000,
     maxRequestBytes: 1000,
     maxConnections: 10,
+    maxPerSource: 10,
     log: pino({ level: 'silent' }),
     resolve: async () => assert.fail('must not resolve'),
   });
@@ -133,6 +135,7 @@ test('listening on an address in use fails with a clear error', async () => {
     connectionTimeoutMs: 2000,
     maxRequestBytes: 1000,
     maxConnections: 10,
+    maxPerSource: 10,
     log: pino({ level: 'silent' }),
     resolve: async () => assert.fail('unused'),
   });
@@ -144,4 +147,48 @@ test('answered connections are released at once, not at the idle deadline', asyn
   const end = Date.now() + 250;
   while (server.connections > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
   assert.equal(server.connections, 0);
+});
+
+test('per-source and total caps turn away new connections, others are still answered', async () => {
+  const capped = new IdentServer({
+    listen: [{ host: '127.0.0.1', port: 0 }],
+    allow: new AddressSet([parseCidr('127.0.0.0/8')!]),
+    idleTimeoutMs: 5000,
+    connectionTimeoutMs: 10000,
+    maxRequestBytes: 1000,
+    maxConnections: 30,
+    maxPerSource: 10,
+    log: pino({ level: 'silent' }),
+    resolve: async () => ({ answer: { kind: 'USERID', name: 'ok' }, reason: 'test' }),
+  });
+  const [a] = await capped.start();
+  const idle: net.Socket[] = [];
+  const open = (localAddress: string): Promise<net.Socket> =>
+    new Promise((resolve, reject) => {
+      const s = net.connect({ port: a.port, host: '127.0.0.1', localAddress }, () => resolve(s));
+      s.on('error', reject);
+    });
+  const ask = (localAddress: string): Promise<string> =>
+    new Promise((resolve) => {
+      let got = '';
+      const s = net.connect({ port: a.port, host: '127.0.0.1', localAddress }, () => s.write('1,2\r\n'));
+      s.on('data', (d) => (got += d.toString()));
+      s.on('error', () => undefined);
+      s.on('close', () => resolve(got));
+    });
+  try {
+    for (let i = 0; i < 15; i++) idle.push(await open('127.0.0.2'));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(capped.connections, 10);
+    assert.equal(await ask('127.0.0.2'), '');
+    assert.equal(await ask('127.0.0.3'), '1 , 2 : USERID : OTHER : ok\r\n');
+    for (let i = 0; i < 25; i++) idle.push(await open(`127.0.1.${i + 1}`));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(capped.connections, 30);
+    assert.equal(await ask('127.0.0.4'), '');
+    assert.ok(capped.refused >= 2);
+  } finally {
+    for (const s of idle) s.destroy();
+    await capped.close();
+  }
 });
