@@ -28,6 +28,11 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
+import { Daemon, sleep, waitFor, type DaemonExit } from '../helpers/daemon';
+
+export { Daemon };
+export type { DaemonExit, DaemonLogLine } from '../helpers/daemon';
+
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 export const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures');
 
@@ -144,8 +149,6 @@ export function which(name: string): string | null {
   return null;
 }
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -200,24 +203,6 @@ function tcpProbe(host: string, port: number, timeoutMs = 1000): Promise<boolean
     sock.once('connect', () => done(true));
     sock.once('error', () => done(false));
   });
-}
-
-async function waitFor<T>(
-  what: string,
-  probe: () => Promise<T | undefined | null | false> | T | undefined | null | false,
-  timeoutMs: number,
-  intervalMs = 100,
-  onFail?: () => string,
-): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > end) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${onFail ? `\n${onFail()}` : ''}`);
-    }
-    await sleep(intervalMs);
-  }
 }
 
 function tail(file: string, lines = 30): string {
@@ -342,112 +327,6 @@ function squidConfig(dir: string): string {
 
 // ---------------------------------------------------------------------------
 // the daemon under test
-
-export interface DaemonLogLine {
-  msg?: string;
-  level?: number;
-  [key: string]: unknown;
-}
-
-export interface DaemonExit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  /** Time from SIGTERM to exit. */
-  ms: number;
-}
-
-export class Daemon {
-  readonly lines: DaemonLogLine[] = [];
-  readonly stdoutRaw: string[] = [];
-  stderr = '';
-  exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
-  private readonly exited: Promise<void>;
-
-  constructor(
-    readonly child: ChildProcess,
-    readonly args: string[],
-    logFile: string,
-  ) {
-    let buf = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      fs.appendFileSync(logFile, d);
-      buf += d;
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        if (!line.trim()) continue;
-        this.stdoutRaw.push(line);
-        try {
-          this.lines.push(JSON.parse(line) as DaemonLogLine);
-        } catch {
-          this.lines.push({ msg: '(not json)', raw: line });
-        }
-      }
-    });
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => {
-      this.stderr += d;
-      fs.appendFileSync(logFile, d);
-    });
-    this.exited = new Promise((resolve) => {
-      child.on('exit', (code, signal) => {
-        this.exit = { code, signal };
-        resolve();
-      });
-    });
-  }
-
-  get pid(): number {
-    return this.child.pid!;
-  }
-
-  queries(): DaemonLogLine[] {
-    return this.lines.filter((l) => l.msg === 'query');
-  }
-
-  /** Log lines at level error (50) or above. */
-  errors(): DaemonLogLine[] {
-    return this.lines.filter((l) => typeof l.level === 'number' && l.level >= 50);
-  }
-
-  describe(lines = 40): string {
-    const exit = this.exit ? `exited: code=${this.exit.code} signal=${this.exit.signal}\n` : '';
-    return (
-      `daemon: node ${this.args.join(' ')}\n${exit}` +
-      `--- daemon stdout (last ${lines}) ---\n${this.stdoutRaw.slice(-lines).join('\n')}\n` +
-      `--- daemon stderr ---\n${this.stderr.trim().split('\n').slice(-lines).join('\n')}`
-    );
-  }
-
-  async waitListening(timeoutMs: number): Promise<void> {
-    await waitFor(
-      'the daemon\'s "listening" log line',
-      () => {
-        if (this.exit) throw new Error(`daemon exited before listening\n${this.describe()}`);
-        return this.lines.some((l) => l.msg === 'listening');
-      },
-      timeoutMs,
-      50,
-      () => this.describe(),
-    );
-  }
-
-  /** SIGTERM and wait (SIGKILL after graceMs). */
-  async stop(graceMs = 10_000): Promise<DaemonExit> {
-    const t0 = Date.now();
-    if (!this.exit) {
-      this.child.kill('SIGTERM');
-      const done = await Promise.race([this.exited.then(() => true), sleep(graceMs).then(() => false)]);
-      if (!done) {
-        this.child.kill('SIGKILL');
-        await this.exited;
-        const ms = Date.now() - t0;
-        return { code: null, signal: 'SIGKILL', ms };
-      }
-    }
-    return { code: this.exit!.code, signal: this.exit!.signal, ms: Date.now() - t0 };
-  }
-}
 
 // ---------------------------------------------------------------------------
 // containers
