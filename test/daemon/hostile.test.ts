@@ -106,9 +106,7 @@ if (!isRoot && !inCI) {
         const t0 = process.hrtime.bigint();
         assert.equal(await identQuery(PORT, conn.query, { timeoutMs: 10_000 }), expected);
         const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-        process.stdout.write(
-          `# slowloris: legitimate query answered in ${ms.toFixed(1)} ms with 1000 idle connections\n`,
-        );
+        t.diagnostic(`slowloris: legitimate query answered in ${ms.toFixed(1)} ms with 1000 idle connections`);
       } finally {
         for (const s of idle) s.destroy();
       }
