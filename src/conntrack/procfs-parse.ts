@@ -28,12 +28,15 @@ export function replyPortsKey(line: string): string | null {
   const second = line.indexOf(SPORT, first + SPORT.length);
   if (second < 0) return null;
   const sportStart = second + SPORT.length;
-  const sportEnd = line.indexOf(' ', sportStart);
-  if (sportEnd < 0 || !line.startsWith(DPORT, sportEnd)) return null;
+  let sportEnd = line.indexOf(' ', sportStart);
+  if (sportEnd < 0) return null;
+  const sport = line.slice(sportStart, sportEnd);
+  while (line.charCodeAt(sportEnd + 1) === 0x20) sportEnd++;
+  if (!line.startsWith(DPORT, sportEnd)) return null;
   const dportStart = sportEnd + DPORT.length;
   let dportEnd = line.indexOf(' ', dportStart);
   if (dportEnd < 0) dportEnd = line.length;
-  return `${line.slice(sportStart, sportEnd)}:${line.slice(dportStart, dportEnd)}`;
+  return `${sport}:${line.slice(dportStart, dportEnd)}`;
 }
 
 export function portsKey(sport: number, dport: number): string {
@@ -41,7 +44,8 @@ export function portsKey(sport: number, dport: number): string {
 }
 
 function parsePort(v: string): number | null {
-  if (!/^\d{1,5}$/.test(v)) return null;
+  // As the kernel prints it: decimal, no sign, no leading zeros.
+  if (!/^(0|[1-9]\d{0,4})$/.test(v)) return null;
   const n = Number(v);
   return n <= 65535 ? n : null;
 }
@@ -51,7 +55,8 @@ function parsePort(v: string): number | null {
  * with two address/port tuples (ICMP and other port-less protocols included).
  */
 export function parseConntrackLine(line: string): ConntrackEntry | null {
-  const tokens = line.trim().split(/[ \t]+/);
+  // The kernel separates fields with spaces only; anything else is not a kernel line.
+  const tokens = line.trim().split(/ +/);
   if (tokens.length < 6) return null;
   let family: Family;
   if (tokens[0] === 'ipv4') family = 4;
@@ -59,8 +64,10 @@ export function parseConntrackLine(line: string): ConntrackEntry | null {
   else return null;
   const protocol = tokens[2];
   if (!/^[a-z0-9]+$/.test(protocol)) return null;
+  // Layer 3 number, layer 4 number, seconds until the entry times out.
+  for (const i of [1, 3, 4]) if (!/^\d{1,10}$/.test(tokens[i])) return null;
 
-  const tuples: Partial<Record<keyof Tuple, string>>[] = [];
+  const tuples: Tuple[] = [];
   const status: string[] = [];
   let state: string | undefined;
   let zone: number | undefined;
@@ -73,24 +80,32 @@ export function parseConntrackLine(line: string): ConntrackEntry | null {
     }
     const eq = t.indexOf('=');
     if (eq < 0) {
-      if (i === 5) state = t;
+      // Only the TCP state stands without a key, right after the timeout.
+      if (i !== 5) return null;
+      state = t;
       continue;
     }
     const key = t.slice(0, eq);
     const value = t.slice(eq + 1);
     switch (key) {
-      case 'src':
-        if (tuples.length === 2) return null;
-        tuples.push({ src: value });
-        break;
-      case 'dst':
-      case 'sport':
-      case 'dport': {
-        const cur = tuples[tuples.length - 1];
-        if (!cur || cur[key] !== undefined) return null;
-        cur[key] = value;
+      case 'src': {
+        // A tuple is exactly `src= dst= sport= dport=`, in that order.
+        if (tuples.length === 2 || i + 3 >= tokens.length) return null;
+        const [d, sp, dp] = [tokens[i + 1], tokens[i + 2], tokens[i + 3]];
+        if (!d.startsWith('dst=') || !sp.startsWith('sport=') || !dp.startsWith('dport=')) return null;
+        const src = canonicalIp(value);
+        const dst = canonicalIp(d.slice(4));
+        const sport = parsePort(sp.slice(6));
+        const dport = parsePort(dp.slice(6));
+        if (src === null || dst === null || sport === null || dport === null) return null;
+        tuples.push({ src, dst, sport, dport });
+        i += 3;
         break;
       }
+      case 'dst':
+      case 'sport':
+      case 'dport':
+        return null;
       case 'mark':
         mark = Number(value);
         break;
@@ -102,19 +117,7 @@ export function parseConntrackLine(line: string): ConntrackEntry | null {
     }
   }
   if (tuples.length !== 2) return null;
-  const parsed: Tuple[] = [];
-  for (const raw of tuples) {
-    if (raw.src === undefined || raw.dst === undefined || raw.sport === undefined || raw.dport === undefined) {
-      return null;
-    }
-    const src = canonicalIp(raw.src);
-    const dst = canonicalIp(raw.dst);
-    const sport = parsePort(raw.sport);
-    const dport = parsePort(raw.dport);
-    if (src === null || dst === null || sport === null || dport === null) return null;
-    parsed.push({ src, dst, sport, dport });
-  }
-  const entry: ConntrackEntry = { family, protocol, orig: parsed[0], reply: parsed[1] };
+  const entry: ConntrackEntry = { family, protocol, orig: tuples[0], reply: tuples[1] };
   if (state !== undefined) entry.state = state;
   if (status.length > 0) entry.status = status;
   if (zone !== undefined && Number.isInteger(zone)) entry.zone = zone;
