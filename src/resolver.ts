@@ -47,6 +47,12 @@ export interface ResolverOptions {
   dockerTimeoutMs?: number;
   /** An owner indexed more recently than this is confirmed with the Docker API first. */
   recentOwnerMs?: number;
+  /**
+   * Without a conntrack start time, how long after an address changed hands
+   * its queries get ERROR: longer than Squid waits for an ident answer, so no
+   * query about a former owner's connection can still arrive after it.
+   */
+  reuseWindowMs?: number;
 }
 
 const ERR = (code: 'NO-USER' | 'UNKNOWN-ERROR'): Answer => ({ kind: 'ERROR', code });
@@ -61,6 +67,7 @@ export class Resolver {
   private readonly conntrackTimeoutMs: number;
   private readonly dockerTimeoutMs: number;
   private readonly recentOwnerMs: number;
+  private readonly reuseWindowMs: number;
 
   constructor(
     private readonly conntrack: ConntrackSource,
@@ -71,6 +78,7 @@ export class Resolver {
     this.conntrackTimeoutMs = opts.conntrackTimeoutMs ?? 5000;
     this.dockerTimeoutMs = opts.dockerTimeoutMs ?? 2000;
     this.recentOwnerMs = opts.recentOwnerMs ?? 10_000;
+    this.reuseWindowMs = opts.reuseWindowMs ?? 15_000;
   }
 
   get sourceName(): string {
@@ -121,6 +129,24 @@ export class Resolver {
     }
     const { container, since } = owner.owner;
     const withOwner = { ...withEntry, containerId: container.id };
+    if (owner.releasedNs !== undefined) {
+      // The address had another owner before: is this connection the current owner's?
+      if (entry.startNs !== undefined) {
+        if (entry.startNs <= owner.releasedNs) {
+          return {
+            ...withOwner,
+            answer: ERR('UNKNOWN-ERROR'),
+            reason: 'connection started before the address passed to its current owner',
+          };
+        }
+      } else if (BigInt(this.now()) * 1_000_000n - owner.releasedNs < BigInt(this.reuseWindowMs) * 1_000_000n) {
+        return {
+          ...withOwner,
+          answer: ERR('UNKNOWN-ERROR'),
+          reason: 'address changed hands moments ago and the connection has no conntrack timestamp',
+        };
+      }
+    }
     if (this.now() - since < this.recentOwnerMs) {
       // The address changed hands recently: make sure the index is not behind Docker.
       const ok = await withDeadline(

@@ -51,10 +51,11 @@ function parsePort(v: string): number | null {
 }
 
 /**
- * Parses one line; null for a line that is not a well-formed IPv4/IPv6 entry
+ * Parses one line (with `nowNs`, the time the line was read, a `delta-time`
+ * becomes an approximate `startNs`); null for a line that is not a well-formed IPv4/IPv6 entry
  * with two address/port tuples (ICMP and other port-less protocols included).
  */
-export function parseConntrackLine(line: string): ConntrackEntry | null {
+export function parseConntrackLine(line: string, nowNs?: bigint): ConntrackEntry | null {
   // The kernel separates fields with spaces only; anything else is not a kernel line.
   const tokens = line.trim().split(/ +/);
   if (tokens.length < 6) return null;
@@ -72,6 +73,7 @@ export function parseConntrackLine(line: string): ConntrackEntry | null {
   let state: string | undefined;
   let zone: number | undefined;
   let mark: number | undefined;
+  let deltaTime: number | undefined;
   for (let i = 5; i < tokens.length; i++) {
     const t = tokens[i];
     if (t.startsWith('[') && t.endsWith(']')) {
@@ -112,6 +114,10 @@ export function parseConntrackLine(line: string): ConntrackEntry | null {
       case 'zone':
         zone = Number(value);
         break;
+      case 'delta-time':
+        // Whole seconds since the entry started (only with nf_conntrack_timestamp=1).
+        if (/^\d{1,12}$/.test(value)) deltaTime = Number(value);
+        break;
       default:
         break;
     }
@@ -122,5 +128,10 @@ export function parseConntrackLine(line: string): ConntrackEntry | null {
   if (status.length > 0) entry.status = status;
   if (zone !== undefined && Number.isInteger(zone)) entry.zone = zone;
   if (mark !== undefined && Number.isInteger(mark)) entry.mark = mark;
+  if (deltaTime !== undefined && nowNs !== undefined) {
+    // The start lies within the second before now - delta; take its earliest
+    // moment, so that an entry is never thought younger than it is.
+    entry.startNs = nowNs - BigInt(deltaTime + 1) * 1_000_000_000n;
+  }
   return entry;
 }

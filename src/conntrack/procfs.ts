@@ -122,7 +122,7 @@ export class ProcfsSource implements ConntrackSource {
       if (key === null) return;
       const list = active.get(key);
       if (!list) return;
-      const entry = parseConntrackLine(line);
+      const entry = parseConntrackLine(line, BigInt(Date.now()) * 1_000_000n);
       if (!entry) return;
       for (let i = list.length - 1; i >= 0; i--) {
         if (replyMatches(entry, list[i].tuple)) {

@@ -29,7 +29,8 @@ export interface IndexedAddress {
 }
 
 export type IndexLookup =
-  | { status: 'found'; owner: IndexedAddress }
+  /** `releasedNs`: the last time a previous owner gave the address up, when known. */
+  | { status: 'found'; owner: IndexedAddress; releasedNs?: bigint }
   | { status: 'none' }
   | { status: 'ambiguous'; owners: IndexedAddress[] };
 
@@ -64,9 +65,23 @@ export function containerFromDocker(json: {
   return { id, name, networks };
 }
 
+/** Addresses whose release time is remembered; the oldest are forgotten first. */
+const MAX_RELEASED = 65536;
+
+export const nowNs = (): bigint => BigInt(Date.now()) * 1_000_000n;
+
+function addressesOf(info: ContainerInfo): string[] {
+  return info.networks.flatMap((n) => [n.ipv4, n.ipv6].filter((a): a is string => !!a));
+}
+
 export class AddressIndex {
   private readonly byAddress = new Map<string, IndexedAddress[]>();
   private readonly byId = new Map<string, ContainerInfo>();
+  /**
+   * When each address last changed hands (ns since the epoch): a connection
+   * from the address that started before then belongs to a former owner.
+   */
+  private readonly released = new Map<string, bigint>();
 
   constructor(private readonly now: () => number = Date.now) {}
 
@@ -78,13 +93,16 @@ export class AddressIndex {
     return this.byAddress.size;
   }
 
-  /** Adds or replaces a container; addresses it keeps keep their `since`. */
-  set(info: ContainerInfo): void {
+  /**
+   * Adds or replaces a container; addresses it keeps keep their `since`, and
+   * addresses it no longer has are released at `atNs`.
+   */
+  set(info: ContainerInfo, atNs: bigint = nowNs()): void {
     const previous = new Map<string, number>();
     for (const [addr, list] of this.byAddress) {
       for (const o of list) if (o.container.id === info.id) previous.set(addr, o.since);
     }
-    this.remove(info.id);
+    this.remove(info.id, atNs, new Set(addressesOf(info)));
     this.byId.set(info.id, info);
     const t = this.now();
     for (const network of info.networks) {
@@ -98,19 +116,58 @@ export class AddressIndex {
     }
   }
 
-  remove(id: string): void {
+  /** Removes a container; its addresses are released at `atNs` (except those in `keep`). */
+  remove(id: string, atNs: bigint = nowNs(), keep: ReadonlySet<string> = new Set()): void {
     const info = this.byId.get(id);
     if (!info) return;
     this.byId.delete(id);
     for (const network of info.networks) {
       for (const addr of [network.ipv4, network.ipv6]) {
         if (!addr) continue;
+        if (!keep.has(addr)) this.markReleased(addr, atNs);
         const list = this.byAddress.get(addr);
         if (!list) continue;
         const kept = list.filter((o) => o.container.id !== id);
         if (kept.length > 0) this.byAddress.set(addr, kept);
         else this.byAddress.delete(addr);
       }
+    }
+  }
+
+  /** Records that `address` changed hands at `atNs` (keeps the latest time). */
+  markReleased(address: string, atNs: bigint): void {
+    const prev = this.released.get(address);
+    if (prev !== undefined && prev >= atNs) return;
+    this.released.delete(address);
+    this.released.set(address, atNs);
+    if (this.released.size > MAX_RELEASED) {
+      const oldest = this.released.keys().next().value;
+      if (oldest !== undefined) this.released.delete(oldest);
+    }
+  }
+
+  releasedAt(address: string): bigint | undefined {
+    return this.released.get(address);
+  }
+
+  /** The id of the single container owning each address (for comparing two indexes). */
+  owners(): Map<string, string> {
+    const m = new Map<string, string>();
+    for (const [addr, list] of this.byAddress) m.set(addr, list.map((o) => o.container.id).join(','));
+    return m;
+  }
+
+  /**
+   * Takes over another index's release times, and releases (at `atNs`) every
+   * address whose owner differs between `previous` and this index: what changed
+   * while nobody was watching changed at some unknown time before now.
+   */
+  inheritFrom(previous: AddressIndex, atNs: bigint): void {
+    for (const [addr, t] of previous.released) this.markReleased(addr, t);
+    const before = previous.owners();
+    const after = this.owners();
+    for (const addr of new Set([...before.keys(), ...after.keys()])) {
+      if (before.get(addr) !== after.get(addr)) this.markReleased(addr, atNs);
     }
   }
 
@@ -123,6 +180,7 @@ export class AddressIndex {
     const list = a ? this.byAddress.get(a) : undefined;
     if (!list || list.length === 0) return { status: 'none' };
     if (list.some((o) => o.container.id !== list[0].container.id)) return { status: 'ambiguous', owners: [...list] };
-    return { status: 'found', owner: list[0] };
+    const releasedNs = this.released.get(a!);
+    return releasedNs === undefined ? { status: 'found', owner: list[0] } : { status: 'found', owner: list[0], releasedNs };
   }
 }

@@ -12,7 +12,7 @@ import Docker from 'dockerode';
 import type { Logger } from 'pino';
 
 import { withDeadline, sleep } from '../deadline';
-import { AddressIndex, containerFromDocker, type IndexLookup } from './address-index';
+import { AddressIndex, containerFromDocker, nowNs, type IndexLookup } from './address-index';
 
 export type RegistryState = 'connecting' | 'syncing' | 'synced' | 'closed';
 
@@ -31,6 +31,9 @@ export interface RegistryOptions {
 interface DockerEvent {
   Type?: string;
   Action?: string;
+  /** Event time, ns since the epoch, as a number (precision beyond 2^53 is lost) or string. */
+  timeNano?: number | string;
+  time?: number;
   Actor?: { ID?: string; Attributes?: Record<string, string> };
 }
 
@@ -49,6 +52,18 @@ export function dockerOptions(dockerHost: string): Docker.DockerOptions {
   }
   throw new Error(`unsupported Docker host URL scheme ${u.protocol}`);
 }
+
+function eventTimeNs(ev: DockerEvent): bigint {
+  try {
+    if (ev.timeNano !== undefined) return BigInt(typeof ev.timeNano === 'number' ? Math.trunc(ev.timeNano) : ev.timeNano);
+    if (ev.time !== undefined) return BigInt(Math.trunc(ev.time)) * 1_000_000_000n;
+  } catch {
+    // fall through: an unreadable time counts as now
+  }
+  return nowNs();
+}
+
+const maxNs = (a: bigint, b: bigint): bigint => (a > b ? a : b);
 
 export class DockerRegistry {
   private index = new AddressIndex();
@@ -232,11 +247,14 @@ export class DockerRegistry {
     this.enqueue(() => listingDone);
     try {
       const list = await withDeadline(this.api.listContainers(), this.apiTimeoutMs, 'docker ps');
+      // Whatever changed before this listing changed no later than now.
+      const listedNs = nowNs();
       const index = new AddressIndex();
       for (const c of list) {
         const info = containerFromDocker(c as Parameters<typeof containerFromDocker>[0]);
-        if (info) index.set(info);
+        if (info) index.set(info, listedNs);
       }
+      index.inheritFrom(this.index, listedNs);
       this.index = index;
     } catch (err) {
       readable.destroy?.();
@@ -268,8 +286,9 @@ export class DockerRegistry {
     else if (ev.Type === 'network' && ev.Action && NETWORK_ACTIONS.has(ev.Action)) id = ev.Actor?.Attributes?.container;
     if (!id) return;
     const cid = id;
+    const atNs = eventTimeNs(ev);
     this.log.debug({ type: ev.Type, action: ev.Action, container: cid }, 'Docker event');
-    this.enqueue(() => this.refresh(cid));
+    this.enqueue(() => this.refresh(cid, atNs));
   }
 
   private enqueue(task: () => Promise<void>): void {
@@ -292,15 +311,22 @@ export class DockerRegistry {
       });
   }
 
-  private async refresh(id: string): Promise<void> {
+  /**
+   * Re-reads one container after an event at `atNs`. Addresses it gave up are
+   * released no earlier than the event (and no later than now: the later of
+   * the two is used, so a connection is never credited to an owner that might
+   * not have had the address yet).
+   */
+  private async refresh(id: string, atNs: bigint): Promise<void> {
     try {
       const json = await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect');
+      const t = maxNs(atNs, nowNs());
       const info = json.State?.Running ? containerFromDocker(json) : null;
-      if (info) this.index.set(info);
-      else this.index.remove(id);
+      if (info) this.index.set(info, t);
+      else this.index.remove(id, t);
     } catch (err) {
       if ((err as { statusCode?: number }).statusCode === 404) {
-        this.index.remove(id);
+        this.index.remove(id, maxNs(atNs, nowNs()));
         return;
       }
       throw err;

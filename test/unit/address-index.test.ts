@@ -63,3 +63,42 @@ test('an address claimed by two containers is ambiguous', () => {
   idx.remove('b');
   assert.equal(idx.lookup('10.9.0.2').status, 'found');
 });
+
+test('addresses given up are released at the time given, and only those', () => {
+  const idx = new AddressIndex();
+  const two = {
+    id: 'a',
+    name: 'one',
+    networks: [
+      { networkId: 'n1', networkName: 'x', ipv4: '10.9.0.2' },
+      { networkId: 'n2', networkName: 'y', ipv4: '10.8.0.2' },
+    ],
+  };
+  idx.set(two, 10n);
+  assert.equal(idx.releasedAt('10.9.0.2'), undefined);
+  // Disconnected from n2: only 10.8.0.2 is released.
+  idx.set({ ...two, networks: [two.networks[0]] }, 20n);
+  assert.equal(idx.releasedAt('10.9.0.2'), undefined);
+  assert.equal(idx.releasedAt('10.8.0.2'), 20n);
+  idx.remove('a', 30n);
+  assert.equal(idx.releasedAt('10.9.0.2'), 30n);
+  // A new owner's lookup carries the release time; an older time never replaces a newer one.
+  idx.set({ id: 'b', name: 'two', networks: [two.networks[0]] }, 40n);
+  idx.markReleased('10.9.0.2', 5n);
+  const r = idx.lookup('10.9.0.2');
+  assert.ok(r.status === 'found' && r.owner.container.name === 'two' && r.releasedNs === 30n);
+});
+
+test('a resync releases every address whose owner changed while unobserved', () => {
+  const before = new AddressIndex();
+  before.set({ id: 'a', name: 'one', networks: [{ networkId: 'n', networkName: 'x', ipv4: '10.9.0.2' }] }, 1n);
+  before.set({ id: 'b', name: 'two', networks: [{ networkId: 'n', networkName: 'x', ipv4: '10.9.0.3' }] }, 1n);
+  before.markReleased('10.9.0.7', 3n);
+  const after = new AddressIndex();
+  after.set({ id: 'a', name: 'one', networks: [{ networkId: 'n', networkName: 'x', ipv4: '10.9.0.2' }] }, 50n);
+  after.set({ id: 'c', name: 'new', networks: [{ networkId: 'n', networkName: 'x', ipv4: '10.9.0.3' }] }, 50n);
+  after.inheritFrom(before, 50n);
+  assert.equal(after.releasedAt('10.9.0.2'), undefined);
+  assert.equal(after.releasedAt('10.9.0.3'), 50n);
+  assert.equal(after.releasedAt('10.9.0.7'), 3n);
+});

@@ -148,3 +148,27 @@ test('a failed inspect or garbage on the stream forces a resync', async () => {
     await fake.stop();
   }
 });
+
+test('an address taken over by a new container carries the time it was released', async () => {
+  const { fake, registry } = setup();
+  fake.add(structuredClone(web));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    const t0 = BigInt(Date.now()) * 1_000_000n;
+    fake.containers.delete('c1');
+    fake.emit({ Type: 'container', Action: 'destroy', Actor: { ID: 'c1' }, timeNano: Number(t0) });
+    fake.add({ ...structuredClone(web), Id: 'c2', Name: 'heir' });
+    fake.emit({ Type: 'container', Action: 'start', Actor: { ID: 'c2' }, timeNano: Number(t0) + 1000 });
+    await until('heir indexed', async () => {
+      const r = await registry.lookup('172.17.0.2', 1000);
+      return r.status === 'found' && r.owner.container.name === 'heir';
+    });
+    const r = await registry.lookup('172.17.0.2', 1000);
+    assert.ok(r.status === 'found' && r.releasedNs !== undefined && r.releasedNs >= t0);
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});

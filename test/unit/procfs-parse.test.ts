@@ -96,3 +96,11 @@ test('property: the line parser never throws on arbitrary input', () => {
     { numRuns: 3000 },
   );
 });
+
+test('delta-time gives the earliest possible start time', () => {
+  const now = 1_000_000_000_000_000_000n;
+  const e = parseConntrackLine(lines[5], now)!;
+  assert.equal(e.startNs, now - 13n * 1_000_000_000n);
+  assert.equal(parseConntrackLine(lines[5])!.startNs, undefined);
+  assert.equal(parseConntrackLine(lines[0], now)!.startNs, undefined);
+});

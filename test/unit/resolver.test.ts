@@ -172,3 +172,45 @@ test('mixed address families cannot form a tuple', async () => {
   });
   assert.deepEqual(res.answer, { kind: 'ERROR', code: 'UNKNOWN-ERROR' });
 });
+
+test('a connection older than its address’s current owner is never answered with that owner', async () => {
+  const released = 5_000_000_000_000n;
+  const found = (releasedNs: bigint): RegistryLookup => {
+    const o = owner('newcomer', 0);
+    return o.status === 'found' ? { ...o, releasedNs } : o;
+  };
+  const before = await new Resolver(
+    source(async () => ({ ...entry, startNs: released - 1n })),
+    registry(found(released)),
+  ).resolve(query);
+  assert.deepEqual(before.answer, { kind: 'ERROR', code: 'UNKNOWN-ERROR' });
+  assert.match(before.reason, /before the address passed/);
+  const afterwards = await new Resolver(
+    source(async () => ({ ...entry, startNs: released + 1n })),
+    registry(found(released)),
+  ).resolve(query);
+  assert.deepEqual(afterwards.answer, { kind: 'USERID', name: 'newcomer' });
+});
+
+test('without a conntrack timestamp, a recently reused address is an ERROR for a while', async () => {
+  const now = 1_700_000_000_000;
+  const nowNs = BigInt(now) * 1_000_000n;
+  const found = (ageMs: number): RegistryLookup => {
+    const o = owner('newcomer', 0);
+    return o.status === 'found' ? { ...o, releasedNs: nowNs - BigInt(ageMs) * 1_000_000n } : o;
+  };
+  const recent = await new Resolver(
+    source(async () => entry),
+    registry(found(3000)),
+    {},
+    () => now,
+  ).resolve(query);
+  assert.deepEqual(recent.answer, { kind: 'ERROR', code: 'UNKNOWN-ERROR' });
+  const old = await new Resolver(
+    source(async () => entry),
+    registry(found(60_000)),
+    {},
+    () => now,
+  ).resolve(query);
+  assert.deepEqual(old.answer, { kind: 'USERID', name: 'newcomer' });
+});
