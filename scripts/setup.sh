@@ -27,7 +27,7 @@ fi
 
 # Installs dependencies, builds the native addon (a failure there falls back to procfs) and compiles TypeScript.
 npm ci --no-audit --no-fund
-if [ -f build/Release/conntrack.node ]; then
+if [ -f build/Release/conntrack_netlink.node ]; then
   echo "setup: native netlink conntrack addon built"
 else
   echo "setup: native addon not built; the daemon will read /proc/net/nf_conntrack"

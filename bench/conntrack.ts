@@ -1,0 +1,347 @@
+/**
+ * Conntrack lookup benchmark: `node --import tsx bench/conntrack.ts [--sizes 1000,10000,100000,250000]`
+ *
+ * Runs as root. Creates a network namespace of its own (conntrack is per
+ * namespace), re-runs itself inside it, fills the table with N synthetic
+ * masqueraded TCP entries through the addon's bulk insert (as far as the
+ * global nf_conntrack_max allows) and measures, per lookup, median and p99 of:
+ *   - the netlink GET (back to back, and after an idle gap),
+ *   - the netlink second try (GET miss + kernel-filtered reply-port dump),
+ *   - the procfs source,
+ *   - any method registered in EXTRA_METHODS (hook for whole ident queries).
+ * Prints a table with the ratio of each method to the netlink GET and writes
+ * JSON to bench/results/. Deletes the namespace at the end, also on failure.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { insertSyntheticEntries, loadNetlinkAddon, NetlinkSource, type SyntheticEntry } from '../src/conntrack/netlink';
+import type { ConntrackSource, ReplyTuple } from '../src/conntrack/types';
+import { AddressSet, parseCidr, type Cidr } from '../src/ip';
+
+const DEFAULT_SIZES = [1_000, 10_000, 100_000, 250_000];
+const RESULTS_DIR = path.join(__dirname, 'results');
+const INSIDE_FLAG = '--inside-namespace';
+
+// ---------------------------------------------------------------- entries
+
+/** Masquerade host address, proxies (remote servers) and the entry pattern. */
+const HOST = '203.0.113.1';
+const REMOTES = 200;
+const remote = (j: number): string => `198.51.100.${1 + j}`;
+const PROXY_CIDR = '198.51.100.0/24';
+/** An address inside the proxy prefix that no entry uses: the exact GET misses. */
+const OTHER_PROXY = '198.51.100.250';
+
+/** Service ports of the remotes: with 60000 masquerade ports each, every entry has its own port pair. */
+const SERVICES = [443, 80, 8080, 8443, 9000];
+const PORTS = 60000;
+
+/**
+ * Entry i: container 10.x.y.z:p -> remote j:service, masqueraded to
+ * HOST:1024+k. Reply tuples are unique, and so are reply port pairs (the
+ * second try's dump then has exactly one match).
+ */
+function entry(i: number): SyntheticEntry {
+  const j = i % REMOTES;
+  const service = SERVICES[Math.floor(i / PORTS)];
+  const k = i % PORTS;
+  const container = `10.${1 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
+  return {
+    orig: { src: container, dst: remote(j), sport: 32768 + (i % 28000), dport: service },
+    reply: { src: remote(j), dst: HOST, sport: service, dport: 1024 + k },
+  };
+}
+const replyOf = (i: number): ReplyTuple => ({ family: 4, ...entry(i).reply });
+
+// ----------------------------------------------------------- measurement
+
+export interface Stats {
+  median: number;
+  p99: number;
+  n: number;
+}
+
+function stats(samplesUs: number[]): Stats {
+  const s = [...samplesUs].sort((a, b) => a - b);
+  const at = (q: number): number => s[Math.min(s.length - 1, Math.floor(q * s.length))];
+  return { median: at(0.5), p99: at(0.99), n: s.length };
+}
+
+interface Budget {
+  /** Untimed warm-up calls. */
+  warmup: number;
+  min: number;
+  max: number;
+  /** Stop after this long once `min` samples are in. */
+  ms: number;
+  /** Idle time before each call (measures wake-ups after idle). */
+  gapMs?: number;
+}
+
+async function measure(budget: Budget, call: (i: number) => Promise<unknown>): Promise<Stats> {
+  for (let i = 0; i < budget.warmup; i++) await call(i);
+  const samples: number[] = [];
+  const start = Date.now();
+  for (let i = 0; i < budget.max; i++) {
+    if (i >= budget.min && Date.now() - start > budget.ms) break;
+    if (budget.gapMs) await new Promise((r) => setTimeout(r, budget.gapMs));
+    const t0 = process.hrtime.bigint();
+    await call(i);
+    samples.push(Number(process.hrtime.bigint() - t0) / 1000);
+  }
+  return stats(samples);
+}
+
+/** What a method gets: the table size and the key of a random existing entry. */
+export interface BenchContext {
+  size: number;
+  randomKey(): ReplyTuple;
+}
+
+export interface BenchMethod {
+  name: string;
+  budget: Budget;
+  /** Called once per table size before measuring; returns the per-lookup call. */
+  prepare(ctx: BenchContext): Promise<{ call: (i: number) => Promise<unknown>; close(): Promise<void> }>;
+}
+
+/**
+ * HOOK: whole ident queries over TCP against a running daemon go here, e.g.
+ * a method whose prepare() starts the daemon inside this namespace and whose
+ * call() sends "port-on-server , port-on-client" for ctx.randomKey().
+ */
+export const EXTRA_METHODS: BenchMethod[] = [];
+
+function checked(source: ConntrackSource, expectFound: boolean) {
+  return async (key: ReplyTuple): Promise<void> => {
+    const e = await source.lookup(key);
+    if (expectFound !== !!e)
+      throw new Error(`${source.name}: unexpected ${e ? 'hit' : 'miss'} for ${JSON.stringify(key)}`);
+  };
+}
+
+function methods(): BenchMethod[] {
+  const proxies = new AddressSet([parseCidr(PROXY_CIDR) as Cidr]);
+  const list: BenchMethod[] = [
+    {
+      name: 'netlink GET',
+      budget: { warmup: 500, min: 2000, max: 20000, ms: 2000 },
+      async prepare(ctx) {
+        const s = await NetlinkSource.open();
+        const f = checked(s, true);
+        return { call: () => f(ctx.randomKey()), close: () => s.close() };
+      },
+    },
+    {
+      name: 'netlink GET, absent',
+      budget: { warmup: 200, min: 1000, max: 10000, ms: 1000 },
+      async prepare(ctx) {
+        const s = await NetlinkSource.open();
+        const f = checked(s, false);
+        return { call: () => f({ ...ctx.randomKey(), sport: 444 }), close: () => s.close() }; // no service on 444
+      },
+    },
+    {
+      name: 'netlink GET, 2 ms idle before',
+      budget: { warmup: 20, min: 200, max: 400, ms: 1500, gapMs: 2 },
+      async prepare(ctx) {
+        const s = await NetlinkSource.open();
+        const f = checked(s, true);
+        return { call: () => f(ctx.randomKey()), close: () => s.close() };
+      },
+    },
+    {
+      name: 'netlink 2nd try (GET + filtered dump)',
+      budget: { warmup: 3, min: 10, max: 300, ms: 2000 },
+      async prepare(ctx) {
+        const s = await NetlinkSource.open({ proxyAddresses: proxies });
+        const f = checked(s, true);
+        return { call: () => f({ ...ctx.randomKey(), src: OTHER_PROXY }), close: () => s.close() };
+      },
+    },
+  ];
+  const procfs = path.join(__dirname, '..', 'src', 'conntrack', 'procfs.ts');
+  if (fs.existsSync(procfs)) {
+    list.push({
+      name: 'procfs',
+      budget: { warmup: 1, min: 5, max: 300, ms: 3000 },
+      async prepare(ctx) {
+        const { ProcfsSource } = (await import(procfs)) as {
+          ProcfsSource: new (o?: { path?: string }) => ConntrackSource;
+        };
+        const s = new ProcfsSource();
+        const f = checked(s, true);
+        return { call: () => f(ctx.randomKey()), close: () => s.close() };
+      },
+    });
+  }
+  return [...list, ...EXTRA_METHODS];
+}
+
+// ------------------------------------------------------------- the run
+
+interface Row extends Stats {
+  size: number;
+  method: string;
+  ratioToGet: number;
+}
+
+interface TableInfo {
+  requested: number;
+  /** nf_conntrack_count of the namespace: the real table size. */
+  count: number;
+  added: number;
+  insertSeconds: number;
+}
+
+function readNumber(file: string): number {
+  return Number(fs.readFileSync(file, 'utf8').trim());
+}
+
+async function inside(sizes: number[]): Promise<void> {
+  const max = readNumber('/proc/sys/net/netfilter/nf_conntrack_max');
+  const limit = Math.max(0, max - 2000); // headroom for the table's own churn
+  const rows: Row[] = [];
+  const tables: TableInfo[] = [];
+  let inserted = 0;
+  for (const requested of sizes) {
+    const target = Math.min(requested, limit);
+    if (target < requested) console.log(`# ${requested} entries exceed nf_conntrack_max ${max}: using ${target}`);
+    const t0 = Date.now();
+    const CHUNK = 25_000;
+    for (let from = inserted; from < target; from += CHUNK) {
+      const batch = Array.from({ length: Math.min(CHUNK, target - from) }, (_, k) => entry(from + k));
+      const r = await insertSyntheticEntries(4, batch, 3600);
+      if (r.inserted + r.existed !== batch.length) throw new Error(`insert: ${JSON.stringify(r)}`);
+    }
+    const insertSeconds = (Date.now() - t0) / 1000;
+    const added = Math.max(0, target - inserted);
+    inserted = Math.max(inserted, target);
+    const count = readNumber('/proc/sys/net/netfilter/nf_conntrack_count');
+    tables.push({ requested, count, added, insertSeconds });
+    const ctx: BenchContext = { size: count, randomKey: () => replyOf(Math.floor(Math.random() * inserted)) };
+    let getMedian = NaN;
+    for (const m of methods()) {
+      const { call, close } = await m.prepare(ctx);
+      try {
+        const s = await measure(m.budget, call);
+        if (m.name === 'netlink GET') getMedian = s.median;
+        rows.push({ size: count, method: m.name, ...s, ratioToGet: s.median / getMedian });
+        console.log(
+          `${String(count).padStart(8)}  ${m.name.padEnd(40)} median ${s.median.toFixed(1).padStart(9)} µs  ` +
+            `p99 ${s.p99.toFixed(1).padStart(9)} µs  n=${s.n}`,
+        );
+      } finally {
+        await close();
+      }
+    }
+    console.log(
+      `# table of ${count}: ${added} entries added over netlink in ${insertSeconds.toFixed(2)} s ` +
+        `(${Math.round(added / Math.max(insertSeconds, 0.001)).toLocaleString('en-US')}/s)`,
+    );
+  }
+  printSummary(rows, tables);
+  writeJson(rows, tables, sizes);
+}
+
+function printSummary(rows: Row[], tables: TableInfo[]): void {
+  const fmt = (n: number): string => (n >= 1000 ? `${(n / 1000).toFixed(1)} ms` : `${n.toFixed(1)} µs`);
+  console.log('\n| entries | method | median | p99 | samples | median ÷ netlink GET |');
+  console.log('|---:|---|---:|---:|---:|---:|');
+  for (const r of rows) {
+    console.log(
+      `| ${r.size.toLocaleString('en-US')} | ${r.method} | ${fmt(r.median)} | ${fmt(r.p99)} | ${r.n} | ${r.ratioToGet.toFixed(2)}× |`,
+    );
+  }
+  const gets = rows.filter((r) => r.method === 'netlink GET');
+  const worst = Math.max(...gets.map((r) => r.median));
+  const first = gets[0];
+  const last = gets[gets.length - 1];
+  console.log(`\ntables: ${tables.map((t) => `${t.requested} requested -> ${t.count} entries`).join(', ')}`);
+  console.log(
+    `target: netlink GET median <= 25 µs at every size: ${worst <= 25 ? 'PASS' : 'FAIL'} (worst ${worst.toFixed(1)} µs)`,
+  );
+  if (first && last && last !== first) {
+    const ratio = last.median / first.median;
+    console.log(
+      `target: median at ${last.size} <= 1.5 x median at ${first.size}: ${ratio <= 1.5 ? 'PASS' : 'FAIL'} (${ratio.toFixed(2)}x)`,
+    );
+  }
+}
+
+function writeJson(rows: Row[], tables: unknown, sizes: number[]): void {
+  fs.mkdirSync(RESULTS_DIR, { recursive: true });
+  const file = path.join(RESULTS_DIR, `conntrack-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  const addon = loadNetlinkAddon();
+  const doc = {
+    date: new Date().toISOString(),
+    machine: { kernel: os.release(), cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version },
+    addon: addon.ok ? addon.path : null,
+    sizes,
+    tables,
+    results: rows,
+  };
+  fs.writeFileSync(file, JSON.stringify(doc, null, 2) + '\n');
+  console.log(`wrote ${path.relative(process.cwd(), file)}`);
+}
+
+// ---------------------------------------------------- namespace wrapper
+
+function parseSizes(argv: string[]): number[] {
+  const i = argv.indexOf('--sizes');
+  if (i < 0) return DEFAULT_SIZES;
+  const sizes = argv[i + 1]?.split(',').map(Number) ?? [];
+  if (sizes.length === 0 || sizes.some((n) => !Number.isInteger(n) || n <= 0))
+    throw new Error('--sizes 1000,10000,...');
+  return sizes.sort((a, b) => a - b);
+}
+
+async function outside(argv: string[]): Promise<number> {
+  if (process.getuid?.() !== 0) {
+    console.error('bench/conntrack.ts needs root: it creates a network namespace and fills its conntrack table');
+    return 1;
+  }
+  const addon = loadNetlinkAddon();
+  if (!addon.ok) {
+    console.error(addon.error.message);
+    return 1;
+  }
+  const ns = `dkid-bench-${process.pid}`;
+  const del = (): void => void spawnSync('ip', ['netns', 'del', ns]);
+  const add = spawnSync('ip', ['netns', 'add', ns], { encoding: 'utf8' });
+  if (add.status !== 0) {
+    console.error(`cannot create network namespace ${ns}: ${add.stderr}`);
+    return 1;
+  }
+  process.once('exit', del);
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
+  try {
+    spawnSync('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
+    console.log(`# network namespace ${ns}; node ${process.version}; kernel ${os.release()}; ${os.cpus().length} CPUs`);
+    const child = spawn(
+      'ip',
+      ['netns', 'exec', ns, process.execPath, '--import', 'tsx', __filename, INSIDE_FLAG, ...argv],
+      { stdio: 'inherit', cwd: path.join(__dirname, '..') },
+    );
+    return await new Promise<number>((resolve) => child.on('close', (code) => resolve(code ?? 1)));
+  } finally {
+    del();
+  }
+}
+
+if (require.main === module) {
+  const argv = process.argv.slice(2);
+  const run = argv.includes(INSIDE_FLAG)
+    ? inside(parseSizes(argv)).then(() => 0)
+    : outside(argv.filter((a) => a !== INSIDE_FLAG));
+  run.then(
+    (code) => process.exit(code),
+    (e: unknown) => {
+      console.error(e);
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,393 @@
+/**
+ * The netlink conntrack source: a typed wrapper around the native addon in
+ * native/ (built by node-gyp into build/Release/conntrack_netlink.node).
+ * Nothing outside this module touches the raw binding.
+ *
+ * lookup(): one IPCTNL_MSG_CT_GET keyed by the reply tuple (a kernel hash
+ * lookup, verified in C and here to have that exact reply tuple); when it
+ * finds nothing and proxy addresses are configured, a second try: a dump
+ * filtered in the kernel on the reply ports (CTA_FILTER) and in C on the
+ * reply source being one of the proxy addresses. One match answers, several
+ * reject with code EAMBIGUOUS.
+ *
+ * Nothing blocks the JavaScript thread: GETs run on a thread of the addon's
+ * own (which polls briefly for the next GET before it sleeps), dumps on the
+ * libuv thread pool, one at a time. The event loop polls briefly while GETs
+ * are in flight (see pollMicros). Errors carry code and errno like Node's.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { canonicalIp, type AddressSet } from '../ip';
+import {
+  conntrackError,
+  replyMatches,
+  type ConntrackEntry,
+  type ConntrackError,
+  type ConntrackSource,
+  type Family,
+  type ReplyTuple,
+  type Tuple,
+} from './types';
+
+/** Must equal kAbiVersion in native/addon.cc: a stale build is refused. */
+export const ADDON_ABI_VERSION = 1;
+/** Environment variable naming another addon file (e.g. a sanitizer build). */
+export const ADDON_PATH_ENV = 'DOCKER_IDENTD_CONNTRACK_ADDON';
+const ADDON_FILE = 'conntrack_netlink.node';
+
+interface DumpResult {
+  /** Matching entries seen (may exceed matches.length). */
+  total: number;
+  matches: ConntrackEntry[];
+  /** True when the kernel applied the CTA_FILTER (kernel >= 5.8). */
+  kernelFiltered: boolean;
+}
+
+type Callback<T> = (err: ConntrackError | null, value: T) => void;
+
+/** The raw binding (native/addon.cc): callbacks, turned into promises here. */
+interface RawConntrack {
+  probe(cb: Callback<void>): void;
+  get(
+    family: Family,
+    src: string,
+    dst: string,
+    sport: number,
+    dport: number,
+    cb: Callback<ConntrackEntry | null>,
+  ): void;
+  findByReplyPorts(
+    family: Family,
+    sport: number,
+    dport: number,
+    cidrs: [string, number][],
+    limit: number,
+    cb: Callback<DumpResult>,
+  ): void;
+  insert(
+    family: Family,
+    records: Buffer,
+    timeoutSec: number,
+    cb: Callback<{ inserted: number; existed: number }>,
+  ): void;
+  close(): void;
+}
+
+function promised<T>(start: (cb: Callback<T>) => void): Promise<T> {
+  return new Promise((resolve, reject) => start((err, value) => (err ? reject(err) : resolve(value))));
+}
+
+export interface NetlinkAddon {
+  Conntrack: new (opts?: { spinMicros?: number }) => RawConntrack;
+  formatAddress(family: Family, bytes: Buffer): string;
+  abiVersion: number;
+}
+
+export type AddonLoadResult = { ok: true; addon: NetlinkAddon; path: string } | { ok: false; error: ConntrackError };
+
+/** The package root: the nearest directory above this file with a package.json. */
+function packageRoot(): string {
+  let dir = __dirname;
+  for (;;) {
+    if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
+    const up = path.dirname(dir);
+    if (up === dir) return path.resolve(__dirname, '..', '..');
+    dir = up;
+  }
+}
+
+/** Where the addon is looked for, in order. */
+export function addonPath(): string {
+  const override = process.env[ADDON_PATH_ENV];
+  if (override) return path.resolve(override);
+  return path.join(packageRoot(), 'build', 'Release', ADDON_FILE);
+}
+
+let loaded: AddonLoadResult | undefined;
+
+/**
+ * Loads the native addon once. Never throws: on failure the error says which
+ * file was tried, why it failed, and that the /proc source will be used.
+ */
+export function loadNetlinkAddon(): AddonLoadResult {
+  if (loaded) return loaded;
+  const file = addonPath();
+  const fail = (why: string, code: string, cause?: unknown): AddonLoadResult => {
+    const err = conntrackError(
+      `docker-identd: cannot load the native conntrack addon ${file}: ${why}. ` +
+        'The /proc/net/nf_conntrack source will be used instead ' +
+        '(build the addon with `npm run build:native`; it needs libnetfilter-conntrack-dev, libmnl-dev and a C++17 compiler).',
+      code,
+    );
+    if (cause !== undefined) (err as Error & { cause?: unknown }).cause = cause;
+    return { ok: false, error: err };
+  };
+  if (!fs.existsSync(file)) {
+    loaded = fail('the file does not exist (the build failed or was skipped)', 'MODULE_NOT_FOUND');
+    return loaded;
+  }
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const addon = require(file) as NetlinkAddon;
+    if (addon.abiVersion !== ADDON_ABI_VERSION) {
+      loaded = fail(
+        `it is a stale build (ABI version ${String(addon.abiVersion)}, expected ${ADDON_ABI_VERSION}); rebuild it`,
+        'ERR_CONNTRACK_ADDON_ABI',
+      );
+    } else {
+      loaded = { ok: true, addon, path: file };
+    }
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    loaded = fail(err.message.split('\n')[0], err.code ?? 'ERR_DLOPEN_FAILED', e);
+  }
+  return loaded;
+}
+
+export interface NetlinkSourceOptions {
+  /** Proxies / load balancers whose connections the second try may answer for. */
+  proxyAddresses?: AddressSet;
+  /**
+   * How long (µs) the lookup thread polls for the next lookup before it
+   * sleeps (default 100): saves the thread wake-up between back-to-back
+   * lookups. 0 disables polling.
+   */
+  spinMicros?: number;
+  /**
+   * While lookups are in flight, keep the event loop polling (setImmediate)
+   * instead of sleeping until the completion wakes it, as long as a lookup
+   * starts or finishes at least every pollMicros µs: roughly halves a
+   * lookup's latency on virtual machines, where waking a sleeping thread is
+   * slow. Adaptive: when the window runs out with a lookup unanswered (a
+   * busy host, where polling only keeps the lookup thread off the CPU), the
+   * next POLL_BACKOFF lookups do not poll. Default 100; 0 disables.
+   */
+  pollMicros?: number;
+}
+
+const DEFAULT_POLL_MICROS = 100;
+/** Lookups that skip polling after a poll window ran out. */
+const POLL_BACKOFF = 32;
+
+const MAX_LISTED_CANDIDATES = 8;
+
+/** Same code as the procfs source's. */
+const closedError = (): ConntrackError => conntrackError('the netlink conntrack source is closed', 'ERR_CLOSED');
+
+function checkTuple(t: ReplyTuple): void {
+  const ok =
+    (t.family === 4 || t.family === 6) &&
+    [t.src, t.dst].every(
+      (a) => typeof a === 'string' && canonicalIp(a) === a && a.includes(':') === (t.family === 6),
+    ) &&
+    [t.sport, t.dport].every((p) => Number.isInteger(p) && p >= 0 && p <= 65535);
+  if (!ok) throw conntrackError(`invalid reply tuple ${JSON.stringify(t)}`, 'ERR_INVALID_ARG_VALUE');
+}
+
+function describe(t: Tuple): string {
+  const host = (a: string): string => (a.includes(':') ? `[${a}]` : a);
+  return `${host(t.src)}:${t.sport} -> ${host(t.dst)}:${t.dport}`;
+}
+
+export class NetlinkSource implements ConntrackSource {
+  readonly name = 'netlink' as const;
+  private closed = false;
+  private inflight = 0;
+  private polling = false;
+  private pollSkip = 0;
+  /** When a lookup last started or finished (process.hrtime.bigint()). */
+  private lastActivity = 0n;
+  /**
+   * Second-try dumps run one at a time: each walks the kernel's whole
+   * conntrack hash (about 10 ms at the default 262144 buckets, more with
+   * entries), and several at once would also hold the libuv thread pool.
+   */
+  private dumpQueue: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    private readonly raw: RawConntrack,
+    private readonly proxyAddresses: AddressSet | undefined,
+    private readonly pollNs: bigint,
+  ) {}
+
+  /**
+   * Loads the addon and probes netlink conntrack (one GET). Rejects with the
+   * load error (code MODULE_NOT_FOUND, ERR_DLOPEN_FAILED, ...) or the probe's
+   * system error (EPERM without CAP_NET_ADMIN, ...), carrying code and errno.
+   */
+  static async open(opts: NetlinkSourceOptions = {}): Promise<NetlinkSource> {
+    const loadResult = loadNetlinkAddon();
+    if (!loadResult.ok) throw loadResult.error;
+    const raw = new loadResult.addon.Conntrack(opts.spinMicros === undefined ? {} : { spinMicros: opts.spinMicros });
+    try {
+      await promised<void>((cb) => raw.probe(cb));
+    } catch (e) {
+      raw.close();
+      const err = e as ConntrackError;
+      if (err.code === 'EPERM' || err.code === 'EACCES')
+        err.message += ' (netlink conntrack needs CAP_NET_ADMIN in the host network namespace)';
+      throw err;
+    }
+    const pollMicros = opts.pollMicros ?? DEFAULT_POLL_MICROS;
+    return new NetlinkSource(raw, opts.proxyAddresses, BigInt(Math.max(0, Math.round(pollMicros))) * 1000n);
+  }
+
+  async lookup(tuple: ReplyTuple): Promise<ConntrackEntry | null> {
+    if (this.closed) throw closedError();
+    checkTuple(tuple);
+    this.inflight++;
+    this.lastActivity = process.hrtime.bigint();
+    this.poll();
+    try {
+      const exact = await promised<ConntrackEntry | null>((cb) =>
+        this.raw.get(tuple.family, tuple.src, tuple.dst, tuple.sport, tuple.dport, cb),
+      );
+      // The addon already refused an entry whose ORIGINAL tuple equals the key.
+      if (exact && replyMatches(exact, tuple)) return exact;
+      return await this.secondTry(tuple);
+    } catch (e) {
+      // Lookups still queued when close() ran fail with EBADF in the addon.
+      if (this.closed && (e as ConntrackError).code === 'EBADF') throw closedError();
+      throw e;
+    } finally {
+      this.inflight--;
+      this.lastActivity = process.hrtime.bigint();
+    }
+  }
+
+  /**
+   * Keeps the event loop spinning while lookups are in flight, as long as
+   * one starts or finishes at least every pollNs.
+   */
+  private poll(): void {
+    if (this.polling || this.pollNs === 0n) return;
+    if (this.pollSkip > 0) {
+      this.pollSkip--;
+      return;
+    }
+    this.polling = true;
+    const tick = (): void => {
+      if (this.inflight === 0) this.polling = false;
+      else if (process.hrtime.bigint() - this.lastActivity < this.pollNs) setImmediate(tick);
+      else {
+        this.polling = false;
+        this.pollSkip = POLL_BACKOFF; // no answer within the window: back off
+      }
+    };
+    setImmediate(tick);
+  }
+
+  /** A reply-port dump restricted to the proxy addresses of the tuple's family. */
+  private async secondTry(tuple: ReplyTuple): Promise<ConntrackEntry | null> {
+    const proxies = this.proxyAddresses;
+    const cidrs = proxies?.cidrs.filter((c) => c.family === tuple.family) ?? [];
+    if (!proxies || cidrs.length === 0) return null;
+    const dump = (): Promise<DumpResult> =>
+      promised<DumpResult>((cb) =>
+        this.raw.findByReplyPorts(
+          tuple.family,
+          tuple.sport,
+          tuple.dport,
+          cidrs.map((c) => [c.address, c.prefix]),
+          MAX_LISTED_CANDIDATES,
+          cb,
+        ),
+      );
+    const turn = this.dumpQueue.then(dump, dump);
+    this.dumpQueue = turn.catch(() => undefined);
+    const r = await turn;
+    const matches = r.matches.filter(
+      (e) =>
+        e.protocol === 'tcp' &&
+        e.family === tuple.family &&
+        e.reply.sport === tuple.sport &&
+        e.reply.dport === tuple.dport &&
+        proxies.has(e.reply.src),
+    );
+    if (r.total === 0) return null;
+    if (r.total === 1 && matches.length === 1) return matches[0];
+    const listed = matches.map((e) => describe(e.orig)).join(', ');
+    throw conntrackError(
+      `${r.total} connections from proxy addresses match reply ports ${tuple.sport} -> ${tuple.dport} ` +
+        `(query ${describe(tuple)}): ${listed}${r.total > matches.length ? ', ...' : ''}`,
+      'EAMBIGUOUS',
+    );
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.raw.close();
+  }
+}
+
+/** One synthetic ESTABLISHED TCP entry for insertSyntheticEntries. */
+export interface SyntheticEntry {
+  orig: Tuple;
+  reply: Tuple;
+}
+
+/**
+ * Packs entries into the addon's insert record format: orig src, orig dst,
+ * reply src, reply dst (4 or 16 bytes each), then the four ports (u16 BE).
+ */
+export function encodeSyntheticEntries(family: Family, entries: readonly SyntheticEntry[]): Buffer {
+  const alen = family === 4 ? 4 : 16;
+  const recLen = 4 * alen + 8;
+  const buf = Buffer.alloc(entries.length * recLen);
+  const putAddr = (a: string, off: number): void => {
+    if (family === 4) a.split('.').forEach((b, i) => (buf[off + i] = Number(b)));
+    else {
+      const words = expandIPv6(a);
+      for (let i = 0; i < 8; i++) buf.writeUInt16BE(words[i], off + 2 * i);
+    }
+  };
+  entries.forEach((e, n) => {
+    const off = n * recLen;
+    putAddr(e.orig.src, off);
+    putAddr(e.orig.dst, off + alen);
+    putAddr(e.reply.src, off + 2 * alen);
+    putAddr(e.reply.dst, off + 3 * alen);
+    buf.writeUInt16BE(e.orig.sport, off + 4 * alen);
+    buf.writeUInt16BE(e.orig.dport, off + 4 * alen + 2);
+    buf.writeUInt16BE(e.reply.sport, off + 4 * alen + 4);
+    buf.writeUInt16BE(e.reply.dport, off + 4 * alen + 6);
+  });
+  return buf;
+}
+
+function expandIPv6(a: string): number[] {
+  const [head, tail] = a.includes('::') ? a.split('::') : [a, undefined];
+  const h = head ? head.split(':').map((g) => parseInt(g, 16)) : [];
+  const t = tail ? tail.split(':').map((g) => parseInt(g, 16)) : [];
+  return tail === undefined ? h : [...h, ...new Array<number>(8 - h.length - t.length).fill(0), ...t];
+}
+
+/**
+ * Bulk-inserts synthetic ESTABLISHED TCP entries over netlink (benchmarks and
+ * tests; run it in a network namespace of your own). Stops at the first error
+ * other than "exists" and rejects with it.
+ */
+export async function insertSyntheticEntries(
+  family: Family,
+  entries: readonly SyntheticEntry[] | Buffer,
+  timeoutSec = 3600,
+): Promise<{ inserted: number; existed: number }> {
+  const loadResult = loadNetlinkAddon();
+  if (!loadResult.ok) throw loadResult.error;
+  const raw = new loadResult.addon.Conntrack({ spinMicros: 0 });
+  try {
+    const records = Buffer.isBuffer(entries) ? entries : encodeSyntheticEntries(family, entries);
+    return await promised<{ inserted: number; existed: number }>((cb) => raw.insert(family, records, timeoutSec, cb));
+  } finally {
+    raw.close();
+  }
+}
+
+/** The addon's address formatter (tests compare it with canonicalIp). */
+export function nativeFormatAddress(family: Family, bytes: Buffer): string {
+  const loadResult = loadNetlinkAddon();
+  if (!loadResult.ok) throw loadResult.error;
+  return loadResult.addon.formatAddress(family, bytes);
+}

@@ -1,0 +1,26 @@
+/**
+ * The conntrack source contract (test/helpers/conntrack-suite.ts) run against
+ * both sources. Needs root (network namespaces); skips with a printed reason
+ * otherwise, and fails instead under CI=true.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { loadNetlinkAddon } from '../src/conntrack/netlink';
+import { conntrackSuite } from './helpers/conntrack-suite';
+
+conntrackSuite({
+  name: 'netlink',
+  unavailable: () => {
+    const r = loadNetlinkAddon();
+    return r.ok ? null : r.error.message;
+  },
+});
+
+conntrackSuite({
+  name: 'procfs',
+  unavailable: () =>
+    fs.existsSync(path.join(__dirname, '..', 'src', 'conntrack', 'procfs.ts'))
+      ? null
+      : 'src/conntrack/procfs.ts does not exist yet',
+});
