@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the real components the test suite drives: dockerd, Squid,
-# iptables, busybox (for test images), a static libc (for the test client)
-# and clang-format. Does nothing for what is already there.
+# iptables, busybox (for test images), a static libc (for the test client),
+# clang-format, and systemd's tools (systemd-analyze, systemd-socket-activate)
+# with python3 for the systemd tests. Does nothing for what is already there.
 set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
-for pkg in squid iptables iproute2 busybox-static libc6-dev gcc clang-format conntrack procps; do
+for pkg in squid iptables iproute2 busybox-static libc6-dev gcc clang-format conntrack procps systemd python3 util-linux; do
   have "$pkg" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -17,5 +17,5 @@ node scripts/clang-format-check.js
 
 echo "== tests"
 shopt -s nullglob
-files=(test/unit/*.test.ts test/conntrack-*.test.ts test/daemon/*.test.ts test/e2e/*.test.ts)
+files=(test/unit/*.test.ts test/conntrack-*.test.ts test/daemon/*.test.ts test/systemd/*.test.ts test/e2e/*.test.ts)
 node --import tsx --test --test-concurrency=1 --test-timeout=900000 "${files[@]}"

@@ -1,7 +1,9 @@
 /** Command line: `docker-identd serve [flags]`, `--help`, `--version`. */
-import { ConfigError, loadConfig } from './config';
-import { startDaemon } from './daemon';
+import { ConfigError, DEFAULT_LISTEN, loadConfig } from './config';
+import { startDaemon, type RunningDaemon } from './daemon';
 import { createLogger } from './logger';
+import { formatListenAddress } from './server';
+import { parseListenFds, parseWatchdogUsec, SystemdNotifier, unsetListenEnv } from './systemd';
 import { VERSION } from './version';
 
 export const USAGE = `Usage: docker-identd serve [options]
@@ -14,6 +16,8 @@ Options:
                          (default: port 113 on every IPv4 and IPv6 address)
   --allow CIDR           source address or network whose queries are answered;
                          repeatable (default: loopback only)
+  --proxy-address CIDR   further proxy source address for the netlink second
+                         try (a proxy behind a load balancer); repeatable
   --docker-host URL      Docker Engine API (default: $DOCKER_HOST, else
                          unix:///var/run/docker.sock)
   --conntrack MODE       auto | netlink | procfs (default: auto)
@@ -62,18 +66,54 @@ export async function main(argv: string[]): Promise<number> {
     throw err;
   }
   const log = createLogger(config.logLevel);
-  let daemon;
+  // Socket activation (systemd): listening sockets inherited from the service manager.
+  const activation = parseListenFds(process.env, process.pid);
+  if (activation.status === 'invalid') {
+    log.fatal({ err: activation.reason }, 'start-up failed');
+    process.stderr.write(`docker-identd: socket activation: ${activation.reason}\n`);
+    return 2;
+  }
+  unsetListenEnv(process.env);
+  if (activation.status === 'other-process') {
+    log.warn({ listenPid: activation.pid }, 'LISTEN_FDS is meant for another process; ignored');
+  }
+  const inherited = activation.status === 'ok' ? { fds: activation.fds, names: activation.names } : undefined;
+  if (inherited) {
+    const fields = { fds: inherited.fds, names: inherited.names, ignored: config.listen.map(formatListenAddress) };
+    const msg = 'socket activation: serving the inherited sockets; the listen setting is ignored';
+    if (config.listen !== DEFAULT_LISTEN) log.warn(fields, msg);
+    else log.info(fields, msg);
+  }
+  // SIGHUP before start-up is done is applied once it is (the default action would kill us).
+  let daemon: RunningDaemon | undefined;
+  let reloadPending = false;
+  let stopping = false;
+  const onHup = (): void => {
+    if (stopping) return;
+    log.info({ signal: 'SIGHUP' }, 'reloading config');
+    if (daemon) daemon.reload(rest);
+    else reloadPending = true;
+  };
+  process.on('SIGHUP', onHup);
   try {
-    daemon = await startDaemon(config, log);
+    daemon = await startDaemon(config, log, {
+      inherited,
+      notifier: new SystemdNotifier(log),
+      watchdogUsec: parseWatchdogUsec(process.env, process.pid),
+    });
   } catch (err) {
+    process.off('SIGHUP', onHup);
     log.fatal({ err: (err as Error).message, code: (err as { code?: string }).code }, 'start-up failed');
     process.stderr.write(`docker-identd: ${(err as Error).message}\n`);
     return 1;
   }
+  if (reloadPending) daemon.reload(rest);
+  const running = daemon;
   return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
+      stopping = true;
       log.info({ signal }, 'stopping');
-      daemon.stop().then(
+      running.stop().then(
         () => resolve(0),
         (err: Error) => {
           log.error({ err: err.message }, 'error while stopping');

@@ -15,6 +15,8 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export interface Config {
   listen: ListenAddress[];
   allow: Cidr[];
+  /** Extra proxy source addresses for the netlink source's second try (besides --allow). */
+  proxyAddress: Cidr[];
   /** True when --allow was not given: loopback only, and a warning at start. */
   allowDefaulted: boolean;
   dockerHost: string;
@@ -40,6 +42,7 @@ export const DEFAULT_MAX_PER_SOURCE = 256;
 const SETTINGS = [
   'listen',
   'allow',
+  'proxy-address',
   'docker-host',
   'conntrack',
   'log-level',
@@ -48,11 +51,12 @@ const SETTINGS = [
   'max-per-source',
 ] as const;
 type Setting = (typeof SETTINGS)[number];
-const MULTI: ReadonlySet<Setting> = new Set(['listen', 'allow']);
+const MULTI: ReadonlySet<Setting> = new Set(['listen', 'allow', 'proxy-address']);
 
 export const SERVE_OPTIONS = {
   listen: { type: 'string', multiple: true },
   allow: { type: 'string', multiple: true },
+  'proxy-address': { type: 'string', multiple: true },
   'docker-host': { type: 'string' },
   conntrack: { type: 'string' },
   config: { type: 'string' },
@@ -74,9 +78,9 @@ export function parseListen(text: string): ListenAddress {
   return { host, port };
 }
 
-function parseAllow(text: string): Cidr {
+function parseCidrSetting(flag: string, text: string): Cidr {
   const c = parseCidr(text.trim());
-  if (!c) throw new ConfigError(`--allow: "${text}" is not an address or CIDR`);
+  if (!c) throw new ConfigError(`--${flag}: "${text}" is not an address or CIDR`);
   return c;
 }
 
@@ -100,6 +104,8 @@ function readConfigFile(file: string): Raw {
   }
   const raw: Raw = {};
   for (const [key, value] of Object.entries(json)) {
+    // Keys starting with "//" are comments (JSON has none): the installed default config explains itself.
+    if (key.startsWith('//')) continue;
     if (!(SETTINGS as readonly string[]).includes(key)) {
       throw new ConfigError(`--config: unknown setting "${key}" in ${file} (known: ${SETTINGS.join(', ')})`);
     }
@@ -143,7 +149,8 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
   const listenText = list('listen');
   const listen = listenText ? listenText.map(parseListen) : DEFAULT_LISTEN;
   const allowText = list('allow');
-  const allow = (allowText ?? DEFAULT_ALLOW).map(parseAllow);
+  const allow = (allowText ?? DEFAULT_ALLOW).map((t) => parseCidrSetting('allow', t));
+  const proxyAddress = (list('proxy-address') ?? []).map((t) => parseCidrSetting('proxy-address', t));
 
   const dockerHost = one('docker-host') ?? env.DOCKER_HOST ?? 'unix:///var/run/docker.sock';
   if (!/^(unix|tcp|http|https):\/\/./.test(dockerHost)) {
@@ -179,6 +186,7 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
   return {
     listen,
     allow,
+    proxyAddress,
     allowDefaulted: allowText === undefined,
     dockerHost,
     conntrack,

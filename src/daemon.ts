@@ -4,11 +4,14 @@ import type { Logger } from 'pino';
 
 import type { Config } from './config';
 import { selectConntrackSource } from './conntrack/select';
+import { ensureConntrackTimestamps } from './conntrack/timestamps';
 import type { ConntrackSource } from './conntrack/types';
 import { DockerRegistry } from './docker/registry';
 import { AddressSet, formatCidr } from './ip';
 import { Resolver } from './resolver';
-import { formatListenAddress, IdentServer } from './server';
+import { planReload } from './reload';
+import { formatListenAddress, IdentServer, type ListenAddress } from './server';
+import { SystemdNotifier, Watchdog } from './systemd';
 import { VERSION } from './version';
 
 /** Protocol limit, not a setting. */
@@ -26,18 +29,39 @@ export function openFileLimit(): number | null {
   }
 }
 const SHUTDOWN_DEADLINE_MS = 5000;
+/** On SIGTERM, how long answers in flight may take before their connections are closed. */
+const ANSWER_DEADLINE_MS = 3000;
+/** How long the Docker event stream may stay down before the watchdog pings stop. */
+const DOCKER_WATCHDOG_GRACE_MS = 120_000;
+/** How often the systemd status line is refreshed while waiting for Docker. */
+const STATUS_INTERVAL_MS = 10_000;
+
+/** Integration with a service manager (systemd); everything is optional. */
+export interface DaemonOptions {
+  /** Listening sockets inherited through socket activation: `config.listen` is then not used. */
+  inherited?: { fds: number[]; names: string[] };
+  /** sd_notify(3); a no-op unless NOTIFY_SOCKET is set. */
+  notifier?: SystemdNotifier;
+  /** WATCHDOG_USEC meant for this process, or null. */
+  watchdogUsec?: number | null;
+  dockerWatchdogGraceMs?: number;
+}
 
 export interface RunningDaemon {
   stop(): Promise<void>;
+  /** SIGHUP: loads the config again from `args`; applies the allowlist and log level, or keeps the old config. */
+  reload(args: string[]): boolean;
 }
 
-export async function startDaemon(config: Config, log: Logger): Promise<RunningDaemon> {
+export async function startDaemon(config: Config, log: Logger, opts: DaemonOptions = {}): Promise<RunningDaemon> {
+  const notifier = opts.notifier ?? new SystemdNotifier(log);
   log.info(
     {
       version: VERSION,
       config: {
         listen: config.listen.map(formatListenAddress),
         allow: config.allow.map(formatCidr),
+        proxyAddress: config.proxyAddress.map(formatCidr),
         dockerHost: config.dockerHost,
         conntrack: config.conntrack,
         logLevel: config.logLevel,
@@ -53,12 +77,13 @@ export async function startDaemon(config: Config, log: Logger): Promise<RunningD
     log.warn('no --allow given: answering queries from loopback only; name your proxy with --allow CIDR');
   }
   const allow = new AddressSet(config.allow);
-  const conntrack: ConntrackSource = await selectConntrackSource({
-    mode: config.conntrack,
-    proxyAddresses: allow,
-    log,
-  });
+  // The netlink source's second try looks for the connection among these proxies' entries.
+  const proxyAddresses = new AddressSet([...config.allow, ...config.proxyAddress]);
+  const conntrack: ConntrackSource = await selectConntrackSource({ mode: config.conntrack, proxyAddresses, log });
+  // Conntrack start times tell a former owner's connection from the current owner's.
+  await ensureConntrackTimestamps(log);
   log.info({ source: conntrack.name }, 'conntrack source ready');
+  notifier.status(`conntrack source ${conntrack.name} ready; connecting to Docker`);
 
   const registry = new DockerRegistry(config.dockerHost, log);
   registry.start();
@@ -81,24 +106,107 @@ export async function startDaemon(config: Config, log: Logger): Promise<RunningD
     resolve: (q) => resolver.resolve(q),
     log,
   });
-  let bound;
+  let bound: ListenAddress[];
   try {
-    bound = await server.start();
+    bound = opts.inherited ? await server.startFromFds(opts.inherited.fds) : await server.start();
   } catch (err) {
     await registry.close();
     await conntrack.close();
     throw err;
   }
-  log.info({ listen: bound.map(formatListenAddress) }, 'listening');
+  log.info(
+    {
+      listen: bound.map(formatListenAddress),
+      ...(opts.inherited ? { socketActivation: true, fdNames: opts.inherited.names } : {}),
+    },
+    'listening',
+  );
+
+  let current = config;
+  let stopping = false;
+  let ready = false;
+  const readyStatus = (): string =>
+    `answering; conntrack ${conntrack.name}; Docker ${registry.state}, ${registry.containers} containers indexed`;
+  // READY=1 once the conntrack source works (above) and the Docker index is synced.
+  void (async () => {
+    while (!stopping && !(await registry.waitSynced(STATUS_INTERVAL_MS))) {
+      if (!stopping) notifier.status(`waiting for Docker (${registry.state})`);
+    }
+    if (stopping) return;
+    ready = true;
+    notifier.ready(readyStatus());
+    log.info({ notify: notifier.enabled }, 'ready');
+  })();
+
+  let watchdog: Watchdog | null = null;
+  if (opts.watchdogUsec) {
+    const grace = opts.dockerWatchdogGraceMs ?? DOCKER_WATCHDOG_GRACE_MS;
+    let lastSynced = Date.now();
+    let lastState = registry.state;
+    watchdog = new Watchdog({
+      usec: opts.watchdogUsec,
+      log,
+      ping: () => notifier.watchdog(),
+      check: () => {
+        const state = registry.state;
+        if (state !== lastState) {
+          lastState = state;
+          if (ready) notifier.status(state === 'synced' ? readyStatus() : `Docker ${state}: answering ERROR`);
+        }
+        if (state === 'synced' || state === 'closed') {
+          lastSynced = Date.now();
+          return { ok: true };
+        }
+        const downMs = Date.now() - lastSynced;
+        if (downMs > grace) {
+          return { ok: false, reason: `Docker event stream down for ${Math.round(downMs / 1000)} s (${state})` };
+        }
+        return { ok: true };
+      },
+    });
+    watchdog.start();
+    log.info({ intervalMs: Math.floor(opts.watchdogUsec / 2000) }, 'systemd watchdog pings on');
+  }
 
   return {
+    reload(args: string[]): boolean {
+      if (ready) notifier.reloading();
+      const plan = planReload(args, current, { socketActivated: !!opts.inherited });
+      let ok = false;
+      if (!plan.ok) {
+        log.error({ err: plan.error }, 'config reload refused; the running config stays in force');
+      } else {
+        const next = plan.effective;
+        if (plan.diff.apply.includes('allow')) server.setAllow(new AddressSet(next.allow));
+        if (plan.diff.apply.includes('log-level')) log.level = next.logLevel;
+        current = next;
+        ok = true;
+        log.info(
+          { applied: plan.diff.apply, allow: next.allow.map(formatCidr), logLevel: next.logLevel },
+          'config reloaded',
+        );
+        if (plan.diff.apply.includes('allow') && next.allowDefaulted) {
+          log.warn('no allow list in the reloaded config: answering queries from loopback only');
+        }
+        if (plan.diff.needRestart.length > 0) {
+          log.warn({ settings: plan.diff.needRestart }, 'changed settings take effect only after a restart; kept');
+        }
+      }
+      if (ready) notifier.ready(readyStatus());
+      return ok;
+    },
+
     async stop() {
+      stopping = true;
+      watchdog?.stop();
+      notifier.stopping();
       const timer = setTimeout(() => {
         log.warn('shutdown deadline passed; exiting');
         process.exit(0);
       }, SHUTDOWN_DEADLINE_MS);
       timer.unref();
-      await server.close();
+      const cutOff = await server.close(ANSWER_DEADLINE_MS);
+      if (cutOff > 0) log.warn({ connections: cutOff }, 'answers still in flight at the stop deadline were cut off');
       await registry.close();
       await conntrack.close();
       clearTimeout(timer);

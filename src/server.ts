@@ -48,6 +48,9 @@ function answerText(a: Answer): string {
 export class IdentServer {
   private readonly servers: net.Server[] = [];
   private readonly sockets = new Set<net.Socket>();
+  /** Connections whose answer is being looked up or written (graceful close waits for these). */
+  private readonly inflight = new Set<net.Socket>();
+  private readonly drainWaiters: (() => void)[] = [];
   private readonly perSource = new Map<string, number>();
   /** Connections refused by a cap, and whether the current incident was logged. */
   refused = 0;
@@ -103,10 +106,97 @@ export class IdentServer {
     return bound;
   }
 
-  async close(): Promise<void> {
-    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
-    for (const s of this.sockets) s.destroy();
+  // --- systemd hooks (socket activation, reload, graceful stop): see src/systemd.ts ---
+
+  /**
+   * Serves listening TCP sockets inherited from systemd (socket activation)
+   * instead of `listen`. Rejects (closing what it opened) when an fd is not a
+   * TCP socket.
+   */
+  async startFromFds(fds: readonly number[]): Promise<ListenAddress[]> {
+    const bound: ListenAddress[] = [];
+    try {
+      for (const fd of fds) {
+        // Set up exactly as in start().
+        const server = net.createServer({ allowHalfOpen: true }, (s) => this.onConnection(s));
+        server.on('error', (err) => this.onListenerError(err));
+        try {
+          await new Promise<void>((resolve, reject) => {
+            server.once('error', reject);
+            server.listen({ fd }, () => {
+              server.off('error', reject);
+              resolve();
+            });
+          });
+        } catch (err) {
+          throw Object.assign(new Error(`cannot serve inherited fd ${fd}: ${(err as Error).message}`), {
+            code: (err as NodeJS.ErrnoException).code,
+          });
+        }
+        this.servers.push(server);
+        const a = server.address();
+        if (a === null || typeof a === 'string') {
+          throw Object.assign(new Error(`inherited fd ${fd} is not a TCP socket (${String(a)})`), {
+            code: 'ERR_INVALID_FD_TYPE',
+          });
+        }
+        bound.push({ host: a.address, port: a.port });
+      }
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
+    return bound;
   }
+
+  /** Replaces the allowlist (config reload); it applies to connections accepted from now on. */
+  setAllow(allow: AddressSet): void {
+    this.opts.allow = allow;
+  }
+
+  /**
+   * Stops accepting, closes the connections with no answer in flight (still
+   * waiting for their request, or answered), waits up to `deadlineMs` for the
+   * answers in flight to be written, then closes whatever is left. Resolves
+   * to the number of answers the deadline cut off.
+   */
+  async close(deadlineMs = 0): Promise<number> {
+    const listenersClosed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    this.servers.length = 0;
+    for (const s of this.sockets) if (!this.inflight.has(s)) s.destroy();
+    if (this.inflight.size > 0 && deadlineMs > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((r) => this.drainWaiters.push(r)),
+        new Promise<void>((r) => (timer = setTimeout(r, deadlineMs))),
+      ]);
+      clearTimeout(timer);
+    }
+    const cutOff = this.inflight.size;
+    for (const s of this.sockets) s.destroy();
+    await listenersClosed;
+    return cutOff;
+  }
+
+  /** Counts `socket` as having an answer in flight until the answer is written (or the socket is gone). */
+  private track(socket: net.Socket, answering: Promise<void>): void {
+    this.inflight.add(socket);
+    const done = (): void => {
+      if (!this.inflight.delete(socket) || this.inflight.size > 0) return;
+      const waiters = this.drainWaiters.splice(0);
+      for (const w of waiters) w();
+    };
+    const settled = (): void => {
+      if (socket.destroyed || socket.writableFinished) done();
+      else {
+        socket.once('finish', done);
+        socket.once('close', done);
+      }
+    };
+    answering.then(settled, settled);
+  }
+
+  // --- end of systemd hooks ---
 
   /**
    * Accept errors (EMFILE/ENFILE when out of file descriptors) do not stop the
@@ -183,7 +273,7 @@ export class IdentServer {
         received += chunk.length;
         if (received > this.opts.maxRequestBytes) socket.pause();
       });
-      void this.answer(socket, remote, local, line);
+      this.track(socket, this.answer(socket, remote, local, line));
     };
     const onData = (chunk: Buffer): void => {
       const room = this.opts.maxRequestBytes - received;

@@ -1,0 +1,81 @@
+/**
+ * Configuration reload (SIGHUP): re-reads the same command line and config
+ * file. The allowlist and the log level change in place; the other settings
+ * need a restart and keep their running values (logged). A new config that
+ * does not load is refused as a whole and the old one stays in force.
+ */
+import { ConfigError, loadConfig, type Config } from './config';
+import { formatCidr } from './ip';
+import { formatListenAddress } from './server';
+
+/** Settings a reload applies without a restart. */
+export const RELOADABLE_SETTINGS = ['allow', 'log-level'] as const;
+
+export interface ConfigDiff {
+  /** Reloadable settings whose value changed. */
+  apply: ('allow' | 'log-level')[];
+  /** Changed settings that only take effect after a restart. */
+  needRestart: string[];
+}
+
+const sameList = (a: readonly string[], b: readonly string[]): boolean =>
+  a.length === b.length && a.every((x, i) => x === b[i]);
+
+/**
+ * What changed between the running config and a freshly loaded one. Under
+ * socket activation the listen setting is not used, so it never needs a restart.
+ */
+export function diffConfig(current: Config, next: Config, opts: { socketActivated: boolean }): ConfigDiff {
+  const apply: ConfigDiff['apply'] = [];
+  const needRestart: string[] = [];
+  if (!sameList(current.allow.map(formatCidr), next.allow.map(formatCidr))) apply.push('allow');
+  if (current.logLevel !== next.logLevel) apply.push('log-level');
+  if (
+    !opts.socketActivated &&
+    !sameList(
+      current.listen.map((l) => `${formatListenAddress(l)}${l.optional ? '?' : ''}`),
+      next.listen.map((l) => `${formatListenAddress(l)}${l.optional ? '?' : ''}`),
+    )
+  ) {
+    needRestart.push('listen');
+  }
+  if (!sameList(current.proxyAddress.map(formatCidr), next.proxyAddress.map(formatCidr))) {
+    needRestart.push('proxy-address');
+  }
+  if (current.dockerHost !== next.dockerHost) needRestart.push('docker-host');
+  if (current.conntrack !== next.conntrack) needRestart.push('conntrack');
+  if (current.idleTimeoutMs !== next.idleTimeoutMs) needRestart.push('idle-timeout');
+  if (current.maxConnections !== next.maxConnections) needRestart.push('max-connections');
+  if (current.maxPerSource !== next.maxPerSource) needRestart.push('max-per-source');
+  return { apply, needRestart };
+}
+
+export type ReloadPlan =
+  | { ok: false; error: string }
+  | {
+      ok: true;
+      /** The config in force after the reload: reloadable settings from the new one, the rest as running. */
+      effective: Config;
+      diff: ConfigDiff;
+    };
+
+/** Loads the config again from the same `serve` arguments and plans the reload. */
+export function planReload(
+  args: string[],
+  current: Config,
+  opts: { socketActivated: boolean; env?: NodeJS.ProcessEnv },
+): ReloadPlan {
+  let next: Config;
+  try {
+    next = loadConfig(args, opts.env ?? process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) return { ok: false, error: err.message };
+    return { ok: false, error: `unexpected error: ${(err as Error).message}` };
+  }
+  const diff = diffConfig(current, next, opts);
+  return {
+    ok: true,
+    diff,
+    effective: { ...current, allow: next.allow, allowDefaulted: next.allowDefaulted, logLevel: next.logLevel },
+  };
+}
