@@ -181,6 +181,8 @@ export class AddressIndex {
     if (!list || list.length === 0) return { status: 'none' };
     if (list.some((o) => o.container.id !== list[0].container.id)) return { status: 'ambiguous', owners: [...list] };
     const releasedNs = this.released.get(a!);
-    return releasedNs === undefined ? { status: 'found', owner: list[0] } : { status: 'found', owner: list[0], releasedNs };
+    return releasedNs === undefined
+      ? { status: 'found', owner: list[0] }
+      : { status: 'found', owner: list[0], releasedNs };
   }
 }

@@ -55,7 +55,8 @@ export function dockerOptions(dockerHost: string): Docker.DockerOptions {
 
 function eventTimeNs(ev: DockerEvent): bigint {
   try {
-    if (ev.timeNano !== undefined) return BigInt(typeof ev.timeNano === 'number' ? Math.trunc(ev.timeNano) : ev.timeNano);
+    if (ev.timeNano !== undefined)
+      return BigInt(typeof ev.timeNano === 'number' ? Math.trunc(ev.timeNano) : ev.timeNano);
     if (ev.time !== undefined) return BigInt(Math.trunc(ev.time)) * 1_000_000_000n;
   } catch {
     // fall through: an unreadable time counts as now
