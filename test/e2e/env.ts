@@ -335,6 +335,8 @@ export interface ClientRequest {
   /** Container name; also the last path segment of the URL. */
   name: string;
   network?: string;
+  /** A fixed address on `network` (which then needs a --subnet). */
+  ip?: string;
   sport?: number;
   /** Wall-clock ms at which the client connects (all at the same moment). */
   at?: number;
@@ -838,8 +840,8 @@ export class TestEnv {
   // ----- containers ------------------------------------------------------
 
   /** docker network create (labelled) and make sure it is forwarded. */
-  async createNetwork(name: string): Promise<void> {
-    await run('docker', ['network', 'create', '--label', `${LABEL}=1`, name]);
+  async createNetwork(name: string, subnet?: string): Promise<void> {
+    await run('docker', ['network', 'create', '--label', `${LABEL}=1`, ...(subnet ? ['--subnet', subnet] : []), name]);
     this.networks.push(name);
     await this.ensureDockerForwarding(name);
   }
@@ -850,6 +852,7 @@ export class TestEnv {
     // --pull=never: the image is local; never let a typo send docker to a registry.
     const args = ['run', '--rm', '--pull=never', '--name', req.name, '--label', `${LABEL}=1`];
     if (req.network) args.push('--network', req.network);
+    if (req.ip) args.push('--ip', req.ip);
     args.push(IMAGE, '/httpclient', PROXY_IP, String(SQUID_PORT), url);
     if (req.sport) args.push('--sport', String(req.sport));
     if (req.at) args.push('--at', String(req.at));
