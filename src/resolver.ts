@@ -10,6 +10,7 @@ import type { Answer } from './protocol';
 import { isAnswerableName } from './protocol';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from './conntrack/types';
 import { replyMatches } from './conntrack/types';
+import type { ContainerInfo } from './docker/address-index';
 import type { RegistryLookup } from './docker/registry';
 
 export interface IdentQuery {
@@ -30,6 +31,8 @@ export interface Resolution {
   /** The container address (the entry's original source). */
   containerAddress?: string;
   containerId?: string;
+  /** The container found at the address (for `explain`). */
+  container?: ContainerInfo;
   source?: string;
   lookupUs?: number;
 }
@@ -53,6 +56,8 @@ export interface ResolverOptions {
    * query about a former owner's connection can still arrive after it.
    */
   reuseWindowMs?: number;
+  /** What is answered for a container (the naming template); null gives NO-USER. Default: its name. */
+  nameFor?: (c: ContainerInfo) => string | null;
 }
 
 const ERR = (code: 'NO-USER' | 'UNKNOWN-ERROR'): Answer => ({ kind: 'ERROR', code });
@@ -68,6 +73,7 @@ export class Resolver {
   private readonly dockerTimeoutMs: number;
   private readonly recentOwnerMs: number;
   private readonly reuseWindowMs: number;
+  private readonly nameFor: (c: ContainerInfo) => string | null;
 
   constructor(
     private readonly conntrack: ConntrackSource,
@@ -79,10 +85,25 @@ export class Resolver {
     this.dockerTimeoutMs = opts.dockerTimeoutMs ?? 2000;
     this.recentOwnerMs = opts.recentOwnerMs ?? 10_000;
     this.reuseWindowMs = opts.reuseWindowMs ?? 15_000;
+    this.nameFor = opts.nameFor ?? ((c) => c.name);
   }
 
   get sourceName(): string {
     return this.conntrack.name;
+  }
+
+  /**
+   * One conntrack lookup within the deadline. ENOBUFS (the kernel dropped a
+   * netlink message under load) is tried once more; a second failure stands.
+   */
+  private async lookupWithRetry(tuple: ReplyTuple): Promise<ConntrackEntry | null> {
+    const what = `${this.conntrack.name} conntrack lookup`;
+    try {
+      return await withDeadline(this.conntrack.lookup(tuple), this.conntrackTimeoutMs, what);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ENOBUFS') throw err;
+      return withDeadline(this.conntrack.lookup(tuple), this.conntrackTimeoutMs, what);
+    }
   }
 
   async resolve(q: IdentQuery): Promise<Resolution> {
@@ -92,7 +113,7 @@ export class Resolver {
     const t0 = performance.now();
     let entry: ConntrackEntry | null;
     try {
-      entry = await withDeadline(this.conntrack.lookup(tuple), this.conntrackTimeoutMs, `${source} conntrack lookup`);
+      entry = await this.lookupWithRetry(tuple);
     } catch (err) {
       const e = err as Error & { code?: string };
       const lookupUs = Math.round((performance.now() - t0) * 1000);
@@ -128,7 +149,7 @@ export class Resolver {
         break;
     }
     const { container, since } = owner.owner;
-    const withOwner = { ...withEntry, containerId: container.id };
+    const withOwner = { ...withEntry, containerId: container.id, container };
     if (owner.releasedNs !== undefined) {
       // The address had another owner before: is this connection the current owner's?
       if (entry.startNs !== undefined) {
@@ -162,9 +183,13 @@ export class Resolver {
         };
       }
     }
-    if (!isAnswerableName(container.name)) {
+    const name = this.nameFor(container);
+    if (name === null) {
+      return { ...withOwner, answer: ERR('NO-USER'), reason: 'the name template yields nothing for this container' };
+    }
+    if (!isAnswerableName(name)) {
       return { ...withOwner, answer: ERR('UNKNOWN-ERROR'), reason: 'container name cannot be answered over ident' };
     }
-    return { ...withOwner, answer: { kind: 'USERID', name: container.name }, reason: 'container found' };
+    return { ...withOwner, answer: { kind: 'USERID', name }, reason: 'container found' };
   }
 }

@@ -269,6 +269,30 @@ describe(
       assert.equal(r.found, r.sampled);
     });
 
+    it('a full table: the kernel refuses new entries, lookups still answer exactly', async (t) => {
+      const out = ns.run(process.execPath, ['--import', 'tsx', EXTRAS, 'full']);
+      const r = JSON.parse(out) as {
+        max: number;
+        count: number;
+        inserted: number;
+        refused: { code?: string; message: string } | null;
+        found: number;
+        sampled: number;
+        wrong: number;
+        absent: unknown;
+      };
+      t.diagnostic(
+        `table full at ${r.count} of ${r.max}; insert refused with ${r.refused?.code}; ` +
+          `${r.found} of ${r.sampled} sampled entries still there (the rest evicted to make room)`,
+      );
+      assert.ok(r.refused, 'the kernel accepted more entries than nf_conntrack_max');
+      assert.ok(r.count >= r.max * 0.9, `only ${r.count} entries of ${r.max}`);
+      assert.ok(r.sampled > 10);
+      assert.equal(r.wrong, 0);
+      assert.ok(r.found >= r.sampled * 0.9, `${r.found} of ${r.sampled} found`);
+      assert.equal(r.absent, null);
+    });
+
     it('survives worker threads terminated with lookups in flight (environment cleanup hook)', () => {
       const out = ns.run(process.execPath, ['--import', 'tsx', EXTRAS, 'workers']);
       assert.deepEqual(JSON.parse(out), { workers: 'terminated' });

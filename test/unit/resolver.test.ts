@@ -214,3 +214,22 @@ test('without a conntrack timestamp, a recently reused address is an ERROR for a
   ).resolve(query);
   assert.deepEqual(old.answer, { kind: 'USERID', name: 'newcomer' });
 });
+
+test('ENOBUFS is tried once more, then answered ERROR; other errors are not retried', async () => {
+  const enobufs = (): Error => conntrackError('No buffer space available', 'ENOBUFS', -105);
+  let calls = 0;
+  const once = source(async () => (++calls === 1 ? Promise.reject(enobufs()) : entry));
+  assert.deepEqual((await new Resolver(once, registry(owner('web'))).resolve(query)).answer, {
+    kind: 'USERID',
+    name: 'web',
+  });
+  assert.equal(calls, 2);
+  const always = source(async () => Promise.reject(enobufs()));
+  const res = await new Resolver(always, registry(owner('web'))).resolve(query);
+  assert.deepEqual(res.answer, { kind: 'ERROR', code: 'UNKNOWN-ERROR' });
+  assert.match(res.reason, /ENOBUFS/);
+  assert.equal(always.asked.length, 2);
+  const eperm = source(async () => Promise.reject(conntrackError('Operation not permitted', 'EPERM', -1)));
+  await new Resolver(eperm, registry(owner('web'))).resolve(query);
+  assert.equal(eperm.asked.length, 1);
+});
