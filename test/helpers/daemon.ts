@@ -141,9 +141,12 @@ export async function startDaemon(
   args: string[],
   logFile: string,
   env: NodeJS.ProcessEnv = process.env,
+  /** A command to run the daemon under (e.g. setpriv ... --). */
+  wrapper: string[] = [],
 ): Promise<Daemon> {
   const full = [path.join(REPO_ROOT, 'bin', 'docker-identd.js'), 'serve', ...args];
-  const child = spawn(process.execPath, full, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env });
+  const [cmd, ...pre] = wrapper.length > 0 ? [...wrapper, process.execPath] : [process.execPath];
+  const child = spawn(cmd, [...pre, ...full], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env });
   const d = new Daemon(child, full, logFile);
   await d.waitListening(30_000);
   return d;
