@@ -19,6 +19,8 @@ export interface ContainerInfo {
   /** Name without the leading slash. */
   name: string;
   networks: ContainerNetwork[];
+  /** The container's labels (string values only), for naming templates. */
+  labels?: Record<string, string>;
 }
 
 export interface IndexedAddress {
@@ -46,6 +48,9 @@ export function containerFromDocker(json: {
   Id?: string;
   Name?: string;
   Names?: string[];
+  /** List JSON has `Labels`, inspect JSON `Config.Labels`. */
+  Labels?: Record<string, unknown> | null;
+  Config?: { Labels?: Record<string, unknown> | null } | null;
   NetworkSettings?: { Networks?: Record<string, DockerNetworkJson | null> | null } | null;
 }): ContainerInfo | null {
   const id = json.Id;
@@ -62,7 +67,11 @@ export function containerFromDocker(json: {
     if (v6) net.ipv6 = v6;
     if (net.ipv4 || net.ipv6) networks.push(net);
   }
-  return { id, name, networks };
+  const labels: Record<string, string> = {};
+  for (const [k, v] of Object.entries(json.Labels ?? json.Config?.Labels ?? {})) {
+    if (typeof v === 'string') Object.defineProperty(labels, k, { value: v, enumerable: true, writable: true });
+  }
+  return { id, name, networks, labels };
 }
 
 /** Addresses whose release time is remembered; the oldest are forgotten first. */
@@ -161,14 +170,29 @@ export class AddressIndex {
    * Takes over another index's release times, and releases (at `atNs`) every
    * address whose owner differs between `previous` and this index: what changed
    * while nobody was watching changed at some unknown time before now.
+   * Returns how many addresses changed owner.
    */
-  inheritFrom(previous: AddressIndex, atNs: bigint): void {
+  inheritFrom(previous: AddressIndex, atNs: bigint): number {
     for (const [addr, t] of previous.released) this.markReleased(addr, t);
     const before = previous.owners();
     const after = this.owners();
+    let changed = 0;
     for (const addr of new Set([...before.keys(), ...after.keys()])) {
-      if (before.get(addr) !== after.get(addr)) this.markReleased(addr, atNs);
+      if (before.get(addr) !== after.get(addr)) {
+        this.markReleased(addr, atNs);
+        changed++;
+      }
     }
+    // Same owner, but indexed again: it keeps the time it was first indexed.
+    for (const [addr, list] of this.byAddress) {
+      const old = previous.byAddress.get(addr);
+      if (!old) continue;
+      for (const o of list) {
+        const match = old.find((p) => p.container.id === o.container.id);
+        if (match) o.since = match.since;
+      }
+    }
+    return changed;
   }
 
   has(id: string): boolean {

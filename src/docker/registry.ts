@@ -26,6 +26,8 @@ export interface RegistryOptions {
   backoffMaxMs?: number;
   /** Longest event line accepted from the stream. */
   maxEventBytes?: number;
+  /** How often the index is compared with a full listing. */
+  verifyIntervalMs?: number;
 }
 
 interface DockerEvent {
@@ -66,6 +68,15 @@ function eventTimeNs(ev: DockerEvent): bigint {
 
 const maxNs = (a: bigint, b: bigint): bigint => (a > b ? a : b);
 
+/** An inspect answer that is not a container description is a failure, not an empty container. */
+function checkInspect(json: Docker.ContainerInspectInfo): Docker.ContainerInspectInfo {
+  const j: unknown = json;
+  if (typeof j !== 'object' || j === null || typeof (j as { Id?: unknown }).Id !== 'string') {
+    throw new Error('docker inspect answered something that is not a container');
+  }
+  return json;
+}
+
 export class DockerRegistry {
   private index = new AddressIndex();
   private _state: RegistryState = 'connecting';
@@ -80,8 +91,13 @@ export class DockerRegistry {
   private readonly backoffMinMs: number;
   private readonly backoffMaxMs: number;
   private readonly maxEventBytes: number;
+  private readonly verifyIntervalMs: number;
+  /** Periodic comparisons with a full listing done. */
+  verifications = 0;
   private syncedWaiters: (() => void)[] = [];
   reconnects = 0;
+  /** Full listings applied (the first sync included). */
+  resyncs = 0;
 
   constructor(
     dockerHost: string,
@@ -92,6 +108,7 @@ export class DockerRegistry {
     this.backoffMinMs = opts.backoffMinMs ?? 250;
     this.backoffMaxMs = opts.backoffMaxMs ?? 30_000;
     this.maxEventBytes = opts.maxEventBytes ?? 1024 * 1024;
+    this.verifyIntervalMs = opts.verifyIntervalMs ?? 60_000;
     const base = dockerOptions(dockerHost);
     this.api = new Docker({ ...base, timeout: this.apiTimeoutMs });
     this.stream = new Docker(base);
@@ -149,7 +166,9 @@ export class DockerRegistry {
    */
   async confirm(id: string, address: string): Promise<boolean> {
     try {
-      const json = await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect');
+      const json = checkInspect(
+        await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect'),
+      );
       if (!json.State?.Running) return false;
       const info = containerFromDocker(json);
       return !!info?.networks.some((n) => n.ipv4 === address || n.ipv6 === address);
@@ -247,16 +266,7 @@ export class DockerRegistry {
     const listingDone = new Promise<void>((r) => (listed = r));
     this.enqueue(() => listingDone);
     try {
-      const list = await withDeadline(this.api.listContainers(), this.apiTimeoutMs, 'docker ps');
-      // Whatever changed before this listing changed no later than now.
-      const listedNs = nowNs();
-      const index = new AddressIndex();
-      for (const c of list) {
-        const info = containerFromDocker(c as Parameters<typeof containerFromDocker>[0]);
-        if (info) index.set(info, listedNs);
-      }
-      index.inheritFrom(this.index, listedNs);
-      this.index = index;
+      this.index = (await this.listIndex()).index;
     } catch (err) {
       readable.destroy?.();
       throw err;
@@ -264,12 +274,47 @@ export class DockerRegistry {
       listed();
     }
     await this.queue;
+    this.resyncs++;
     this.setState('synced', 'synced');
     this.log.info({ containers: this.index.containers, addresses: this.index.addresses }, 'Docker index synced');
+    // Docker drops events for a subscriber that falls behind, without a word:
+    // compare with a full listing now and then, in line with the events.
+    const verifier = setInterval(() => this.enqueue(() => this.verify()), this.verifyIntervalMs);
     try {
       await ended;
     } finally {
+      clearInterval(verifier);
       readable.destroy?.();
+    }
+  }
+
+  /**
+   * A full listing as a new index that keeps the current one's release times
+   * and releases (now) every address whose owner differs.
+   */
+  private async listIndex(): Promise<{ index: AddressIndex; changed: number }> {
+    const list: unknown = await withDeadline(this.api.listContainers(), this.apiTimeoutMs, 'docker ps');
+    if (!Array.isArray(list) || !list.every((c) => typeof c === 'object' && c !== null && typeof c.Id === 'string')) {
+      throw new Error('docker ps answered something that is not a list of containers');
+    }
+    // Whatever changed before this listing changed no later than now.
+    const listedNs = nowNs();
+    const index = new AddressIndex();
+    for (const c of list) {
+      const info = containerFromDocker(c as Parameters<typeof containerFromDocker>[0]);
+      if (info) index.set(info, listedNs);
+    }
+    const changed = index.inheritFrom(this.index, listedNs);
+    return { index, changed };
+  }
+
+  /** The periodic check: a listing that disagrees with the index means events were lost. */
+  private async verify(): Promise<void> {
+    const { index, changed } = await this.listIndex();
+    this.index = index;
+    this.verifications++;
+    if (changed > 0) {
+      this.log.warn({ addresses: changed }, 'Docker index had missed changes (events lost); corrected from a listing');
     }
   }
 
@@ -320,7 +365,9 @@ export class DockerRegistry {
    */
   private async refresh(id: string, atNs: bigint): Promise<void> {
     try {
-      const json = await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect');
+      const json = checkInspect(
+        await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect'),
+      );
       const t = maxNs(atNs, nowNs());
       const info = json.State?.Running ? containerFromDocker(json) : null;
       if (info) this.index.set(info, t);

@@ -11,6 +11,7 @@ export interface FakeContainer {
   Name: string;
   Running: boolean;
   Networks: Record<string, { NetworkID: string; IPAddress: string; GlobalIPv6Address?: string }>;
+  Labels?: Record<string, string>;
 }
 
 export class FakeDocker {
@@ -20,6 +21,8 @@ export class FakeDocker {
   /** When set, every API call answers with this status. */
   failWith: number | null = null;
   inspectFailWith: number | null = null;
+  /** 'hang': API calls (not the event stream) never answer; 'garbage': they answer 200 with non-JSON. */
+  misbehave: 'hang' | 'garbage' | null = null;
   requests: string[] = [];
 
   constructor(readonly socketPath: string) {}
@@ -68,6 +71,9 @@ export class FakeDocker {
       Name: `/${c.Name}`,
       Names: [`/${c.Name}`],
       State: { Running: c.Running },
+      // List JSON has Labels, inspect JSON Config.Labels: both are served.
+      Labels: c.Labels ?? {},
+      Config: { Labels: c.Labels ?? {} },
       NetworkSettings: { Networks: c.Networks },
     };
   }
@@ -77,6 +83,11 @@ export class FakeDocker {
     this.requests.push(url.pathname);
     if (this.failWith !== null) {
       res.writeHead(this.failWith, { 'content-type': 'application/json' }).end('{"message":"injected failure"}');
+      return;
+    }
+    if (this.misbehave && url.pathname !== '/events') {
+      if (this.misbehave === 'garbage') res.writeHead(200, { 'content-type': 'application/json' }).end('<html>oops');
+      // 'hang': leave the request unanswered.
       return;
     }
     if (url.pathname === '/events') {

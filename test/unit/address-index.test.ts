@@ -21,6 +21,7 @@ test('containerFromDocker reads list and inspect JSON, every network, IPv4 and I
       { networkId: 'n1', networkName: 'bridge', ipv4: '172.17.0.2' },
       { networkId: 'n2', networkName: 'app_default', ipv4: '172.20.0.3', ipv6: 'fd00::3' },
     ],
+    labels: {},
   });
   // Host network / container: network mode: no addresses.
   assert.deepEqual(

@@ -172,3 +172,56 @@ test('an address taken over by a new container carries the time it was released'
     await fake.stop();
   }
 });
+
+test('lost events are caught by the periodic listing, which corrects the index', async () => {
+  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
+  const registry = new DockerRegistry(fake.url, log, {
+    apiTimeoutMs: 500,
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+    verifyIntervalMs: 100,
+  });
+  fake.add(structuredClone(web));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    // Web stops and a newcomer takes its address, and Docker's events never arrive.
+    fake.containers.get('c1')!.Running = false;
+    fake.add({ ...structuredClone(web), Id: 'c7', Name: 'silent' });
+    await until('corrected', async () => {
+      const r = await registry.lookup('172.17.0.2', 1000);
+      return r.status === 'found' && r.owner.container.name === 'silent';
+    });
+    const r = await registry.lookup('172.17.0.2', 1000);
+    // The change is dated no earlier than the listing that found it.
+    assert.ok(r.status === 'found' && r.releasedNs !== undefined);
+    assert.ok(registry.verifications >= 1);
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
+
+for (const misbehave of ['hang', 'garbage'] as const) {
+  test(`a Docker API that answers ${misbehave === 'hang' ? 'never' : 'garbage'}: unavailable, then synced when it recovers`, async () => {
+    const { fake, registry } = setup();
+    fake.add(structuredClone(web));
+    fake.misbehave = misbehave;
+    await fake.start();
+    registry.start();
+    try {
+      await new Promise((r) => setTimeout(r, 700));
+      const t0 = Date.now();
+      const r = await registry.lookup('172.17.0.2', 100);
+      assert.equal(r.status, 'unavailable');
+      assert.ok(Date.now() - t0 < 200);
+      fake.misbehave = null;
+      assert.equal(await registry.waitSynced(5000), true);
+      assert.equal((await registry.lookup('172.17.0.2', 1000)).status, 'found');
+    } finally {
+      await registry.close();
+      await fake.stop();
+    }
+  });
+}
