@@ -203,3 +203,47 @@ if (!isRoot && !inCI) {
     });
   });
 }
+
+describe('running short of file descriptors', { timeout: 60_000 }, () => {
+  it('lowers its cap below the open file limit, turns connections away, and keeps answering', async (t) => {
+    assert.ok(isRoot || !inCI, 'needs root');
+    if (!isRoot) return t.skip('needs root');
+    const fake = new FakeDocker(path.join(dir, 'fd.sock'));
+    fake.add(structuredClone(loopy));
+    await fake.start();
+    const port = PORT + 2;
+    const d = await startDaemon(
+      ['--listen', `127.0.0.1:${port}`, '--allow', '127.0.0.0/8', '--conntrack', 'procfs', '--docker-host', fake.url],
+      path.join(dir, 'fd.log'),
+      process.env,
+      ['prlimit', '--nofile=100:100', '--'],
+    );
+    const held: net.Socket[] = [];
+    try {
+      const lowered = d.lines.find((l) => l.msg === 'connection cap lowered to fit the open file limit');
+      assert.equal(lowered?.maxConnections, 36);
+      await waitFor('synced', () => d.lines.some((l) => l.msg === 'Docker index synced'), 10_000);
+      for (let i = 0; i < 300; i++) {
+        const s = net.connect({ port, host: '127.0.0.1', localAddress: `127.0.${2 + (i % 50)}.1` });
+        s.on('error', () => undefined);
+        held.push(s);
+      }
+      await sleep(500);
+      assert.equal(d.exit, null, 'the daemon died');
+      assert.ok(d.lines.some((l) => l.msg === 'connection cap reached; closing new connections until load drops'));
+      for (const s of held) s.destroy();
+      await sleep(300);
+      await sleep(2100);
+      const c = await loopbackConnection();
+      try {
+        assert.equal(await identQuery(port, c.query), `${c.query.trim()} : USERID : OTHER : loopy\r\n`);
+      } finally {
+        c.close();
+      }
+    } finally {
+      for (const s of held) s.destroy();
+      await d.stop();
+      await fake.stop();
+    }
+  });
+});
