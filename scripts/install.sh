@@ -140,7 +140,7 @@ const [file, dockerHost, ...allow] = process.argv.slice(2);
 const config = {
   '//': [
     'docker-identd configuration (keys starting with // are comments).',
-    'systemctl reload docker-identd applies allow and log-level at once;',
+    'systemctl reload docker-identd applies allow, log-level and name-template at once;',
     'the other settings need systemctl restart docker-identd.',
   ],
   '// allow':
@@ -158,6 +158,13 @@ const config = {
   'log-level': 'info',
   '// idle-timeout': 'Seconds a connection may stay silent.',
   'idle-timeout': 10,
+  '// name-template':
+    'What is answered for a container: name, label:KEY, compose (project.service), swarm, a pattern ' +
+    'such as {label:team}-{name}, or alternatives separated by |. Nothing found: NO-USER. See README.md.',
+  'name-template': 'name',
+  '// metrics':
+    'Set to 127.0.0.1:9113 to serve /metrics, /healthz and /readyz; the service then needs the drop-in ' +
+    'described in README.md ("Metrics and health") to open an Internet socket.',
   '// listen':
     'Not used by the service: the port comes from docker-identd.socket (ListenStream=113).',
 };

@@ -1,17 +1,27 @@
-/** Command line: `docker-identd serve [flags]`, `--help`, `--version`. */
+/**
+ * Command line: `docker-identd serve [flags]` (the daemon), and the operators'
+ * tools `query`, `explain` and `squid-helper` (see src/tools.ts); `--help`, `--version`.
+ */
 import { ConfigError, DEFAULT_LISTEN, loadConfig } from './config';
 import { startDaemon, type RunningDaemon } from './daemon';
 import { createLogger } from './logger';
 import { formatListenAddress } from './server';
 import { parseListenFds, parseWatchdogUsec, SystemdNotifier, unsetListenEnv } from './systemd';
+import { EXPLAIN_USAGE, explainMain, QUERY_USAGE, queryMain, SQUID_HELPER_USAGE, squidHelperMain } from './tools';
 import { VERSION } from './version';
 
 export const USAGE = `Usage: docker-identd serve [options]
+       docker-identd query HOST PORT_SERVER PORT_CLIENT [--from ADDR]
+       docker-identd explain PORT_SERVER PORT_CLIENT --querier ADDR [--json]
+       docker-identd squid-helper [--host CIDR]... [--direct]
+       docker-identd COMMAND --help
 
-Answers RFC 1413 ident queries with the name of the Docker container that
-owns the NATed connection.
+serve answers RFC 1413 ident queries with the name of the Docker container
+that owns the NATed connection. query is a plain ident client, explain walks
+one query's resolution step by step on the Docker host, and squid-helper is
+an external_acl_type helper for Squid (see README.md).
 
-Options:
+Options of serve:
   --listen ADDR:PORT     address to listen on, [IPv6]:PORT for IPv6; repeatable
                          (default: port 113 on every IPv4 and IPv6 address)
   --allow CIDR           source address or network whose queries are answered;
@@ -29,6 +39,13 @@ Options:
   --max-connections N    connections open at once (default: 1024, lowered to
                          fit the open file limit)
   --max-per-source N     connections open at once from one address (default: 256)
+  --name-template T      what is answered: name | label:KEY | compose | swarm,
+                         a pattern such as {label:team}-{name}, or alternatives
+                         separated by | (default: name)
+  --metrics ADDR:PORT    serve /metrics, /healthz and /readyz over HTTP there
+                         (a bare PORT means 127.0.0.1:PORT; default: off)
+  --routed CIDR          a routed (not NATed) container network whose ident
+                         queries the host redirects (DNAT) to us; repeatable
   -h, --help             show this help
   -V, --version          show the version
 `;
@@ -42,6 +59,19 @@ export async function main(argv: string[]): Promise<number> {
   if (command === '--version' || command === '-V') {
     process.stdout.write(`docker-identd ${VERSION}\n`);
     return 0;
+  }
+  const tools: Record<string, [string, (args: string[]) => Promise<number>]> = {
+    query: [QUERY_USAGE, queryMain],
+    explain: [EXPLAIN_USAGE, explainMain],
+    'squid-helper': [SQUID_HELPER_USAGE, squidHelperMain],
+  };
+  if (Object.prototype.hasOwnProperty.call(tools, command)) {
+    const [usage, run] = tools[command];
+    if (rest.includes('--help') || rest.includes('-h')) {
+      process.stdout.write(usage);
+      return 0;
+    }
+    return run(rest);
   }
   if (command !== 'serve') {
     process.stderr.write(`docker-identd: unknown command "${command}" (try --help)\n`);

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
 import { canonicalIp, parseCidr, type Cidr } from './ip';
+import { DEFAULT_NAME_TEMPLATE, NameTemplateError, parseNameTemplate, type NameTemplate } from './naming';
 import type { ListenAddress } from './server';
 
 export type ConntrackMode = 'auto' | 'netlink' | 'procfs';
@@ -25,6 +26,16 @@ export interface Config {
   idleTimeoutMs: number;
   maxConnections: number;
   maxPerSource: number;
+  /** Where the metrics and health HTTP endpoint listens; null: off. */
+  metrics: ListenAddress | null;
+  /** What is answered for a container (`--name-template`). */
+  nameTemplate: NameTemplate;
+  /**
+   * Routed (not NATed) container networks: ident queries for their addresses
+   * arrive redirected (DNAT) to us, and the reply tuple's destination is the
+   * ident connection's original destination.
+   */
+  routed: Cidr[];
   configFile?: string;
 }
 
@@ -49,9 +60,12 @@ const SETTINGS = [
   'idle-timeout',
   'max-connections',
   'max-per-source',
+  'metrics',
+  'name-template',
+  'routed',
 ] as const;
 type Setting = (typeof SETTINGS)[number];
-const MULTI: ReadonlySet<Setting> = new Set(['listen', 'allow', 'proxy-address']);
+const MULTI: ReadonlySet<Setting> = new Set(['listen', 'allow', 'proxy-address', 'routed']);
 
 export const SERVE_OPTIONS = {
   listen: { type: 'string', multiple: true },
@@ -64,18 +78,36 @@ export const SERVE_OPTIONS = {
   'idle-timeout': { type: 'string' },
   'max-connections': { type: 'string' },
   'max-per-source': { type: 'string' },
+  metrics: { type: 'string' },
+  'name-template': { type: 'string' },
+  routed: { type: 'string', multiple: true },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean', short: 'V' },
 } as const;
 
-export function parseListen(text: string): ListenAddress {
+export function parseListen(text: string, flag = 'listen'): ListenAddress {
   const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(text) ?? /^([^:[\]]+):(\d{1,5})$/.exec(text);
-  if (!m) throw new ConfigError(`--listen: "${text}" is not ADDR:PORT or [IPv6]:PORT`);
+  if (!m) throw new ConfigError(`--${flag}: "${text}" is not ADDR:PORT or [IPv6]:PORT`);
   const host = canonicalIp(m[1]);
-  if (!host) throw new ConfigError(`--listen: "${m[1]}" is not an IP address`);
+  if (!host) throw new ConfigError(`--${flag}: "${m[1]}" is not an IP address`);
   const port = Number(m[2]);
-  if (port < 1 || port > 65535) throw new ConfigError(`--listen: port ${m[2]} is out of range 1..65535`);
+  if (port < 1 || port > 65535) throw new ConfigError(`--${flag}: port ${m[2]} is out of range 1..65535`);
   return { host, port };
+}
+
+/** `--metrics`: ADDR:PORT, [IPv6]:PORT, or a bare PORT on 127.0.0.1. */
+export function parseMetricsAddress(text: string): ListenAddress {
+  return parseListen(/^\d{1,5}$/.test(text) ? `127.0.0.1:${text}` : text, 'metrics');
+}
+
+/** `--name-template`, as a ConfigError naming the problem when it does not parse. */
+export function parseNameTemplateSetting(text: string): NameTemplate {
+  try {
+    return parseNameTemplate(text);
+  } catch (err) {
+    if (err instanceof NameTemplateError) throw new ConfigError(`--name-template: "${text}": ${err.message}`);
+    throw err;
+  }
 }
 
 function parseCidrSetting(flag: string, text: string): Cidr {
@@ -147,7 +179,7 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
   };
 
   const listenText = list('listen');
-  const listen = listenText ? listenText.map(parseListen) : DEFAULT_LISTEN;
+  const listen = listenText ? listenText.map((t) => parseListen(t)) : DEFAULT_LISTEN;
   const allowText = list('allow');
   const allow = (allowText ?? DEFAULT_ALLOW).map((t) => parseCidrSetting('allow', t));
   const proxyAddress = (list('proxy-address') ?? []).map((t) => parseCidrSetting('proxy-address', t));
@@ -183,6 +215,10 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
   };
   const maxConnections = count('max-connections', DEFAULT_MAX_CONNECTIONS);
   const maxPerSource = count('max-per-source', DEFAULT_MAX_PER_SOURCE);
+  const metricsText = one('metrics');
+  const metrics = metricsText === undefined || metricsText === '' ? null : parseMetricsAddress(metricsText);
+  const nameTemplate = parseNameTemplateSetting(one('name-template') ?? DEFAULT_NAME_TEMPLATE);
+  const routed = (list('routed') ?? []).map((t) => parseCidrSetting('routed', t));
   return {
     listen,
     allow,
@@ -194,6 +230,9 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
     idleTimeoutMs: Math.round(idle * 1000),
     maxConnections,
     maxPerSource,
+    metrics,
+    nameTemplate,
+    routed,
     ...(configFile ? { configFile } : {}),
   };
 }

@@ -8,8 +8,11 @@ import { ensureConntrackTimestamps } from './conntrack/timestamps';
 import type { ConntrackSource } from './conntrack/types';
 import { DockerRegistry } from './docker/registry';
 import { AddressSet, formatCidr } from './ip';
+import { Metrics, MetricsServer } from './metrics';
+import { applyNameTemplate } from './naming';
 import { Resolver } from './resolver';
 import { planReload } from './reload';
+import { originalDestination } from './routed';
 import { formatListenAddress, IdentServer, type ListenAddress } from './server';
 import { SystemdNotifier, Watchdog } from './systemd';
 import { VERSION } from './version';
@@ -68,6 +71,9 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
         idleTimeoutMs: config.idleTimeoutMs,
         maxConnections: config.maxConnections,
         maxPerSource: config.maxPerSource,
+        metrics: config.metrics ? formatListenAddress(config.metrics) : null,
+        nameTemplate: config.nameTemplate.text,
+        routed: config.routed.map(formatCidr),
         configFile: config.configFile,
       },
     },
@@ -79,7 +85,9 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   const allow = new AddressSet(config.allow);
   // The netlink source's second try looks for the connection among these proxies' entries.
   const proxyAddresses = new AddressSet([...config.allow, ...config.proxyAddress]);
-  const conntrack: ConntrackSource = await selectConntrackSource({ mode: config.conntrack, proxyAddresses, log });
+  const metrics = config.metrics ? new Metrics({ version: VERSION }) : null;
+  const selected = await selectConntrackSource({ mode: config.conntrack, proxyAddresses, log });
+  const conntrack: ConntrackSource = metrics ? metrics.instrumentConntrack(selected) : selected;
   // Conntrack start times tell a former owner's connection from the current owner's.
   await ensureConntrackTimestamps(log);
   log.info({ source: conntrack.name }, 'conntrack source ready');
@@ -87,7 +95,11 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
 
   const registry = new DockerRegistry(config.dockerHost, log);
   registry.start();
-  const resolver = new Resolver(conntrack, registry);
+  metrics?.setDocker(registry);
+  // The naming template in force (a reload may replace it).
+  let nameTemplate = config.nameTemplate;
+  const resolver = new Resolver(conntrack, registry, { nameFor: (c) => applyNameTemplate(nameTemplate, c) });
+  const routed = config.routed.length > 0 ? new AddressSet(config.routed) : null;
   // Stay below the descriptor limit, so the cap (not EMFILE) is what turns connections away.
   const fdLimit = openFileLimit();
   let maxConnections = config.maxConnections;
@@ -103,9 +115,21 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     maxRequestBytes: MAX_REQUEST_BYTES,
     maxConnections,
     maxPerSource: config.maxPerSource,
-    resolve: (q) => resolver.resolve(q),
+    resolve: async (q, conn) => {
+      const dst = routed ? await originalDestination(conntrack, q, conn, routed, 2000) : null;
+      return resolver.resolve(dst ? { ...q, local: dst } : q);
+    },
+    ...(metrics
+      ? {
+          onAnswer: (answer, resolution, seconds) => {
+            metrics.observeAnswer(answer);
+            if (resolution) metrics.observeQueryDuration(seconds);
+          },
+        }
+      : {}),
     log,
   });
+  metrics?.setServer(server);
   let bound: ListenAddress[];
   try {
     bound = opts.inherited ? await server.startFromFds(opts.inherited.fds) : await server.start();
@@ -113,6 +137,19 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     await registry.close();
     await conntrack.close();
     throw err;
+  }
+  let metricsServer: MetricsServer | null = null;
+  if (metrics && config.metrics) {
+    metricsServer = new MetricsServer(metrics, { listen: config.metrics, log });
+    try {
+      const at = await metricsServer.start();
+      log.info({ metrics: formatListenAddress(at) }, 'metrics endpoint listening');
+    } catch (err) {
+      await server.close();
+      await registry.close();
+      await conntrack.close();
+      throw err;
+    }
   }
   log.info(
     {
@@ -179,10 +216,16 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
         const next = plan.effective;
         if (plan.diff.apply.includes('allow')) server.setAllow(new AddressSet(next.allow));
         if (plan.diff.apply.includes('log-level')) log.level = next.logLevel;
+        if (plan.diff.apply.includes('name-template')) nameTemplate = next.nameTemplate;
         current = next;
         ok = true;
         log.info(
-          { applied: plan.diff.apply, allow: next.allow.map(formatCidr), logLevel: next.logLevel },
+          {
+            applied: plan.diff.apply,
+            allow: next.allow.map(formatCidr),
+            logLevel: next.logLevel,
+            nameTemplate: next.nameTemplate.text,
+          },
           'config reloaded',
         );
         if (plan.diff.apply.includes('allow') && next.allowDefaulted) {
@@ -198,6 +241,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
 
     async stop() {
       stopping = true;
+      metrics?.setStopping();
       watchdog?.stop();
       notifier.stopping();
       const timer = setTimeout(() => {
@@ -207,6 +251,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
       timer.unref();
       const cutOff = await server.close(ANSWER_DEADLINE_MS);
       if (cutOff > 0) log.warn({ connections: cutOff }, 'answers still in flight at the stop deadline were cut off');
+      await metricsServer?.close();
       await registry.close();
       await conntrack.close();
       clearTimeout(timer);

@@ -2,10 +2,13 @@ import pino, { type Logger } from 'pino';
 
 import type { LogLevel } from './config';
 
-/** JSON lines on stdout, written synchronously so nothing is lost at exit. */
-export function createLogger(level: LogLevel): Logger {
+/**
+ * JSON lines on stdout (or `fd`: the Squid helper and `explain` log to
+ * stderr), written synchronously so nothing is lost at exit.
+ */
+export function createLogger(level: LogLevel, fd: 1 | 2 = 1): Logger {
   return pino(
     { level, base: { name: 'docker-identd' }, timestamp: pino.stdTimeFunctions.isoTime },
-    pino.destination({ dest: 1, sync: true }),
+    pino.destination({ dest: fd, sync: true }),
   );
 }

@@ -78,3 +78,73 @@ export function formatReply(portOnServer: number, portOnClient: number, answer: 
 function portNumber(p: number): string {
   return Number.isSafeInteger(p) && p >= 0 ? String(p) : '0';
 }
+
+/** RFC 1413 error types; anything else an X- token or garbage the caller decides about. */
+export type ParsedReply =
+  | {
+      ok: true;
+      portOnServer: number;
+      portOnClient: number;
+      kind: 'USERID';
+      /** Operating system field ("OTHER", "UNIX", ...). */
+      opsys: string;
+      /** Character set after the comma in the opsys field, when given. */
+      charset?: string;
+      userId: string;
+    }
+  | { ok: true; portOnServer: number; portOnClient: number; kind: 'ERROR'; code: string }
+  | { ok: false; reason: string };
+
+/** Longest reply line accepted (RFC 1413: clients may give up after 1000 characters). */
+export const MAX_REPLY_LINE = 1000;
+
+const TOKEN_RE = /^[A-Za-z0-9_.+/-]{1,64}$/;
+
+/**
+ * Parses a reply line (the line ending already removed). Pure and total:
+ * never throws, and anything that is not a well-formed reply is `ok: false`.
+ * The user id is everything after the third colon, blanks around it removed;
+ * it must be non-empty and free of NUL, CR and LF.
+ */
+export function parseReply(line: string): ParsedReply {
+  if (line.length > MAX_REPLY_LINE) return { ok: false, reason: 'reply line too long' };
+  const bad = (reason: string): ParsedReply => ({ ok: false, reason });
+  const c1 = line.indexOf(':');
+  if (c1 < 0) return bad('no ":" in the reply');
+  const ports = /^[ \t]*(\d{1,5})[ \t]*,[ \t]*(\d{1,5})[ \t]*$/.exec(line.slice(0, c1));
+  if (!ports) return bad('malformed port pair');
+  const portOnServer = Number(ports[1]);
+  const portOnClient = Number(ports[2]);
+  if (portOnServer > 65535 || portOnClient > 65535) return bad('port out of range');
+  const c2 = line.indexOf(':', c1 + 1);
+  const type = (c2 < 0 ? line.slice(c1 + 1) : line.slice(c1 + 1, c2)).trim();
+  if (type === 'ERROR') {
+    if (c2 < 0) return bad('ERROR without an error type');
+    const code = line.slice(c2 + 1).trim();
+    if (!TOKEN_RE.test(code)) return bad('malformed error type');
+    return { ok: true, portOnServer, portOnClient, kind: 'ERROR', code };
+  }
+  if (type !== 'USERID') return bad(`unknown reply type "${type.slice(0, 20)}"`);
+  if (c2 < 0) return bad('USERID without an opsys field');
+  const c3 = line.indexOf(':', c2 + 1);
+  if (c3 < 0) return bad('USERID without a user id');
+  const opsysField = line.slice(c2 + 1, c3).trim();
+  const comma = opsysField.indexOf(',');
+  const opsys = (comma < 0 ? opsysField : opsysField.slice(0, comma)).trim();
+  const charset = comma < 0 ? undefined : opsysField.slice(comma + 1).trim();
+  if (!TOKEN_RE.test(opsys) || (charset !== undefined && !TOKEN_RE.test(charset))) {
+    return bad('malformed opsys field');
+  }
+  const userId = line.slice(c3 + 1).replace(/^[ \t]+|[ \t]+$/g, '');
+  if (userId.length === 0) return bad('empty user id');
+  if (/[\0\r\n]/.test(userId)) return bad('user id contains NUL, CR or LF');
+  return {
+    ok: true,
+    portOnServer,
+    portOnClient,
+    kind: 'USERID',
+    opsys,
+    ...(charset !== undefined ? { charset } : {}),
+    userId,
+  };
+}

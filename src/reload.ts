@@ -1,19 +1,20 @@
 /**
  * Configuration reload (SIGHUP): re-reads the same command line and config
- * file. The allowlist and the log level change in place; the other settings
- * need a restart and keep their running values (logged). A new config that
- * does not load is refused as a whole and the old one stays in force.
+ * file. The allowlist, the log level and the naming template change in
+ * place; the other settings need a restart and keep their running values
+ * (logged). A new config that does not load is refused as a whole and the
+ * old one stays in force.
  */
 import { ConfigError, loadConfig, type Config } from './config';
 import { formatCidr } from './ip';
 import { formatListenAddress } from './server';
 
 /** Settings a reload applies without a restart. */
-export const RELOADABLE_SETTINGS = ['allow', 'log-level'] as const;
+export const RELOADABLE_SETTINGS = ['allow', 'log-level', 'name-template'] as const;
 
 export interface ConfigDiff {
   /** Reloadable settings whose value changed. */
-  apply: ('allow' | 'log-level')[];
+  apply: (typeof RELOADABLE_SETTINGS)[number][];
   /** Changed settings that only take effect after a restart. */
   needRestart: string[];
 }
@@ -30,6 +31,7 @@ export function diffConfig(current: Config, next: Config, opts: { socketActivate
   const needRestart: string[] = [];
   if (!sameList(current.allow.map(formatCidr), next.allow.map(formatCidr))) apply.push('allow');
   if (current.logLevel !== next.logLevel) apply.push('log-level');
+  if (current.nameTemplate.text !== next.nameTemplate.text) apply.push('name-template');
   if (
     !opts.socketActivated &&
     !sameList(
@@ -47,6 +49,9 @@ export function diffConfig(current: Config, next: Config, opts: { socketActivate
   if (current.idleTimeoutMs !== next.idleTimeoutMs) needRestart.push('idle-timeout');
   if (current.maxConnections !== next.maxConnections) needRestart.push('max-connections');
   if (current.maxPerSource !== next.maxPerSource) needRestart.push('max-per-source');
+  const metricsText = (c: Config): string => (c.metrics ? formatListenAddress(c.metrics) : '');
+  if (metricsText(current) !== metricsText(next)) needRestart.push('metrics');
+  if (!sameList(current.routed.map(formatCidr), next.routed.map(formatCidr))) needRestart.push('routed');
   return { apply, needRestart };
 }
 
@@ -76,6 +81,12 @@ export function planReload(
   return {
     ok: true,
     diff,
-    effective: { ...current, allow: next.allow, allowDefaulted: next.allowDefaulted, logLevel: next.logLevel },
+    effective: {
+      ...current,
+      allow: next.allow,
+      allowDefaulted: next.allowDefaulted,
+      logLevel: next.logLevel,
+      nameTemplate: next.nameTemplate,
+    },
   };
 }

@@ -9,7 +9,7 @@ import { ipFamily } from './ip';
 import type { Answer } from './protocol';
 import { isAnswerableName } from './protocol';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from './conntrack/types';
-import { replyMatches } from './conntrack/types';
+import { answersTuple } from './conntrack/types';
 import type { ContainerInfo } from './docker/address-index';
 import type { RegistryLookup } from './docker/registry';
 
@@ -128,7 +128,7 @@ export class Resolver {
     const lookupUs = Math.round((performance.now() - t0) * 1000);
     const base = { tuple, source, lookupUs };
     if (!entry) return { ...base, answer: ERR('NO-USER'), reason: 'no conntrack entry with this reply tuple' };
-    if (!replyMatches(entry, tuple)) {
+    if (!answersTuple(entry, tuple)) {
       return { ...base, answer: ERR('UNKNOWN-ERROR'), reason: 'conntrack source returned a non-matching entry' };
     }
     const containerAddress = entry.orig.src;

@@ -30,8 +30,17 @@ export interface ServerOptions {
   maxConnections: number;
   /** Connections open at once from one source address. */
   maxPerSource: number;
-  resolve: (q: IdentQuery) => Promise<Resolution>;
+  /** `conn`: the ident connection's own ports (for a redirected query's original destination). */
+  resolve: (q: IdentQuery, conn: IdentConnection) => Promise<Resolution>;
+  /** Called once per answer sent, malformed queries included (metrics). */
+  onAnswer?: (answer: Answer, resolution: Resolution | null, seconds: number) => void;
   log: Logger;
+}
+
+/** The ident connection's ports: the querier's, and ours. */
+export interface IdentConnection {
+  querierPort: number;
+  localPort: number;
 }
 
 /** How long a connection may stay open after the reply, waiting for the client to close. */
@@ -54,6 +63,8 @@ export class IdentServer {
   private readonly perSource = new Map<string, number>();
   /** Connections refused by a cap, and whether the current incident was logged. */
   refused = 0;
+  /** Connections closed because their source is outside the allowlist. */
+  notAllowed = 0;
   private capIncidentLogged = false;
   private acceptErrorLogged = false;
   private readonly opts: ServerOptions;
@@ -224,6 +235,7 @@ export class IdentServer {
     const remote = canonicalIp(socket.remoteAddress ?? '');
     const local = canonicalIp(socket.localAddress ?? '');
     if (!remote || !local || !this.opts.allow.has(remote)) {
+      this.notAllowed++;
       log.debug({ remote: socket.remoteAddress }, 'connection from outside --allow closed');
       socket.destroy();
       return;
@@ -306,11 +318,14 @@ export class IdentServer {
     const parsed = line === null ? null : parseRequest(line);
     let reply: string;
     let fields: Record<string, unknown>;
+    let answer: Answer;
+    let resolution: Resolution | null = null;
     if (!parsed || !parsed.ok) {
       const error = parsed ? parsed.error : 'UNKNOWN-ERROR';
       const ps = parsed ? parsed.portOnServer : 0;
       const pc = parsed ? parsed.portOnClient : 0;
-      reply = formatReply(ps, pc, { kind: 'ERROR', code: error });
+      answer = { kind: 'ERROR', code: error };
+      reply = formatReply(ps, pc, answer);
       fields = {
         querier,
         portOnServer: ps,
@@ -322,10 +337,12 @@ export class IdentServer {
       const q: IdentQuery = { querier, local, portOnServer: parsed.portOnServer, portOnClient: parsed.portOnClient };
       let r: Resolution;
       try {
-        r = await this.opts.resolve(q);
+        r = await this.opts.resolve(q, { querierPort: socket.remotePort ?? 0, localPort: socket.localPort ?? 0 });
       } catch (err) {
         r = { answer: { kind: 'ERROR', code: 'UNKNOWN-ERROR' }, reason: `resolver failed: ${(err as Error).message}` };
       }
+      answer = r.answer;
+      resolution = r;
       reply = formatReply(q.portOnServer, q.portOnClient, r.answer);
       fields = {
         querier,
@@ -334,6 +351,8 @@ export class IdentServer {
         portOnClient: q.portOnClient,
         container: r.containerAddress,
         containerId: r.containerId?.slice(0, 12),
+        // A redirected query (--routed) is about the ident connection's original destination.
+        ...(r.tuple && r.tuple.dst !== local ? { originalDestination: r.tuple.dst } : {}),
         answer: answerText(r.answer),
         reason: r.reason,
         source: r.source,
@@ -341,6 +360,11 @@ export class IdentServer {
       };
     }
     const totalUs = Number((process.hrtime.bigint() - t0) / 1000n);
+    try {
+      this.opts.onAnswer?.(answer, resolution, totalUs / 1e6);
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'answer hook failed');
+    }
     if (socket.destroyed) {
       log.info({ ...fields, totalUs, delivered: false }, 'query');
       return;

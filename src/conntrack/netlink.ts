@@ -306,7 +306,7 @@ export class NetlinkSource implements ConntrackSource {
         proxies.has(e.reply.src),
     );
     if (r.total === 0) return null;
-    if (r.total === 1 && matches.length === 1) return matches[0];
+    if (r.total === 1 && matches.length === 1) return { ...matches[0], matchedBy: 'proxy-ports' };
     const listed = matches.map((e) => describe(e.orig)).join(', ');
     throw conntrackError(
       `${r.total} connections from proxy addresses match reply ports ${tuple.sport} -> ${tuple.dport} ` +

@@ -39,6 +39,12 @@ export interface ConntrackEntry {
   startNs?: bigint;
   /** Status flags where known (IPS_* bit names such as "ASSURED", "SRC_NAT", "UNREPLIED"). */
   status?: string[];
+  /**
+   * How the entry was found: by the exact reply tuple (the default), or by the
+   * netlink source's second try, the reply ports from one of the configured
+   * proxy addresses (then reply.src is that proxy, not the querier).
+   */
+  matchedBy?: 'reply-tuple' | 'proxy-ports';
 }
 
 export type ConntrackSourceName = 'netlink' | 'procfs';
@@ -68,6 +74,17 @@ export function conntrackError(message: string, code: string, errno?: number, sy
   if (errno !== undefined) err.errno = errno;
   if (syscall !== undefined) err.syscall = syscall;
   return err;
+}
+
+/** True when the entry answers `tuple`: its reply ports (second try) or its whole reply tuple. */
+export function answersTuple(entry: ConntrackEntry, tuple: ReplyTuple): boolean {
+  if (entry.matchedBy !== 'proxy-ports') return replyMatches(entry, tuple);
+  return (
+    entry.protocol === 'tcp' &&
+    entry.family === tuple.family &&
+    entry.reply.sport === tuple.sport &&
+    entry.reply.dport === tuple.dport
+  );
 }
 
 /** True when the entry's reply direction is exactly `tuple` (TCP, same family). */

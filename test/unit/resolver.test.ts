@@ -233,3 +233,44 @@ test('ENOBUFS is tried once more, then answered ERROR; other errors are not retr
   await new Resolver(eperm, registry(owner('web'))).resolve(query);
   assert.equal(eperm.asked.length, 1);
 });
+
+test('an entry found by the second try (proxy reply ports) answers; an unexplained mismatch does not', async () => {
+  // The proxy behind a load balancer asks from .9; the connection went to the proxy at .2.
+  const viaLb = { ...query, querier: '10.213.0.9' };
+  const proxied: ConntrackEntry = { ...entry, matchedBy: 'proxy-ports' };
+  assert.deepEqual(
+    (
+      await new Resolver(
+        source(async () => proxied),
+        registry(owner('web')),
+      ).resolve(viaLb)
+    ).answer,
+    {
+      kind: 'USERID',
+      name: 'web',
+    },
+  );
+  assert.deepEqual(
+    (
+      await new Resolver(
+        source(async () => entry),
+        registry(owner('web')),
+      ).resolve(viaLb)
+    ).answer,
+    {
+      kind: 'ERROR',
+      code: 'UNKNOWN-ERROR',
+    },
+  );
+  // Even a second-try entry must have the queried ports.
+  const otherPorts: ConntrackEntry = { ...proxied, reply: { ...proxied.reply, dport: 1 } };
+  assert.deepEqual(
+    (
+      await new Resolver(
+        source(async () => otherPorts),
+        registry(owner('web')),
+      ).resolve(viaLb)
+    ).answer,
+    { kind: 'ERROR', code: 'UNKNOWN-ERROR' },
+  );
+});
