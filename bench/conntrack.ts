@@ -8,7 +8,9 @@
  *   - the netlink GET (back to back, and after an idle gap),
  *   - the netlink second try (GET miss + kernel-filtered reply-port dump),
  *   - the procfs source,
- *   - any method registered in EXTRA_METHODS (hook for whole ident queries).
+ *   - whole ident queries over TCP against the running daemon, netlink and
+ *     procfs (bench/ident-queries.ts, registered in EXTRA_METHODS and
+ *     EXTRA_FIXTURES; any wrong reply fails the run).
  * Prints a table with the ratio of each method to the netlink GET and writes
  * JSON to bench/results/. Deletes the namespace at the end, also on failure.
  */
@@ -20,6 +22,7 @@ import path from 'node:path';
 import { insertSyntheticEntries, loadNetlinkAddon, NetlinkSource, type SyntheticEntry } from '../src/conntrack/netlink';
 import type { ConntrackSource, ReplyTuple } from '../src/conntrack/types';
 import { AddressSet, parseCidr, type Cidr } from '../src/ip';
+import { identQueryBench } from './ident-queries';
 
 const DEFAULT_SIZES = [1_000, 10_000, 100_000, 250_000];
 const RESULTS_DIR = path.join(__dirname, 'results');
@@ -101,19 +104,40 @@ export interface BenchContext {
   randomKey(): ReplyTuple;
 }
 
+/** What a method measured; `notes` goes into the table, `details` into the JSON. */
+export interface MethodResult extends Stats {
+  notes?: string;
+  details?: Record<string, unknown>;
+}
+
 export interface BenchMethod {
   name: string;
   budget: Budget;
-  /** Called once per table size before measuring; returns the per-lookup call. */
-  prepare(ctx: BenchContext): Promise<{ call: (i: number) => Promise<unknown>; close(): Promise<void> }>;
+  /**
+   * Called once per table size before measuring; returns the per-lookup call,
+   * and optionally `run`, which then measures by itself (load tests) instead of `call` under `budget`.
+   */
+  prepare(ctx: BenchContext): Promise<{
+    call: (i: number) => Promise<unknown>;
+    run?: () => Promise<MethodResult>;
+    close(): Promise<void>;
+  }>;
 }
 
-/**
- * HOOK: whole ident queries over TCP against a running daemon go here, e.g.
- * a method whose prepare() starts the daemon inside this namespace and whose
- * call() sends "port-on-server , port-on-client" for ctx.randomKey().
- */
-export const EXTRA_METHODS: BenchMethod[] = [];
+/** Set-up that must exist before the table is filled (e.g. a daemon whose Docker sync must come first). */
+export interface BenchFixture {
+  /** Inside the namespace, before the first entry is inserted. */
+  before(): Promise<void>;
+  /** Once at the end, also after a failure. */
+  after(): Promise<void>;
+  /** Lines printed under the table; `ok: false` fails the run (after the JSON is written). */
+  verdict(rows: Row[]): { lines: string[]; ok: boolean };
+}
+
+/** Whole ident queries over TCP against the real daemon process (bench/ident-queries.ts). */
+const identQueries = identQueryBench({ entry, host: HOST, querierCidr: PROXY_CIDR, containers: 1000 });
+export const EXTRA_METHODS: BenchMethod[] = [...identQueries.methods];
+export const EXTRA_FIXTURES: BenchFixture[] = [identQueries.fixture];
 
 function checked(source: ConntrackSource, expectFound: boolean) {
   return async (key: ReplyTuple): Promise<void> => {
@@ -183,7 +207,7 @@ function methods(): BenchMethod[] {
 
 // ------------------------------------------------------------- the run
 
-interface Row extends Stats {
+export interface Row extends MethodResult {
   size: number;
   method: string;
   ratioToGet: number;
@@ -202,6 +226,19 @@ function readNumber(file: string): number {
 }
 
 async function inside(sizes: number[]): Promise<void> {
+  const fixtures: BenchFixture[] = [];
+  try {
+    for (const f of EXTRA_FIXTURES) {
+      fixtures.push(f);
+      await f.before();
+    }
+    await fillAndMeasure(sizes, fixtures);
+  } finally {
+    for (const f of fixtures.reverse()) await f.after();
+  }
+}
+
+async function fillAndMeasure(sizes: number[], fixtures: BenchFixture[]): Promise<void> {
   const max = readNumber('/proc/sys/net/netfilter/nf_conntrack_max');
   const limit = Math.max(0, max - 2000); // headroom for the table's own churn
   const rows: Row[] = [];
@@ -225,14 +262,14 @@ async function inside(sizes: number[]): Promise<void> {
     const ctx: BenchContext = { size: count, randomKey: () => replyOf(Math.floor(Math.random() * inserted)) };
     let getMedian = NaN;
     for (const m of methods()) {
-      const { call, close } = await m.prepare(ctx);
+      const { call, run, close } = await m.prepare(ctx);
       try {
-        const s = await measure(m.budget, call);
+        const s: MethodResult = run ? await run() : await measure(m.budget, call);
         if (m.name === 'netlink GET') getMedian = s.median;
         rows.push({ size: count, method: m.name, ...s, ratioToGet: s.median / getMedian });
         console.log(
           `${String(count).padStart(8)}  ${m.name.padEnd(40)} median ${s.median.toFixed(1).padStart(9)} µs  ` +
-            `p99 ${s.p99.toFixed(1).padStart(9)} µs  n=${s.n}`,
+            `p99 ${s.p99.toFixed(1).padStart(9)} µs  n=${s.n}${s.notes ? `  ${s.notes}` : ''}`,
         );
       } finally {
         await close();
@@ -244,16 +281,20 @@ async function inside(sizes: number[]): Promise<void> {
     );
   }
   printSummary(rows, tables);
-  writeJson(rows, tables, sizes);
+  const verdicts = fixtures.map((f) => f.verdict(rows));
+  const checks = verdicts.flatMap((v) => v.lines);
+  for (const line of checks) console.log(line);
+  writeJson(rows, tables, sizes, checks);
+  if (verdicts.some((v) => !v.ok)) throw new Error('benchmark failed: see the FAIL lines above');
 }
 
 function printSummary(rows: Row[], tables: TableInfo[]): void {
   const fmt = (n: number): string => (n >= 1000 ? `${(n / 1000).toFixed(1)} ms` : `${n.toFixed(1)} µs`);
-  console.log('\n| entries | method | median | p99 | samples | median ÷ netlink GET |');
-  console.log('|---:|---|---:|---:|---:|---:|');
+  console.log('\n| entries | method | median | p99 | samples | median ÷ netlink GET | notes |');
+  console.log('|---:|---|---:|---:|---:|---:|---|');
   for (const r of rows) {
     console.log(
-      `| ${r.size.toLocaleString('en-US')} | ${r.method} | ${fmt(r.median)} | ${fmt(r.p99)} | ${r.n} | ${r.ratioToGet.toFixed(2)}× |`,
+      `| ${r.size.toLocaleString('en-US')} | ${r.method} | ${fmt(r.median)} | ${fmt(r.p99)} | ${r.n} | ${r.ratioToGet.toFixed(2)}× | ${r.notes ?? ''} |`,
     );
   }
   const gets = rows.filter((r) => r.method === 'netlink GET');
@@ -272,7 +313,7 @@ function printSummary(rows: Row[], tables: TableInfo[]): void {
   }
 }
 
-function writeJson(rows: Row[], tables: unknown, sizes: number[]): void {
+function writeJson(rows: Row[], tables: unknown, sizes: number[], checks: string[]): void {
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
   const file = path.join(RESULTS_DIR, `conntrack-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   const addon = loadNetlinkAddon();
@@ -283,6 +324,7 @@ function writeJson(rows: Row[], tables: unknown, sizes: number[]): void {
     sizes,
     tables,
     results: rows,
+    checks,
   };
   fs.writeFileSync(file, JSON.stringify(doc, null, 2) + '\n');
   console.log(`wrote ${path.relative(process.cwd(), file)}`);

@@ -371,8 +371,11 @@ export class IdentServer {
     }
     // One write: Squid reads the reply with a single read.
     socket.end(reply);
-    // A client that never closes its side is not waited for long.
-    setTimeout(() => socket.destroy(), LINGER_MS).unref();
+    // A client that never closes its side is not waited for long. The timer
+    // goes with the socket, so closed sockets are not kept alive by it.
+    const linger = setTimeout(() => socket.destroy(), LINGER_MS);
+    linger.unref();
+    socket.once('close', () => clearTimeout(linger));
     log.info({ ...fields, totalUs }, 'query');
   }
 }

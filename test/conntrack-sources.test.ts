@@ -18,6 +18,14 @@ conntrackSuite({
 });
 
 conntrackSuite({
+  name: 'netlink-thread',
+  unavailable: () => {
+    const r = loadNetlinkAddon();
+    return r.ok ? null : r.error.message;
+  },
+});
+
+conntrackSuite({
   name: 'procfs',
   unavailable: () =>
     fs.existsSync(path.join(__dirname, '..', 'src', 'conntrack', 'procfs.ts'))

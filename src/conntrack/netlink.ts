@@ -49,6 +49,8 @@ type Callback<T> = (err: ConntrackError | null, value: T) => void;
 /** The raw binding (native/addon.cc): callbacks, turned into promises here. */
 interface RawConntrack {
   probe(cb: Callback<void>): void;
+  /** The GET on the calling (JavaScript) thread; throws on errors. */
+  getNow(family: Family, src: string, dst: string, sport: number, dport: number): ConntrackEntry | null;
   get(
     family: Family,
     src: string,
@@ -164,6 +166,14 @@ export interface NetlinkSourceOptions {
    * next POLL_BACKOFF lookups do not poll. Default 100; 0 disables.
    */
   pollMicros?: number;
+  /**
+   * Do the exact GET on the JavaScript thread (default true): the kernel
+   * answers it inside sendmsg(), so it takes microseconds, and skipping the
+   * hand-off to the lookup thread and back is what keeps latency low and
+   * throughput high under load (bench/conntrack.ts). false uses the lookup
+   * thread. Dumps (the second try) always run off the JavaScript thread.
+   */
+  inline?: boolean;
 }
 
 const DEFAULT_POLL_MICROS = 100;
@@ -209,6 +219,7 @@ export class NetlinkSource implements ConntrackSource {
     private readonly raw: RawConntrack,
     private readonly proxyAddresses: AddressSet | undefined,
     private readonly pollNs: bigint,
+    private readonly inline: boolean,
   ) {}
 
   /**
@@ -230,7 +241,8 @@ export class NetlinkSource implements ConntrackSource {
       throw err;
     }
     const pollMicros = opts.pollMicros ?? DEFAULT_POLL_MICROS;
-    return new NetlinkSource(raw, opts.proxyAddresses, BigInt(Math.max(0, Math.round(pollMicros))) * 1000n);
+    const pollNs = BigInt(Math.max(0, Math.round(pollMicros))) * 1000n;
+    return new NetlinkSource(raw, opts.proxyAddresses, pollNs, opts.inline ?? true);
   }
 
   async lookup(tuple: ReplyTuple): Promise<ConntrackEntry | null> {
@@ -238,11 +250,13 @@ export class NetlinkSource implements ConntrackSource {
     checkTuple(tuple);
     this.inflight++;
     this.lastActivity = process.hrtime.bigint();
-    this.poll();
+    if (!this.inline) this.poll();
     try {
-      const exact = await promised<ConntrackEntry | null>((cb) =>
-        this.raw.get(tuple.family, tuple.src, tuple.dst, tuple.sport, tuple.dport, cb),
-      );
+      const exact = this.inline
+        ? this.raw.getNow(tuple.family, tuple.src, tuple.dst, tuple.sport, tuple.dport)
+        : await promised<ConntrackEntry | null>((cb) =>
+            this.raw.get(tuple.family, tuple.src, tuple.dst, tuple.sport, tuple.dport, cb),
+          );
       // The addon already refused an entry whose ORIGINAL tuple equals the key.
       if (exact && replyMatches(exact, tuple)) return exact;
       return await this.secondTry(tuple);

@@ -4,6 +4,7 @@
  * saying once why. netlink and procfs fail loudly when they cannot work.
  */
 import { access, constants } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 
 import type { ConntrackMode } from '../config';
@@ -37,7 +38,10 @@ async function openProcfs(path: string): Promise<ConntrackSource> {
 
 async function openNetlink(proxyAddresses: AddressSet): Promise<ConntrackSource> {
   const { NetlinkSource } = await import('./netlink');
-  return NetlinkSource.open({ proxyAddresses });
+  // Spinning the lookup thread for the next request pays off only with cores
+  // to spare; on two or fewer it competes with the event loop (bench/conntrack.ts).
+  const spinMicros = availableParallelism() <= 2 ? 0 : undefined;
+  return NetlinkSource.open({ proxyAddresses, spinMicros });
 }
 
 export async function selectConntrackSource(opts: SelectOptions): Promise<ConntrackSource> {

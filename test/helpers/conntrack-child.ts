@@ -15,14 +15,17 @@ const SRC = path.resolve(__dirname, '..', '..', 'src');
 
 /** The source factories, by name: this is where each source is built. */
 export async function openSource(spec: ChildSourceSpec): Promise<ConntrackSource> {
-  if (spec.name === 'netlink') {
+  if (spec.name === 'netlink' || spec.name === 'netlink-thread') {
     const { NetlinkSource } = await import('../../src/conntrack/netlink');
     const cidrs = (spec.proxy ?? []).map((c) => {
       const parsed = parseCidr(c);
       if (!parsed) throw new Error(`bad cidr ${c}`);
       return parsed;
     });
-    return NetlinkSource.open({ proxyAddresses: cidrs.length ? new AddressSet(cidrs as Cidr[]) : undefined });
+    return NetlinkSource.open({
+      proxyAddresses: cidrs.length ? new AddressSet(cidrs as Cidr[]) : undefined,
+      inline: spec.name === 'netlink',
+    });
   }
   // Imported by path: the procfs source is another module's work.
   const mod = (await import(path.join(SRC, 'conntrack', 'procfs'))) as {

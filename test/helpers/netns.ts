@@ -249,7 +249,8 @@ export const LAB = {
 export const LAB_CLIENTS = 8;
 export const SERVER_PORT = 8080;
 
-export type SourceName = 'netlink' | 'procfs';
+/** netlink-thread: the netlink source with its exact GET on the lookup thread (inline: false). */
+export type SourceName = 'netlink' | 'netlink-thread' | 'procfs';
 
 /** A query as sent to the child runner; results come back in order. */
 export interface ChildSourceSpec {

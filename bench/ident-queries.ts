@@ -1,0 +1,775 @@
+/**
+ * Whole ident queries over TCP against the real daemon process, for
+ * bench/conntrack.ts (registered there in EXTRA_METHODS and EXTRA_FIXTURES).
+ *
+ * Inside the benchmark's network namespace, before the table is filled:
+ *   - conntrack timestamps on (per namespace; entries inserted later carry a
+ *     start time, which the daemon's address-reuse guard needs),
+ *   - the entries' reply addresses on `lo`: the daemon's address (reply dst)
+ *     and the queriers' prefix (reply src),
+ *   - a FakeDocker (test/helpers/fake-docker.ts) listing one container per
+ *     chosen entry (entries 0..containers-1 of the table's pattern), whose
+ *     address is that entry's original source,
+ *   - two daemons, `bin/docker-identd.js serve --conntrack netlink` and
+ *     `--conntrack procfs`, at log level info (the per-query log line is part
+ *     of the cost; stdout goes to a file, from which each query's lookupUs
+ *     and totalUs are read), both synced with the FakeDocker.
+ * The table's entries are inserted after that sync (a guard gap later),
+ * so the daemon credits them to the containers; measuring starts no sooner
+ * than 10 s after the sync, when owners are no longer confirmed per query.
+ *
+ * Every reply is checked against the expected `... : USERID : OTHER : name`
+ * (or `... : ERROR : NO-USER` for the absent-entry query); any other reply,
+ * error or timeout counts as wrong, and a wrong reply fails the run.
+ *
+ * Environment: IDENTD_BENCH_CPU_PROF=DIR runs the daemons with --cpu-prof
+ * into DIR; IDENTD_BENCH_LOAD_SECONDS (default 5) and IDENTD_BENCH_CLIENTS
+ * (default 64) set the load test's length and concurrency;
+ * IDENTD_BENCH_DAEMON=FILE starts FILE instead of bin/docker-identd.js (to
+ * compare a variant of the daemon: same arguments); IDENTD_BENCH_NODE_ARGS
+ * adds node options to the daemons (e.g. `--trace-gc`: its lines go to the log);
+ * IDENTD_BENCH_KEEP_LOGS=1 keeps the daemons' logs (they are kept anyway after a failure);
+ * IDENTD_BENCH_LOG_LEVEL (default info) the daemons' log level: `warn` leaves
+ * out the per-query log line (to measure its cost; the daemon's own timings
+ * are then not available, and the sync is recognised by the fake Docker
+ * having been listed).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { PerformanceObserver, performance, type PerformanceEntry } from 'node:perf_hooks';
+
+import type { SyntheticEntry } from '../src/conntrack/netlink';
+import { FakeDocker } from '../test/helpers/fake-docker';
+import type { BenchContext, BenchFixture, BenchMethod, MethodResult, Row, Stats } from './conntrack';
+
+const REPO_ROOT = path.join(__dirname, '..');
+const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
+/** The daemons' ports (both listen on the entries' reply destination address). */
+const NETLINK_PORT = 113;
+const PROCFS_PORT = 114;
+/**
+ * Gap between the daemons' Docker sync and the first insert. The procfs
+ * source knows an entry's start only to the second and takes the earliest
+ * moment it could be (up to a second early), so entries must start over a
+ * second after the sync to count as newer than it.
+ */
+const SYNC_GUARD_MS = 2500;
+/** The resolver confirms owners indexed less than 10 s ago with the Docker API: wait that out. */
+const RECENT_OWNER_MS = 10_000;
+const CLIENTS = Number(process.env.IDENTD_BENCH_CLIENTS ?? 64);
+const LOAD_MS = Number(process.env.IDENTD_BENCH_LOAD_SECONDS ?? 5) * 1000;
+const LOAD_WARMUP_MS = 500;
+const BURST = 100;
+const QUERY_TIMEOUT_MS = 15_000;
+const LOG_LEVEL = process.env.IDENTD_BENCH_LOG_LEVEL ?? 'info';
+/** Whether the daemons log "listening", "Docker index synced" and each query. */
+const LOGS_INFO = ['info', 'debug', 'trace'].includes(LOG_LEVEL);
+
+const M = {
+  netlinkSeq: 'ident TCP, netlink, sequential',
+  netlinkLoad: `ident TCP, netlink, ${CLIENTS} clients`,
+  procfsSeq: 'ident TCP, procfs, sequential',
+  procfsAbsent: 'ident TCP, procfs, absent (full scan)',
+  procfsBurst: `ident TCP, procfs, ${BURST} simultaneous`,
+} as const;
+
+export interface IdentBenchOptions {
+  /** The table's entry pattern (bench/conntrack.ts). */
+  entry(i: number): SyntheticEntry;
+  /** The masquerade address: every entry's reply destination. */
+  host: string;
+  /** A prefix holding every entry's reply source (the queriers). */
+  querierCidr: string;
+  /** Entries 0..containers-1 get a container each and are the ones queried. */
+  containers: number;
+}
+
+// ------------------------------------------------------------ helpers
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function statsOf(samples: number[]): Stats {
+  const s = [...samples].sort((a, b) => a - b);
+  const at = (q: number): number => s[Math.min(s.length - 1, Math.floor(q * s.length))];
+  return { median: at(0.5), p99: at(0.99), n: s.length };
+}
+
+const us = (n: number): string => (n >= 1000 ? `${(n / 1000).toFixed(2)} ms` : `${Math.round(n)} µs`);
+
+function run(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr || r.error?.message}`);
+}
+
+const clockTicks = ((): number => {
+  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
+  return Number(r.stdout?.trim()) || 100;
+})();
+
+/** CPU time (user + system) in µs from a /proc stat file: a process (all threads) or one thread. */
+function cpuUsOf(statFile: string): number {
+  const f = fs.readFileSync(statFile, 'utf8').split(') ')[1].split(' ');
+  return ((Number(f[11]) + Number(f[12])) / clockTicks) * 1e6;
+}
+
+/** Whole-machine CPU counters (/proc/stat, jiffies): user+nice, system, irq+softirq, steal, idle+iowait. */
+function machineCpu(): number[] {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
+  return [f[0] + f[1], f[2], f[5] + f[6], f[7], f[3] + f[4]];
+}
+
+/**
+ * Shares of the machine's CPU time between two machineCpu() readings, and
+ * the part not used by the daemon and this process (`mineUs`, CPU µs): other
+ * processes (the machine may be shared) and kernel work not charged to a process.
+ */
+function machineShares(a: number[], b: number[], mineUs: number): { text: string; shares: Record<string, number> } {
+  const d = b.map((v, i) => v - a[i]);
+  const total = d.reduce((x, y) => x + y, 0) || 1;
+  const [user, system, irq, steal, idle] = d.map((v) => v / total);
+  const other = Math.max(0, 1 - idle - mineUs / ((total / clockTicks) * 1e6));
+  const pc = (x: number): string => `${Math.round(x * 100)}%`;
+  return {
+    text:
+      `machine ${pc(1 - idle)} busy (user ${pc(user)}, sys ${pc(system)}, irq ${pc(irq)}, steal ${pc(steal)}), ` +
+      `${pc(other)} of it neither daemon nor client`,
+    shares: { user, system, irq, steal, idle, other },
+  };
+}
+
+function ownCpuUs(): number {
+  const u = process.cpuUsage();
+  return u.user + u.system;
+}
+
+interface Reply {
+  /** performance.now() when the query started (ms). */
+  start: number;
+  us: number;
+  text: string;
+  error?: string;
+}
+
+/** One ident exchange: connect from `localAddress`, send the request, read until the server closes. */
+function identQuery(host: string, port: number, localAddress: string, request: string): Promise<Reply> {
+  return new Promise((resolve) => {
+    const start = performance.now();
+    let text = '';
+    let error: string | undefined;
+    const s = net.connect({ host, port, localAddress });
+    s.setEncoding('latin1');
+    s.write(request);
+    s.on('data', (d: string) => (text += d));
+    s.on('error', (e: NodeJS.ErrnoException) => (error = e.code ?? e.message));
+    const timer = setTimeout(() => {
+      error = `no reply within ${QUERY_TIMEOUT_MS} ms`;
+      s.destroy();
+    }, QUERY_TIMEOUT_MS);
+    s.once('close', () => {
+      clearTimeout(timer);
+      resolve({ start, us: (performance.now() - start) * 1000, text, error });
+    });
+  });
+}
+
+/** Counts replies and wrong ones (keeps a few examples). */
+class Verifier {
+  checked = 0;
+  wrong = 0;
+  readonly examples: string[] = [];
+
+  check(r: Reply, expected: string, what: string): void {
+    this.checked++;
+    if (!r.error && r.text === expected) return;
+    this.wrong++;
+    if (this.examples.length < 5) {
+      this.examples.push(
+        `${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(r.text)}${r.error ? ` (${r.error})` : ''}`,
+      );
+    }
+  }
+}
+
+// ------------------------------------------------------------ the daemon
+
+interface DaemonLogStats {
+  queries: number;
+  /** The conntrack lookup, as the daemon timed it. */
+  lookupUs: Stats;
+  /** From the parsed request to the reply (resolve + format), as the daemon timed it. */
+  totalUs: Stats;
+  answers: Record<string, number>;
+  /** The daemon's GC pauses, when it runs with --trace-gc. */
+  gc?: { pauses: number; totalMs: number; maxMs: number; over1ms: number };
+}
+
+/** `bin/docker-identd.js serve` as a child process; its JSON log goes to a file. */
+class DaemonProcess {
+  private child: ChildProcess | null = null;
+  exit: string | null = null;
+
+  constructor(
+    readonly mode: 'netlink' | 'procfs',
+    readonly port: number,
+    readonly logFile: string,
+    private readonly args: string[],
+  ) {}
+
+  start(): void {
+    const fd = fs.openSync(this.logFile, 'a');
+    const profDir = process.env.IDENTD_BENCH_CPU_PROF;
+    const prof = profDir
+      ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(profDir)}`, `--cpu-prof-name=daemon-${this.mode}.cpuprofile`]
+      : [];
+    const script = path.resolve(process.env.IDENTD_BENCH_DAEMON ?? path.join(REPO_ROOT, 'bin', 'docker-identd.js'));
+    const extra = (process.env.IDENTD_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+    const argv = [...prof, ...extra, script, 'serve', ...this.args];
+    this.child = spawn(process.execPath, argv, { cwd: REPO_ROOT, stdio: ['ignore', fd, fd] });
+    fs.closeSync(fd);
+    this.child.on('exit', (code, signal) => (this.exit = `exited (code ${code}, signal ${signal})`));
+  }
+
+  get pid(): number {
+    return this.child!.pid!;
+  }
+
+  alive(): void {
+    if (this.exit) throw new Error(`the ${this.mode} daemon ${this.exit}\n${this.tail()}`);
+  }
+
+  logSize(): number {
+    return fs.statSync(this.logFile).size;
+  }
+
+  readLog(from = 0): string {
+    const fd = fs.openSync(this.logFile, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const buf = Buffer.alloc(Math.max(0, size - from));
+      fs.readSync(fd, buf, 0, buf.length, from);
+      return buf.toString('utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  tail(lines = 20): string {
+    const all = this.readLog(Math.max(0, this.logSize() - 64 * 1024))
+      .trimEnd()
+      .split('\n');
+    return `--- ${this.logFile} (last ${lines} lines) ---\n${all.slice(-lines).join('\n')}`;
+  }
+
+  async waitForLog(msg: string, timeoutMs: number): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    const needle = `"msg":${JSON.stringify(msg)}`;
+    while (!this.readLog().includes(needle)) {
+      this.alive();
+      if (Date.now() > end) throw new Error(`the ${this.mode} daemon did not log "${msg}" in time\n${this.tail()}`);
+      await sleep(50);
+    }
+  }
+
+  /** Without info logs: polls until the port accepts a connection. */
+  async waitListening(host: string, timeoutMs: number): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      this.alive();
+      const ok = await new Promise<boolean>((resolve) => {
+        const s = net.connect({ host, port: this.port }, () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.on('error', () => resolve(false));
+      });
+      if (ok) return;
+      if (Date.now() > end) throw new Error(`the ${this.mode} daemon is not listening in time\n${this.tail()}`);
+      await sleep(50);
+    }
+  }
+
+  /** CPU µs of the whole process, and of its main (JavaScript) thread. */
+  cpuUs(): number {
+    return cpuUsOf(`/proc/${this.pid}/stat`);
+  }
+
+  mainThreadCpuUs(): number {
+    return cpuUsOf(`/proc/${this.pid}/task/${this.pid}/stat`);
+  }
+
+  /** The per-query log lines written since byte `from`; `lookup` and `total` per query, in log order. */
+  queryStats(from: number): { stats: DaemonLogStats; lookup: number[]; total: number[] } {
+    const lookup: number[] = [];
+    const total: number[] = [];
+    const gcMs: number[] = [];
+    const answers: Record<string, number> = {};
+    for (const line of this.readLog(from).split('\n')) {
+      // With IDENTD_BENCH_NODE_ARGS=--trace-gc: "... ms: Scavenge 4.5 (5.6) -> 3.9 (6.6) MB, 0.74 / 0.00 ms ..."
+      const gc = / ms: (?:Scavenge|Mark-Compact|Mark-sweep|Minor Mark-Sweep)[^,]*, ([\d.]+) \/ /.exec(line);
+      if (gc) gcMs.push(Number(gc[1]));
+      if (!line.includes('"msg":"query"')) continue;
+      const q = JSON.parse(line) as { lookupUs?: number; totalUs?: number; answer?: string };
+      lookup.push(q.lookupUs ?? NaN);
+      total.push(q.totalUs ?? NaN);
+      const a = q.answer?.startsWith('USERID:') ? 'USERID' : (q.answer ?? '?');
+      answers[a] = (answers[a] ?? 0) + 1;
+    }
+    const stats: DaemonLogStats = {
+      queries: total.length,
+      lookupUs: statsOf(lookup),
+      totalUs: statsOf(total),
+      answers,
+    };
+    if (gcMs.length > 0) {
+      stats.gc = {
+        pauses: gcMs.length,
+        totalMs: gcMs.reduce((a, b) => a + b, 0),
+        maxMs: Math.max(...gcMs),
+        over1ms: gcMs.filter((m) => m >= 1).length,
+      };
+    }
+    return { stats, lookup, total };
+  }
+
+  async stop(): Promise<void> {
+    if (!this.child || this.exit) return;
+    const exited = new Promise<void>((r) => this.child!.once('exit', () => r()));
+    this.child.kill('SIGTERM');
+    if (!(await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)]))) {
+      this.child.kill('SIGKILL');
+      await exited;
+    }
+  }
+}
+
+/** The daemon's own view of the queries (from its log), for the notes column. */
+function daemonTimes(d: DaemonLogStats, resolveToo = true): string {
+  if (d.queries === 0) return `daemon timings n/a (log level ${LOG_LEVEL})`;
+  const lookup = `daemon: lookup p50 ${us(d.lookupUs.median)} p99 ${us(d.lookupUs.p99)}`;
+  const gc = d.gc
+    ? `; daemon GC: ${d.gc.pauses} pauses, ${d.gc.over1ms} of >= 1 ms, longest ${d.gc.maxMs.toFixed(2)} ms`
+    : '';
+  return (resolveToo ? `${lookup}, resolve+reply p50 ${us(d.totalUs.median)} p99 ${us(d.totalUs.p99)}` : lookup) + gc;
+}
+
+// ------------------------------------------------------------ the bench
+
+interface Budget {
+  warmup: number;
+  min: number;
+  max: number;
+  ms: number;
+}
+
+/** Per table size: the procfs references the burst is compared with. */
+interface ProcfsRefs {
+  singleUs?: number;
+  fullScanUs?: number;
+}
+
+export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixture; methods: BenchMethod[] } {
+  const { host } = opts;
+  const verifier = new Verifier();
+  const procfsRefs = new Map<number, ProcfsRefs>();
+  let dir = '';
+  let docker: FakeDocker | null = null;
+  const daemons: DaemonProcess[] = [];
+  let netlinkd!: DaemonProcess;
+  let procfsd!: DaemonProcess;
+  let measureFrom = Infinity;
+
+  const name = (i: number): string => `bench-ct-${i}`;
+  /** How many of the chosen entries exist at this table size. */
+  const chosen = (ctx: BenchContext): number => Math.max(1, Math.min(opts.containers, ctx.size));
+
+  interface Query {
+    querier: string;
+    request: string;
+    expected: string;
+    what: string;
+  }
+  const found = (i: number): Query => {
+    const r = opts.entry(i).reply;
+    const ports = `${r.dport} , ${r.sport}`;
+    return {
+      querier: r.src,
+      request: `${ports}\r\n`,
+      expected: `${ports} : USERID : OTHER : ${name(i)}\r\n`,
+      what: `entry ${i}`,
+    };
+  };
+  /** Entry i's reply tuple with a port-on-client no entry uses: a full procfs scan, NO-USER. */
+  const absent = (i: number): Query => {
+    const r = opts.entry(i).reply;
+    const ports = `${r.dport} , 444`;
+    return { querier: r.src, request: `${ports}\r\n`, expected: `${ports} : ERROR : NO-USER\r\n`, what: `absent ${i}` };
+  };
+  const randomIndex = (ctx: BenchContext): number => Math.floor(Math.random() * chosen(ctx));
+
+  async function ask(d: DaemonProcess, q: Query): Promise<Reply> {
+    const r = await identQuery(host, d.port, q.querier, q.request);
+    verifier.check(r, q.expected, `${d.mode} ${q.what}`);
+    return r;
+  }
+
+  async function ready(d: DaemonProcess): Promise<void> {
+    d.alive();
+    const wait = measureFrom - Date.now();
+    if (wait > 0) {
+      console.log(`# waiting ${(wait / 1000).toFixed(1)} s until 10 s after the daemons' Docker sync`);
+      await sleep(wait);
+    }
+  }
+
+  /** Sequential queries under a budget (as bench/conntrack.ts measures a lookup), with the daemon's view. */
+  async function sequential(d: DaemonProcess, budget: Budget, next: () => Query): Promise<MethodResult> {
+    for (let i = 0; i < budget.warmup; i++) await ask(d, next());
+    const wrong0 = verifier.wrong;
+    const log0 = d.logSize();
+    const cpu0 = d.cpuUs();
+    const replies: Reply[] = [];
+    const gcs: PerformanceEntry[] = [];
+    const gcObserver = new PerformanceObserver((list) => gcs.push(...list.getEntries()));
+    gcObserver.observe({ entryTypes: ['gc'] });
+    const start = Date.now();
+    for (let i = 0; i < budget.max; i++) {
+      if (i >= budget.min && Date.now() - start > budget.ms) break;
+      replies.push(await ask(d, next()));
+    }
+    await sleep(0); // let the observer deliver
+    gcObserver.disconnect();
+    const samples = replies.map((r) => r.us);
+    const cpuPerQuery = (d.cpuUs() - cpu0) / samples.length;
+    const { stats: daemon, lookup, total } = d.queryStats(log0);
+    d.alive();
+    // One query at a time: the daemon logs them in the order they were sent.
+    let tail = '';
+    let slowest: Record<string, number> | undefined;
+    if (total.length === samples.length) {
+      const cut = statsOf(samples).p99;
+      const slow = samples.map((t, i) => ({ t, i })).filter((x) => x.t >= cut);
+      const duringGc = slow.filter(({ i }) => {
+        const r = replies[i];
+        return gcs.some((g) => g.startTime < r.start + r.us / 1000 && g.startTime + g.duration > r.start);
+      }).length;
+      slowest = {
+        queries: slow.length,
+        duringClientGc: duringGc,
+        clientUs: statsOf(slow.map((x) => x.t)).median,
+        daemonLookupUs: statsOf(slow.map((x) => lookup[x.i])).median,
+        daemonResolveUs: statsOf(slow.map((x) => total[x.i])).median,
+      };
+      tail =
+        `; slowest 1%: client ${us(slowest.clientUs)}, of it daemon resolve+reply ${us(slowest.daemonResolveUs)} ` +
+        `(lookup ${us(slowest.daemonLookupUs)}) (medians), ${duringGc} of ${slow.length} overlap a GC pause ` +
+        `of this client`;
+    }
+    return {
+      ...statsOf(samples),
+      notes:
+        `${daemonTimes(daemon)}; daemon CPU ${us(cpuPerQuery)}/query${tail}` +
+        (verifier.wrong > wrong0 ? `; ${verifier.wrong - wrong0} WRONG replies` : ''),
+      details: { daemon, slowest, daemonCpuUsPerQuery: cpuPerQuery, wrong: verifier.wrong - wrong0 },
+    };
+  }
+
+  /** Closed loop: `clients` clients, each sending query after query for `ms`. */
+  async function load(d: DaemonProcess, ctx: BenchContext, clients: number, ms: number) {
+    const lat: number[] = [];
+    const end = Date.now() + ms;
+    const t0 = process.hrtime.bigint();
+    await Promise.all(
+      Array.from({ length: clients }, async () => {
+        while (Date.now() < end) lat.push((await ask(d, found(randomIndex(ctx)))).us);
+      }),
+    );
+    return { lat, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
+  }
+
+  const fixture: BenchFixture = {
+    async before() {
+      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'identd-bench-'));
+      // Start times for the entries inserted from now on (per namespace, off by default).
+      fs.writeFileSync(TIMESTAMP_SYSCTL, '1\n');
+      if (fs.readFileSync(TIMESTAMP_SYSCTL, 'utf8').trim() !== '1')
+        throw new Error('cannot turn conntrack timestamps on');
+      run('ip', ['addr', 'add', `${host}/32`, 'dev', 'lo']);
+      run('ip', ['addr', 'add', opts.querierCidr, 'dev', 'lo']);
+
+      docker = new FakeDocker(path.join(dir, 'docker.sock'));
+      for (let i = 0; i < opts.containers; i++) {
+        docker.add({
+          Id: (i + 1).toString(16).padStart(64, '0'),
+          Name: name(i),
+          Running: true,
+          Networks: { bench: { NetworkID: 'bench-net', IPAddress: opts.entry(i).orig.src } },
+        });
+      }
+      await docker.start();
+      const common = ['--allow', opts.querierCidr, '--docker-host', docker.url, '--log-level', LOG_LEVEL];
+      netlinkd = new DaemonProcess('netlink', NETLINK_PORT, path.join(dir, 'netlink.log'), [
+        '--listen',
+        `${host}:${NETLINK_PORT}`,
+        '--conntrack',
+        'netlink',
+        ...common,
+      ]);
+      procfsd = new DaemonProcess('procfs', PROCFS_PORT, path.join(dir, 'procfs.log'), [
+        '--listen',
+        `${host}:${PROCFS_PORT}`,
+        '--conntrack',
+        'procfs',
+        ...common,
+      ]);
+      for (const d of [netlinkd, procfsd]) {
+        daemons.push(d);
+        d.start();
+      }
+      for (const d of daemons) {
+        if (LOGS_INFO) {
+          await d.waitForLog('listening', 30_000);
+          await d.waitForLog('Docker index synced', 30_000);
+        } else {
+          await d.waitListening(host, 30_000);
+        }
+      }
+      if (!LOGS_INFO) {
+        // Both daemons have listed the containers; the index is in place moments later.
+        const d = docker;
+        while (d.requests.filter((r) => r === '/containers/json').length < daemons.length) {
+          for (const x of daemons) x.alive();
+          await sleep(50);
+        }
+        await sleep(1000);
+      }
+      const syncedAt = Date.now();
+      measureFrom = syncedAt + RECENT_OWNER_MS + 500;
+      console.log(
+        `# ident: daemons (netlink on ${host}:${NETLINK_PORT}, procfs on ${host}:${PROCFS_PORT}, log level ${LOG_LEVEL} ` +
+          `to a file) synced with a fake Docker of ${opts.containers} containers; inserting entries after a ` +
+          `${SYNC_GUARD_MS / 1000} s guard (conntrack timestamps on)`,
+      );
+      await sleep(SYNC_GUARD_MS);
+    },
+
+    async after() {
+      const died = daemons.some((d) => d.exit);
+      for (const d of daemons) await d.stop();
+      await docker?.stop();
+      if (verifier.wrong > 0 || died || process.env.IDENTD_BENCH_KEEP_LOGS) {
+        console.log(`# ident: daemon logs kept in ${dir}`);
+      } else if (dir) {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+      if (process.env.IDENTD_BENCH_CPU_PROF)
+        console.log(`# daemon CPU profiles in ${process.env.IDENTD_BENCH_CPU_PROF}`);
+    },
+
+    verdict(rows: Row[]) {
+      const lines: string[] = [];
+      const mine = rows.filter((r) => r.method === M.netlinkSeq);
+      const size = mine.length > 0 ? Math.max(...mine.map((r) => r.size)) : 0;
+      const at = (method: string): Row | undefined => rows.find((r) => r.method === method && r.size === size);
+      const pf = (ok: boolean): string => (ok ? 'PASS' : 'FAIL');
+      const seq = at(M.netlinkSeq);
+      const loadRow = at(M.netlinkLoad);
+      const burst = at(M.procfsBurst);
+      const sizeText = size.toLocaleString('en-US');
+      if (seq) {
+        lines.push(
+          `target: ident query over TCP (netlink daemon, sequential) p99 <= 2 ms at ${sizeText}: ` +
+            `${pf(seq.p99 <= 2000)} (p99 ${us(seq.p99)}, median ${us(seq.median)})`,
+        );
+      }
+      if (loadRow) {
+        const qps = Number(loadRow.details?.qps ?? 0);
+        lines.push(
+          `target: >= 10,000 queries/s with ${CLIENTS} concurrent clients at ${sizeText}: ${pf(qps >= 10_000)} ` +
+            `(${Math.round(qps).toLocaleString('en-US')} q/s, p99 ${us(loadRow.p99)} under that load)`,
+        );
+      }
+      if (burst) {
+        const scans = Number(burst.details?.ratioToFullScan ?? NaN);
+        const single = Number(burst.details?.ratioToSingleQuery ?? NaN);
+        lines.push(
+          `target: procfs, ${BURST} simultaneous queries at ${sizeText} answered within 2 scans: ${pf(scans <= 2)} ` +
+            `(all answered in ${us(burst.median)} = ${scans.toFixed(2)}x a full scan [absent-entry query, ` +
+            `${us(Number(burst.details?.fullScanUs))}] = ${single.toFixed(2)}x a single found-entry query ` +
+            `[${us(Number(burst.details?.singleQueryUs))}])`,
+        );
+      }
+      const ok = verifier.wrong === 0;
+      lines.push(
+        `replies: ${verifier.checked.toLocaleString('en-US')} ident replies checked, ${verifier.wrong} wrong: ${pf(ok)}`,
+      );
+      for (const e of verifier.examples) lines.push(`  wrong reply: ${e}`);
+      return { lines, ok };
+    },
+  };
+
+  const methods: BenchMethod[] = [
+    {
+      name: M.netlinkSeq,
+      budget: { warmup: 200, min: 1000, max: 10_000, ms: 2000 },
+      async prepare(ctx) {
+        await ready(netlinkd);
+        const next = (): Query => found(randomIndex(ctx));
+        return {
+          call: () => ask(netlinkd, next()),
+          run: () => sequential(netlinkd, this.budget, next),
+          close: async () => undefined,
+        };
+      },
+    },
+    {
+      name: M.netlinkLoad,
+      budget: { warmup: 0, min: 0, max: 0, ms: LOAD_MS },
+      async prepare(ctx) {
+        await ready(netlinkd);
+        return {
+          call: () => ask(netlinkd, found(randomIndex(ctx))),
+          run: async () => {
+            await load(netlinkd, ctx, CLIENTS, LOAD_WARMUP_MS);
+            const wrong0 = verifier.wrong;
+            const log0 = netlinkd.logSize();
+            const cpu0 = netlinkd.cpuUs();
+            const main0 = netlinkd.mainThreadCpuUs();
+            const own0 = ownCpuUs();
+            const machine0 = machineCpu();
+            const { lat, seconds } = await load(netlinkd, ctx, CLIENTS, LOAD_MS);
+            const daemonCpu = (netlinkd.cpuUs() - cpu0) / lat.length;
+            const mainCpu = (netlinkd.mainThreadCpuUs() - main0) / lat.length;
+            const clientCpu = (ownCpuUs() - own0) / lat.length;
+            const machine = machineShares(machine0, machineCpu(), (daemonCpu + clientCpu) * lat.length);
+            const daemon = netlinkd.queryStats(log0).stats;
+            netlinkd.alive();
+            const qps = lat.length / seconds;
+            const wrong = verifier.wrong - wrong0;
+            return {
+              ...statsOf(lat),
+              notes:
+                `**${Math.round(qps).toLocaleString('en-US')} queries/s**; daemon CPU ${us(daemonCpu)}/query ` +
+                `(${((daemonCpu * qps) / 1e4).toFixed(0)}% of a core; its JavaScript thread ${us(mainCpu)}/query, ` +
+                `${((mainCpu * qps) / 1e4).toFixed(0)}% of a core), client ${us(clientCpu)}/query, ` +
+                `${machine.text}; ` +
+                daemonTimes(daemon) +
+                (wrong > 0 ? `; ${wrong} WRONG replies` : ''),
+              details: {
+                qps,
+                clients: CLIENTS,
+                seconds,
+                daemonCpuUsPerQuery: daemonCpu,
+                daemonMainThreadCpuUsPerQuery: mainCpu,
+                clientCpuUsPerQuery: clientCpu,
+                machine: machine.shares,
+                daemon,
+                wrong,
+              },
+            };
+          },
+          close: async () => undefined,
+        };
+      },
+    },
+    {
+      name: M.procfsSeq,
+      budget: { warmup: 1, min: 5, max: 300, ms: 3000 },
+      async prepare(ctx) {
+        await ready(procfsd);
+        const next = (): Query => found(randomIndex(ctx));
+        return {
+          call: () => ask(procfsd, next()),
+          run: async () => {
+            const r = await sequential(procfsd, this.budget, next);
+            procfsRefs.set(ctx.size, { ...procfsRefs.get(ctx.size), singleUs: r.median });
+            return r;
+          },
+          close: async () => undefined,
+        };
+      },
+    },
+    {
+      name: M.procfsAbsent,
+      budget: { warmup: 0, min: 3, max: 100, ms: 2000 },
+      async prepare(ctx) {
+        await ready(procfsd);
+        const next = (): Query => absent(randomIndex(ctx));
+        return {
+          call: () => ask(procfsd, next()),
+          run: async () => {
+            const r = await sequential(procfsd, this.budget, next);
+            procfsRefs.set(ctx.size, { ...procfsRefs.get(ctx.size), fullScanUs: r.median });
+            return r;
+          },
+          close: async () => undefined,
+        };
+      },
+    },
+    {
+      name: M.procfsBurst,
+      budget: { warmup: 0, min: 3, max: 50, ms: 3000 },
+      async prepare(ctx) {
+        await ready(procfsd);
+        const budget = this.budget;
+        /** BURST queries at once (distinct entries where there are enough); time until all are answered. */
+        const burst = async (): Promise<{ us: number; each: number[] }> => {
+          const n = chosen(ctx);
+          const picks = new Set<number>();
+          while (picks.size < Math.min(BURST, n)) picks.add(randomIndex(ctx));
+          const list = [...picks];
+          while (list.length < BURST) list.push(randomIndex(ctx));
+          const t0 = process.hrtime.bigint();
+          const each = await Promise.all(list.map(async (i) => (await ask(procfsd, found(i))).us));
+          return { us: Number(process.hrtime.bigint() - t0) / 1000, each };
+        };
+        return {
+          call: () => burst(),
+          run: async () => {
+            const wrong0 = verifier.wrong;
+            const log0 = procfsd.logSize();
+            const rounds: number[] = [];
+            const each: number[] = [];
+            const start = Date.now();
+            for (let i = 0; i < budget.max; i++) {
+              if (i >= budget.min && Date.now() - start > budget.ms) break;
+              const b = await burst();
+              rounds.push(b.us);
+              each.push(...b.each);
+            }
+            const daemon = procfsd.queryStats(log0).stats;
+            procfsd.alive();
+            const s = statsOf(rounds);
+            const refs = procfsRefs.get(ctx.size) ?? {};
+            const ratioToFullScan = s.median / (refs.fullScanUs ?? NaN);
+            const ratioToSingleQuery = s.median / (refs.singleUs ?? NaN);
+            const wrong = verifier.wrong - wrong0;
+            const perQuery = statsOf(each);
+            return {
+              ...s,
+              notes:
+                `time until all ${BURST} answered (per round); **${ratioToFullScan.toFixed(2)}x a full scan**, ` +
+                `${ratioToSingleQuery.toFixed(2)}x a single query; per query p50 ${us(perQuery.median)} ` +
+                `p99 ${us(perQuery.p99)}; ${daemonTimes(daemon, false)}` +
+                (wrong > 0 ? `; ${wrong} WRONG replies` : ''),
+              details: {
+                rounds,
+                perQuery,
+                fullScanUs: refs.fullScanUs,
+                singleQueryUs: refs.singleUs,
+                ratioToFullScan,
+                ratioToSingleQuery,
+                daemon,
+                wrong,
+              },
+            };
+          },
+          close: async () => undefined,
+        };
+      },
+    },
+  ];
+  return { fixture, methods };
+}
