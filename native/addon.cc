@@ -366,13 +366,19 @@ class Conntrack : public Napi::ObjectWrap<Conntrack> {
     Submit(info.Env(), CallbackArg(info, 0), 4, ct::Tuple(), true);
   }
 
-  void Get(const Napi::CallbackInfo& info) {
+  // Arguments 0-4 of get/getNow: family, reply src, reply dst, reply ports.
+  static int ReplyTupleArgs(const Napi::CallbackInfo& info, ct::Tuple* reply) {
     int family = FamilyArg(info, 0);
+    AddrArg(info, 1, family, reply->src);
+    AddrArg(info, 2, family, reply->dst);
+    reply->sport = PortArg(info, 3);
+    reply->dport = PortArg(info, 4);
+    return family;
+  }
+
+  void Get(const Napi::CallbackInfo& info) {
     ct::Tuple reply;
-    AddrArg(info, 1, family, reply.src);
-    AddrArg(info, 2, family, reply.dst);
-    reply.sport = PortArg(info, 3);
-    reply.dport = PortArg(info, 4);
+    int family = ReplyTupleArgs(info, &reply);
     Submit(info.Env(), CallbackArg(info, 5), family, reply, false);
   }
 
@@ -382,12 +388,8 @@ class Conntrack : public Napi::ObjectWrap<Conntrack> {
   // which dominates under load on a small machine. Throws on errors.
   Napi::Value GetNow(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    int family = FamilyArg(info, 0);
     ct::Tuple reply;
-    AddrArg(info, 1, family, reply.src);
-    AddrArg(info, 2, family, reply.dst);
-    reply.sport = PortArg(info, 3);
-    reply.dport = PortArg(info, 4);
+    int family = ReplyTupleArgs(info, &reply);
     ct::Entry entry;
     bool found = false;
     int err;
