@@ -7,7 +7,7 @@ set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
-for pkg in squid iptables iproute2 busybox-static libc6-dev gcc clang-format conntrack procps systemd python3 util-linux; do
+for pkg in squid iptables iproute2 busybox-static libc6-dev gcc clang-format conntrack procps systemd python3 util-linux openssl nftables; do
   have "$pkg" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

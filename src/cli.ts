@@ -4,6 +4,7 @@
  */
 import { ConfigError, DEFAULT_LISTEN, loadConfig } from './config';
 import { startDaemon, type RunningDaemon } from './daemon';
+import { FIREWALL_USAGE, firewallMain } from './firewall-cli';
 import { createLogger } from './logger';
 import { formatListenAddress } from './server';
 import { parseListenFds, parseWatchdogUsec, SystemdNotifier, unsetListenEnv } from './systemd';
@@ -14,12 +15,14 @@ export const USAGE = `Usage: docker-identd serve [options]
        docker-identd query HOST PORT_SERVER PORT_CLIENT [--from ADDR]
        docker-identd explain PORT_SERVER PORT_CLIENT --querier ADDR [--json]
        docker-identd squid-helper [--host CIDR]... [--direct]
+       docker-identd firewall print|apply|remove [--proxy-target T]
        docker-identd COMMAND --help
 
 serve answers RFC 1413 ident queries with the name of the Docker container
 that owns the NATed connection. query is a plain ident client, explain walks
 one query's resolution step by step on the Docker host, and squid-helper is
-an external_acl_type helper for Squid (see README.md).
+an external_acl_type helper for Squid, and firewall prints (or applies) the
+tcp/113 redirect for Squid on the Docker host itself (see README.md).
 
 Options of serve:
   --listen ADDR:PORT     address to listen on, [IPv6]:PORT for IPv6; repeatable
@@ -30,6 +33,10 @@ Options of serve:
                          try (a proxy behind a load balancer); repeatable
   --docker-host URL      Docker Engine API (default: $DOCKER_HOST, else
                          unix:///var/run/docker.sock)
+  --docker-tls-ca FILE   CA that verifies a tcp:// Docker host over TLS; with
+  --docker-tls-cert FILE --docker-tls-key FILE, the client certificate and key
+                         (default: with DOCKER_TLS_VERIFY set, ca.pem, cert.pem
+                         and key.pem in $DOCKER_CERT_PATH, else ~/.docker)
   --conntrack MODE       auto | netlink | procfs (default: auto)
   --config FILE          JSON file with the same settings, named as the flags
                          without dashes in front (e.g. "docker-host"); flags win
@@ -64,6 +71,7 @@ export async function main(argv: string[]): Promise<number> {
     query: [QUERY_USAGE, queryMain],
     explain: [EXPLAIN_USAGE, explainMain],
     'squid-helper': [SQUID_HELPER_USAGE, squidHelperMain],
+    firewall: [FIREWALL_USAGE, firewallMain],
   };
   if (Object.prototype.hasOwnProperty.call(tools, command)) {
     const [usage, run] = tools[command];

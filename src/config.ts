@@ -3,6 +3,8 @@
  * Every bad value stops start-up with a one-line error naming it.
  */
 import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { canonicalIp, parseCidr, type Cidr } from './ip';
@@ -21,6 +23,8 @@ export interface Config {
   /** True when --allow was not given: loopback only, and a warning at start. */
   allowDefaulted: boolean;
   dockerHost: string;
+  /** TLS towards a tcp:// Docker host (`--docker-tls-*`, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH); null: none. */
+  dockerTls: DockerTls | null;
   conntrack: ConntrackMode;
   logLevel: LogLevel;
   idleTimeoutMs: number;
@@ -41,6 +45,19 @@ export interface Config {
 
 export class ConfigError extends Error {}
 
+/**
+ * TLS settings for the Docker Engine API, read at start-up: the files' contents
+ * and where they came from. The server is verified against `ca` (or, without
+ * one, the system's CAs); `cert` and `key` are the client certificate that a
+ * dockerd running with `--tlsverify` asks for.
+ */
+export interface DockerTls {
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+  files: { ca?: string; cert?: string; key?: string };
+}
+
 export const DEFAULT_LISTEN: ListenAddress[] = [
   { host: '0.0.0.0', port: 113 },
   { host: '::', port: 113, optional: true },
@@ -55,6 +72,9 @@ const SETTINGS = [
   'allow',
   'proxy-address',
   'docker-host',
+  'docker-tls-ca',
+  'docker-tls-cert',
+  'docker-tls-key',
   'conntrack',
   'log-level',
   'idle-timeout',
@@ -72,6 +92,9 @@ export const SERVE_OPTIONS = {
   allow: { type: 'string', multiple: true },
   'proxy-address': { type: 'string', multiple: true },
   'docker-host': { type: 'string' },
+  'docker-tls-ca': { type: 'string' },
+  'docker-tls-cert': { type: 'string' },
+  'docker-tls-key': { type: 'string' },
   conntrack: { type: 'string' },
   config: { type: 'string' },
   'log-level': { type: 'string' },
@@ -114,6 +137,64 @@ function parseCidrSetting(flag: string, text: string): Cidr {
   const c = parseCidr(text.trim());
   if (!c) throw new ConfigError(`--${flag}: "${text}" is not an address or CIDR`);
   return c;
+}
+
+function readTlsFile(flag: string, file: string, source: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new ConfigError(`--${flag}: cannot read ${file} (${source}): ${why}`);
+  }
+}
+
+/**
+ * TLS for the Docker host, the way the docker CLI does it: the flags (or
+ * config keys) name the CA, client certificate and key; otherwise a non-empty
+ * DOCKER_TLS_VERIFY asks for verification with ca.pem, cert.pem and key.pem
+ * from DOCKER_CERT_PATH (default ~/.docker). Every named file must be
+ * readable, and verification needs a CA: start-up stops otherwise.
+ */
+export function dockerTlsSettings(
+  dockerHost: string,
+  flags: { ca?: string; cert?: string; key?: string },
+  env: NodeJS.ProcessEnv,
+): DockerTls | null {
+  const scheme = new URL(dockerHost).protocol;
+  const viaFlags = flags.ca !== undefined || flags.cert !== undefined || flags.key !== undefined;
+  if (scheme === 'unix:' || scheme === 'http:') {
+    if (viaFlags)
+      throw new ConfigError(`--docker-tls-*: TLS needs a tcp:// or https:// Docker host, not ${dockerHost}`);
+    return null;
+  }
+  if ((flags.cert === undefined) !== (flags.key === undefined)) {
+    throw new ConfigError('--docker-tls-cert and --docker-tls-key go together: give both or neither');
+  }
+  if (viaFlags) {
+    if (flags.ca === undefined) {
+      throw new ConfigError('--docker-tls-ca is needed to verify the Docker host (with --docker-tls-cert/key)');
+    }
+    const tls: DockerTls = { files: { ...flags } };
+    tls.ca = readTlsFile('docker-tls-ca', flags.ca, 'CA certificate');
+    if (flags.cert !== undefined && flags.key !== undefined) {
+      tls.cert = readTlsFile('docker-tls-cert', flags.cert, 'client certificate');
+      tls.key = readTlsFile('docker-tls-key', flags.key, 'client key');
+    }
+    return tls;
+  }
+  if (env.DOCKER_TLS_VERIFY) {
+    const dir = env.DOCKER_CERT_PATH || path.join(homedir(), '.docker');
+    const src = 'DOCKER_TLS_VERIFY is set; DOCKER_CERT_PATH';
+    const files = { ca: path.join(dir, 'ca.pem'), cert: path.join(dir, 'cert.pem'), key: path.join(dir, 'key.pem') };
+    return {
+      ca: readTlsFile('docker-tls-ca', files.ca, src),
+      cert: readTlsFile('docker-tls-cert', files.cert, src),
+      key: readTlsFile('docker-tls-key', files.key, src),
+      files,
+    };
+  }
+  // https:// without files: the server is verified against the system's CAs.
+  return scheme === 'https:' ? { files: {} } : null;
 }
 
 type Raw = Partial<Record<Setting, string | string[]>>;
@@ -193,6 +274,11 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
   } catch {
     throw new ConfigError(`--docker-host: "${dockerHost}" is not a valid URL`);
   }
+  const dockerTls = dockerTlsSettings(
+    dockerHost,
+    { ca: one('docker-tls-ca'), cert: one('docker-tls-cert'), key: one('docker-tls-key') },
+    env,
+  );
   const conntrack = one('conntrack') ?? 'auto';
   if (conntrack !== 'auto' && conntrack !== 'netlink' && conntrack !== 'procfs') {
     throw new ConfigError(`--conntrack: "${conntrack}" must be auto, netlink or procfs`);
@@ -225,6 +311,7 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
     proxyAddress,
     allowDefaulted: allowText === undefined,
     dockerHost,
+    dockerTls,
     conntrack,
     logLevel: logLevel as LogLevel,
     idleTimeoutMs: Math.round(idle * 1000),

@@ -66,6 +66,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
         allow: config.allow.map(formatCidr),
         proxyAddress: config.proxyAddress.map(formatCidr),
         dockerHost: config.dockerHost,
+        dockerTls: config.dockerTls ? config.dockerTls.files : null,
         conntrack: config.conntrack,
         logLevel: config.logLevel,
         idleTimeoutMs: config.idleTimeoutMs,
@@ -93,7 +94,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   log.info({ source: conntrack.name }, 'conntrack source ready');
   notifier.status(`conntrack source ${conntrack.name} ready; connecting to Docker`);
 
-  const registry = new DockerRegistry(config.dockerHost, log);
+  const registry = new DockerRegistry(config.dockerHost, log, { tls: config.dockerTls });
   registry.start();
   metrics?.setDocker(registry);
   // The naming template in force (a reload may replace it).

@@ -43,7 +43,8 @@ export interface ExplainInput {
   querier: string;
   /** Our address as the querier sees it; default: the source address of the route to the querier. */
   local?: string;
-  config: Pick<Config, 'dockerHost' | 'conntrack' | 'allow' | 'proxyAddress' | 'nameTemplate'>;
+  config: Pick<Config, 'dockerHost' | 'conntrack' | 'allow' | 'proxyAddress' | 'nameTemplate'> &
+    Partial<Pick<Config, 'dockerTls'>>;
   /** How long to wait for the Docker index. */
   syncTimeoutMs?: number;
 }
@@ -213,7 +214,8 @@ export async function explain(input: ExplainInput, deps: ExplainDeps): Promise<E
 
   // Docker first (it takes longest), conntrack meanwhile.
   const registry =
-    deps.openDocker?.() ?? new DockerRegistry(config.dockerHost, deps.log, { backoffMinMs: 250, backoffMaxMs: 2000 });
+    deps.openDocker?.() ??
+    new DockerRegistry(config.dockerHost, deps.log, { backoffMinMs: 250, backoffMaxMs: 2000, tls: config.dockerTls });
   registry.start();
   const t0 = performance.now();
   let syncedAtNs: bigint | null = null;

@@ -45,6 +45,8 @@ export function diffConfig(current: Config, next: Config, opts: { socketActivate
     needRestart.push('proxy-address');
   }
   if (current.dockerHost !== next.dockerHost) needRestart.push('docker-host');
+  const tlsText = (c: Config): string => JSON.stringify(c.dockerTls ? c.dockerTls.files : null);
+  if (tlsText(current) !== tlsText(next)) needRestart.push('docker-tls');
   if (current.conntrack !== next.conntrack) needRestart.push('conntrack');
   if (current.idleTimeoutMs !== next.idleTimeoutMs) needRestart.push('idle-timeout');
   if (current.maxConnections !== next.maxConnections) needRestart.push('max-connections');

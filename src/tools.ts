@@ -298,7 +298,7 @@ export async function squidHelperMain(args: string[]): Promise<number> {
         proxyAddresses: new AddressSet([]),
         log,
       });
-      const registry = new DockerRegistry(config.dockerHost, log);
+      const registry = new DockerRegistry(config.dockerHost, log, { tls: config.dockerTls });
       registry.start();
       const template = config.nameTemplate;
       const resolver = new Resolver(conntrack, registry, { nameFor: (c) => applyNameTemplate(template, c) });

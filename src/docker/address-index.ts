@@ -210,3 +210,60 @@ export class AddressIndex {
       : { status: 'found', owner: list[0], releasedNs };
   }
 }
+
+/** Docker's bridge between swarm task containers and the outside (their traffic leaves through it). */
+export const GWBRIDGE = 'docker_gwbridge';
+
+/** A swarm task container's endpoint on docker_gwbridge (not listed among the container's own networks). */
+export interface GwbridgeEndpoint {
+  /** The container's full id, or the 12-character prefix in `gateway_<id>`. */
+  idPrefix: string;
+  ipv4?: string;
+  ipv6?: string;
+}
+
+const HEX_ID = /^[0-9a-f]{12,64}$/;
+const stripPrefixLen = (a: unknown): string | null =>
+  typeof a === 'string' && a !== '' ? canonicalIp(a.replace(/\/\d+$/, '')) : null;
+
+/**
+ * The task endpoints of `docker network inspect docker_gwbridge`: its
+ * `Containers` map is keyed by container id, each named `gateway_<short id>`.
+ * The ingress sandbox (`ingress-sbox`, `gateway_ingress-sbox`) and
+ * load-balancer endpoints (`lb-…`) belong to no container and are skipped,
+ * and so is anything whose id cannot be told.
+ */
+export function gwbridgeEndpoints(inspect: unknown): GwbridgeEndpoint[] {
+  if (typeof inspect !== 'object' || inspect === null) return [];
+  const containers = (inspect as { Containers?: unknown }).Containers;
+  if (typeof containers !== 'object' || containers === null) return [];
+  const out: GwbridgeEndpoint[] = [];
+  for (const [key, value] of Object.entries(containers as Record<string, unknown>)) {
+    if (typeof value !== 'object' || value === null) continue;
+    const ep = value as { Name?: unknown; IPv4Address?: unknown; IPv6Address?: unknown };
+    const name = typeof ep.Name === 'string' ? ep.Name : '';
+    if (key === 'ingress-sbox' || key.startsWith('lb-') || name.endsWith('ingress-sbox') || name.startsWith('lb-')) {
+      continue;
+    }
+    const fromName = /^gateway_([0-9a-f]{12,64})$/.exec(name)?.[1];
+    const idPrefix = HEX_ID.test(key) ? key : fromName;
+    if (!idPrefix) continue;
+    const e: GwbridgeEndpoint = { idPrefix };
+    const v4 = stripPrefixLen(ep.IPv4Address);
+    const v6 = stripPrefixLen(ep.IPv6Address);
+    if (v4) e.ipv4 = v4;
+    if (v6) e.ipv6 = v6;
+    if (e.ipv4 || e.ipv6) out.push(e);
+  }
+  return out;
+}
+
+/** `info` with its docker_gwbridge endpoint (if `endpoints` has one for it) as one more network. */
+export function withGwbridge(info: ContainerInfo, endpoints: GwbridgeEndpoint[], networkId = ''): ContainerInfo {
+  const ep = endpoints.find((e) => info.id.startsWith(e.idPrefix));
+  if (!ep || info.networks.some((n) => n.networkName === GWBRIDGE)) return info;
+  const net: ContainerNetwork = { networkId, networkName: GWBRIDGE };
+  if (ep.ipv4) net.ipv4 = ep.ipv4;
+  if (ep.ipv6) net.ipv6 = ep.ipv6;
+  return { ...info, networks: [...info.networks, net] };
+}

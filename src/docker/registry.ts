@@ -11,8 +11,19 @@
 import Docker from 'dockerode';
 import type { Logger } from 'pino';
 
+import type { DockerTls } from '../config';
 import { withDeadline, sleep } from '../deadline';
-import { AddressIndex, containerFromDocker, nowNs, type IndexLookup } from './address-index';
+import {
+  AddressIndex,
+  containerFromDocker,
+  gwbridgeEndpoints,
+  GWBRIDGE,
+  nowNs,
+  withGwbridge,
+  type ContainerInfo,
+  type GwbridgeEndpoint,
+  type IndexLookup,
+} from './address-index';
 
 export type RegistryState = 'connecting' | 'syncing' | 'synced' | 'closed';
 
@@ -28,6 +39,8 @@ export interface RegistryOptions {
   maxEventBytes?: number;
   /** How often the index is compared with a full listing. */
   verifyIntervalMs?: number;
+  /** TLS towards a tcp:// or https:// Docker host (see `dockerTlsSettings`). */
+  tls?: DockerTls | null;
 }
 
 interface DockerEvent {
@@ -42,10 +55,23 @@ interface DockerEvent {
 const CONTAINER_ACTIONS = new Set(['start', 'die', 'destroy', 'rename', 'restart', 'unpause']);
 const NETWORK_ACTIONS = new Set(['connect', 'disconnect']);
 
-/** dockerode connection options from a DOCKER_HOST-style URL. */
-export function dockerOptions(dockerHost: string): Docker.DockerOptions {
+/**
+ * dockerode connection options from a DOCKER_HOST-style URL; with `tls`,
+ * tcp:// is spoken over TLS (port 2376 by default, as the docker CLI does).
+ */
+export function dockerOptions(dockerHost: string, tls?: DockerTls | null): Docker.DockerOptions {
   const u = new URL(dockerHost);
   if (u.protocol === 'unix:') return { socketPath: decodeURIComponent(u.pathname) };
+  if (tls && (u.protocol === 'tcp:' || u.protocol === 'https:')) {
+    return {
+      host: u.hostname.replace(/^\[|\]$/g, ''),
+      port: Number(u.port || 2376),
+      protocol: 'https',
+      ...(tls.ca ? { ca: tls.ca } : {}),
+      ...(tls.cert ? { cert: tls.cert } : {}),
+      ...(tls.key ? { key: tls.key } : {}),
+    };
+  }
   if (u.protocol === 'tcp:' || u.protocol === 'http:') {
     return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 2375), protocol: 'http' };
   }
@@ -98,6 +124,12 @@ export class DockerRegistry {
   reconnects = 0;
   /** Full listings applied (the first sync included). */
   resyncs = 0;
+  /**
+   * Whether docker_gwbridge (swarm) existed at the last look: only then does
+   * re-reading a container also read the gwbridge endpoints. Checked by every
+   * listing; set by any event about the network.
+   */
+  private gwbridgePresent = true;
 
   constructor(
     dockerHost: string,
@@ -109,7 +141,7 @@ export class DockerRegistry {
     this.backoffMaxMs = opts.backoffMaxMs ?? 30_000;
     this.maxEventBytes = opts.maxEventBytes ?? 1024 * 1024;
     this.verifyIntervalMs = opts.verifyIntervalMs ?? 60_000;
-    const base = dockerOptions(dockerHost);
+    const base = dockerOptions(dockerHost, opts.tls);
     this.api = new Docker({ ...base, timeout: this.apiTimeoutMs });
     this.stream = new Docker(base);
   }
@@ -170,7 +202,7 @@ export class DockerRegistry {
         await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect'),
       );
       if (!json.State?.Running) return false;
-      const info = containerFromDocker(json);
+      const info = await this.withGwbridge(containerFromDocker(json));
       return !!info?.networks.some((n) => n.ipv4 === address || n.ipv6 === address);
     } catch {
       return false;
@@ -297,15 +329,49 @@ export class DockerRegistry {
     if (!Array.isArray(list) || !list.every((c) => typeof c === 'object' && c !== null && typeof c.Id === 'string')) {
       throw new Error('docker ps answered something that is not a list of containers');
     }
+    const gw = await this.gwbridge(true);
     // Whatever changed before this listing changed no later than now.
     const listedNs = nowNs();
     const index = new AddressIndex();
     for (const c of list) {
       const info = containerFromDocker(c as Parameters<typeof containerFromDocker>[0]);
-      if (info) index.set(info, listedNs);
+      if (info) index.set(withGwbridge(info, gw.endpoints, gw.id), listedNs);
     }
     const changed = index.inheritFrom(this.index, listedNs);
     return { index, changed };
+  }
+
+  /**
+   * Swarm task containers' endpoints on docker_gwbridge: their traffic leaves
+   * with that address, which their own network list does not show. None when
+   * the network does not exist (no swarm); other failures are thrown (the
+   * index would be incomplete). Skipped when it was absent at the last look,
+   * unless `always`.
+   */
+  private async gwbridge(always = false): Promise<{ endpoints: GwbridgeEndpoint[]; id: string }> {
+    if (!always && !this.gwbridgePresent) return { endpoints: [], id: '' };
+    try {
+      const json: unknown = await withDeadline(
+        this.api.getNetwork(GWBRIDGE).inspect(),
+        this.apiTimeoutMs,
+        'docker network inspect docker_gwbridge',
+      );
+      this.gwbridgePresent = true;
+      const id = (json as { Id?: unknown } | null)?.Id;
+      return { endpoints: gwbridgeEndpoints(json), id: typeof id === 'string' ? id : '' };
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode === 404) {
+        this.gwbridgePresent = false;
+        return { endpoints: [], id: '' };
+      }
+      throw err;
+    }
+  }
+
+  private async withGwbridge(info: ContainerInfo | null): Promise<ContainerInfo | null> {
+    if (!info) return null;
+    const gw = await this.gwbridge();
+    return withGwbridge(info, gw.endpoints, gw.id);
   }
 
   /** The periodic check: a listing that disagrees with the index means events were lost. */
@@ -330,6 +396,7 @@ export class DockerRegistry {
     let id: string | undefined;
     if (ev.Type === 'container' && ev.Action && CONTAINER_ACTIONS.has(ev.Action)) id = ev.Actor?.ID;
     else if (ev.Type === 'network' && ev.Action && NETWORK_ACTIONS.has(ev.Action)) id = ev.Actor?.Attributes?.container;
+    if (ev.Type === 'network' && ev.Actor?.Attributes?.name === GWBRIDGE) this.gwbridgePresent = true;
     if (!id) return;
     const cid = id;
     const atNs = eventTimeNs(ev);
@@ -369,7 +436,7 @@ export class DockerRegistry {
         await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect'),
       );
       const t = maxNs(atNs, nowNs());
-      const info = json.State?.Running ? containerFromDocker(json) : null;
+      const info = json.State?.Running ? await this.withGwbridge(containerFromDocker(json)) : null;
       if (info) this.index.set(info, t);
       else this.index.remove(id, t);
     } catch (err) {

@@ -24,6 +24,8 @@ export class FakeDocker {
   /** 'hang': API calls (not the event stream) never answer; 'garbage': they answer 200 with non-JSON. */
   misbehave: 'hang' | 'garbage' | null = null;
   requests: string[] = [];
+  /** `GET /networks/NAME` answers (docker network inspect); other names are 404. */
+  readonly networks = new Map<string, object>();
 
   constructor(readonly socketPath: string) {}
 
@@ -111,6 +113,12 @@ export class FakeDocker {
       const c = this.containers.get(m[1]);
       if (!c) res.writeHead(404, { 'content-type': 'application/json' }).end('{"message":"No such container"}');
       else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.json(c)));
+      return;
+    }
+    const nm = /^\/networks\/([^/]+)$/.exec(url.pathname);
+    const net = nm ? this.networks.get(decodeURIComponent(nm[1])) : undefined;
+    if (net) {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(net));
       return;
     }
     res.writeHead(404).end('{"message":"not found"}');

@@ -1,0 +1,235 @@
+/**
+ * Squid on the Docker host itself (a host process, or a container on the
+ * host network or on a bridge network): Squid sees the client container's own
+ * address, without NAT, and sends its ident query to that address on port
+ * 113, where the container could answer anything. These rules redirect every
+ * tcp/113 connection towards the container networks to docker-identd instead
+ * (which also stops containers from answering for themselves); the daemon,
+ * run with `--routed` for the same networks, takes the ident connection's
+ * original destination as the container's address (see routed.ts).
+ *
+ * nat PREROUTING catches queries from containers (Squid on a bridge network);
+ * nat OUTPUT catches queries from the host's own processes (Squid on the host
+ * or on the host network). A redirected query from the host leaves through
+ * the loopback interface with a source in the container network, which
+ * Docker's own `-s SUBNET ! -o BRIDGE -j MASQUERADE` would rewrite (the
+ * daemon would then see neither Squid's address nor the original
+ * destination): nat POSTROUTING exempts redirected ident connections from
+ * source NAT. Rule generation is pure; `applyCommands` and
+ * `removeCommands` say what to run, and the CLI runs them.
+ */
+import { canonicalIp, formatCidr, parseCidr, type Cidr } from './ip';
+
+/** Every rule we add carries this comment, which is how `firewall remove` finds them. */
+export const RULE_COMMENT = 'docker-identd';
+export const NFT_TABLE = 'docker_identd';
+
+/** Where redirected queries go: a port on the address they arrived at, or an address and port. */
+export type RedirectTarget = { port: number; host?: undefined } | { host: string; port: number };
+
+export interface FirewallPlan {
+  subnets: Cidr[];
+  target: RedirectTarget;
+}
+
+/** One iptables or ip6tables invocation (without the command name): -t nat -A CHAIN ... */
+export interface IptablesRule {
+  command: 'iptables' | 'ip6tables';
+  table: 'nat';
+  chain: 'PREROUTING' | 'OUTPUT' | 'POSTROUTING';
+  /** The rule specification after the chain. */
+  spec: string[];
+}
+
+/** The address of `c` with its host bits cleared. */
+export function networkOf(c: Cidr): Cidr {
+  if (c.family === 4) {
+    const n = c.address.split('.').reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n);
+    const mask = c.prefix === 0 ? 0n : ((1n << 32n) - 1n) ^ ((1n << BigInt(32 - c.prefix)) - 1n);
+    const v = n & mask;
+    const address = [24n, 16n, 8n, 0n].map((s) => String((v >> s) & 255n)).join('.');
+    return { address, prefix: c.prefix, family: 4 };
+  }
+  const hex = expandIPv6(c.address);
+  let n = BigInt(`0x${hex}`);
+  const mask = c.prefix === 0 ? 0n : ((1n << 128n) - 1n) ^ ((1n << BigInt(128 - c.prefix)) - 1n);
+  n &= mask;
+  const groups: string[] = [];
+  for (let i = 7; i >= 0; i--) groups.push(((n >> BigInt(i * 16)) & 0xffffn).toString(16));
+  return { address: canonicalIp(groups.join(':')) ?? c.address, prefix: c.prefix, family: 6 };
+}
+
+function expandIPv6(address: string): string {
+  const [head, tail] = address.includes('::') ? address.split('::') : [address, undefined];
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const missing = tail === undefined ? 0 : 8 - h.length - t.length;
+  return [...h, ...Array<string>(missing).fill('0'), ...t].map((g) => g.padStart(4, '0')).join('');
+}
+
+/**
+ * The subnets of Docker's bridge networks (and other local-scope networks
+ * whose containers Squid on the host would reach directly), from the
+ * `GET /networks` answer. Host, none and overlay networks are left out; so
+ * are duplicates. Unparseable subnets are skipped.
+ */
+export function containerSubnets(networks: unknown): Cidr[] {
+  if (!Array.isArray(networks)) throw new Error('docker network ls answered something that is not a list');
+  const seen = new Set<string>();
+  const out: Cidr[] = [];
+  for (const n of networks as { Driver?: unknown; Scope?: unknown; IPAM?: { Config?: unknown } }[]) {
+    if (typeof n !== 'object' || n === null) continue;
+    if (n.Driver !== 'bridge' && n.Driver !== 'macvlan' && n.Driver !== 'ipvlan') continue;
+    const configs = Array.isArray(n.IPAM?.Config) ? (n.IPAM.Config as { Subnet?: unknown }[]) : [];
+    for (const c of configs) {
+      if (typeof c?.Subnet !== 'string') continue;
+      const cidr = parseCidr(c.Subnet);
+      if (!cidr) continue;
+      const net = networkOf(cidr);
+      const key = formatCidr(net);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      out.push(net);
+    }
+  }
+  return out;
+}
+
+/** `--proxy-target`: a bare PORT (redirect to that port) or ADDR:PORT / [IPv6]:PORT (DNAT). */
+export function parseTarget(text: string): RedirectTarget | null {
+  if (/^\d{1,5}$/.test(text)) {
+    const port = Number(text);
+    return port >= 1 && port <= 65535 ? { port } : null;
+  }
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(text) ?? /^([^:[\]]+):(\d{1,5})$/.exec(text);
+  if (!m) return null;
+  const host = canonicalIp(m[1]);
+  const port = Number(m[2]);
+  if (!host || port < 1 || port > 65535) return null;
+  return { host, port };
+}
+
+function jump(target: RedirectTarget, family: 4 | 6): string[] | null {
+  if (target.host === undefined) return ['-j', 'REDIRECT', '--to-ports', String(target.port)];
+  const hostFamily = target.host.includes(':') ? 6 : 4;
+  if (hostFamily !== family) return null;
+  const to = family === 6 ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
+  return ['-j', 'DNAT', '--to-destination', to];
+}
+
+/**
+ * The rules, one PREROUTING and one OUTPUT rule per subnet. With an address
+ * target, subnets of the other family are left out (a DNAT cannot cross
+ * families): `skipped` names them.
+ */
+export function iptablesRules(plan: FirewallPlan): { rules: IptablesRule[]; skipped: Cidr[] } {
+  const rules: IptablesRule[] = [];
+  const skipped: Cidr[] = [];
+  for (const s of plan.subnets) {
+    const j = jump(plan.target, s.family);
+    if (!j) {
+      skipped.push(s);
+      continue;
+    }
+    const command = s.family === 4 ? 'iptables' : 'ip6tables';
+    const comment = ['-m', 'comment', '--comment', RULE_COMMENT];
+    for (const chain of ['PREROUTING', 'OUTPUT'] as const) {
+      const spec = ['-d', formatCidr(s), '-p', 'tcp', '--dport', '113', ...comment, ...j];
+      rules.push({ command, table: 'nat', chain, spec });
+    }
+    const exempt = ['-p', 'tcp', '-m', 'conntrack', '--ctstate', 'DNAT', '--ctorigdst', formatCidr(s)];
+    rules.push({
+      command,
+      table: 'nat',
+      chain: 'POSTROUTING',
+      spec: [...exempt, '--ctorigdstport', '113', ...comment, '-j', 'ACCEPT'],
+    });
+  }
+  return { rules, skipped };
+}
+
+/** The same rules as an nft script (its own table, replaced as a whole). */
+export function nftScript(plan: FirewallPlan): string {
+  const lines = [
+    `# docker-identd: tcp/113 towards the container networks goes to docker-identd`,
+    `table inet ${NFT_TABLE}`,
+    `delete table inet ${NFT_TABLE}`,
+    `table inet ${NFT_TABLE} {`,
+  ];
+  // dstnat is -100; nft accepts the keyword for prerouting only.
+  for (const chain of ['prerouting', 'output']) {
+    lines.push(`  chain ${chain} {`, `    type nat hook ${chain} priority -100; policy accept;`);
+    for (const s of plan.subnets) {
+      const ip = s.family === 4 ? 'ip' : 'ip6';
+      let action: string;
+      if (plan.target.host === undefined) action = `redirect to :${plan.target.port}`;
+      else if ((plan.target.host.includes(':') ? 6 : 4) !== s.family) continue;
+      else {
+        const to =
+          s.family === 6 ? `[${plan.target.host}]:${plan.target.port}` : `${plan.target.host}:${plan.target.port}`;
+        action = `dnat ${ip} to ${to}`;
+      }
+      lines.push(`    ${ip} daddr ${formatCidr(s)} tcp dport 113 ${action} comment "${RULE_COMMENT}"`);
+    }
+    lines.push('  }');
+  }
+  // Before Docker's masquerade (srcnat, 100): a source NAT to the packet's own
+  // source address, so that no later NAT chain rewrites it.
+  lines.push('  chain postrouting {', '    type nat hook postrouting priority 99; policy accept;');
+  for (const s of plan.subnets) {
+    const ip = s.family === 4 ? 'ip' : 'ip6';
+    if (plan.target.host !== undefined && (plan.target.host.includes(':') ? 6 : 4) !== s.family) continue;
+    lines.push(
+      `    meta l4proto tcp ct status dnat ct original ${ip} daddr ${formatCidr(s)} ct original proto-dst 113 snat ${ip} to ${ip} saddr comment "${RULE_COMMENT}"`,
+    );
+  }
+  lines.push('  }');
+  lines.push('}');
+  return `${lines.join('\n')}\n`;
+}
+
+const shellQuote = (a: string): string => (/^[\w@%+=:,./[\]-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
+
+/** The iptables rules as shell commands that add each rule once (check first, then insert). */
+export function iptablesScript(plan: FirewallPlan): string {
+  const { rules, skipped } = iptablesRules(plan);
+  const out = ['# docker-identd: tcp/113 towards the container networks goes to docker-identd'];
+  for (const s of skipped) out.push(`# ${formatCidr(s)}: left out, the target is of the other address family`);
+  for (const r of rules) {
+    const spec = r.spec.map(shellQuote).join(' ');
+    out.push(
+      `${r.command} -w -t ${r.table} -C ${r.chain} ${spec} 2>/dev/null || ${r.command} -w -t ${r.table} -I ${r.chain} ${spec}`,
+    );
+  }
+  return `${out.join('\n')}\n`;
+}
+
+/** The daemon flags that go with the rules. */
+export function serveFlags(plan: FirewallPlan): string[] {
+  return plan.subnets.map((s) => `--routed ${formatCidr(s)}`);
+}
+
+/**
+ * Lines of `iptables -t nat -S` that carry our comment, as the arguments that
+ * delete them (`-A CHAIN spec` becomes `-D CHAIN spec`).
+ */
+export function rulesToRemove(saveOutput: string): string[][] {
+  const out: string[][] = [];
+  for (const line of saveOutput.split('\n')) {
+    if (!line.startsWith('-A ')) continue;
+    const args = splitRuleLine(line);
+    const i = args.indexOf('--comment');
+    if (i < 0 || args[i + 1] !== RULE_COMMENT) continue;
+    out.push(['-D', ...args.slice(1)]);
+  }
+  return out;
+}
+
+/** Splits an `iptables -S` line into arguments (it double-quotes arguments with spaces). */
+export function splitRuleLine(line: string): string[] {
+  const args: string[] = [];
+  const re = /"((?:[^"\\]|\\.)*)"|(\S+)/g;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(line))) args.push(m[1] !== undefined ? m[1].replace(/\\(.)/g, '$1') : m[2]);
+  return args;
+}
