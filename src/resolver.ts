@@ -140,9 +140,10 @@ export class Resolver {
       case 'none':
         return { ...withEntry, answer: ERR('NO-USER'), reason: 'no running container has this address' };
       case 'ambiguous':
+        // No single owner: no user to name (issue 7: an ambiguous owner is NO-USER).
         return {
           ...withEntry,
-          answer: ERR('UNKNOWN-ERROR'),
+          answer: ERR('NO-USER'),
           reason: `address claimed by ${owner.owners.length} containers`,
         };
       case 'found':

@@ -179,7 +179,7 @@ test('the reason for each ERROR is reported at the step that decided it', async 
   twice.set(web);
   twice.set({ ...web, id: 'ffff00001111', name: 'impostor' });
   r = await explain(input(), { log, openConntrack: async () => conntrack(entry), openDocker: () => docker(twice) });
-  assert.equal(r.answer.code, 'UNKNOWN-ERROR');
+  assert.equal(r.answer.code, 'NO-USER');
   assert.deepEqual(
     r.owners.map((o) => o.name),
     ['shop-web-1', 'impostor'],

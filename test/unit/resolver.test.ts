@@ -96,13 +96,6 @@ test('every doubt is UNKNOWN-ERROR', async () => {
       ),
     ],
     [
-      'ambiguous owner',
-      new Resolver(
-        source(async () => entry),
-        registry({ status: 'ambiguous', owners: [] }),
-      ),
-    ],
-    [
       'conntrack failure',
       new Resolver(
         source(async () => Promise.reject(conntrackError('no', 'EPERM', 1))),
@@ -273,4 +266,13 @@ test('an entry found by the second try (proxy reply ports) answers; an unexplain
     ).answer,
     { kind: 'ERROR', code: 'UNKNOWN-ERROR' },
   );
+});
+
+test('an address claimed by several containers names none of them: NO-USER', async () => {
+  const res = await new Resolver(
+    source(async () => entry),
+    registry({ status: 'ambiguous', owners: [] }),
+  ).resolve(query);
+  assert.deepEqual(res.answer, { kind: 'ERROR', code: 'NO-USER' });
+  assert.match(res.reason, /claimed by/);
 });
