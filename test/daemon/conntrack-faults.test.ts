@@ -6,13 +6,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
 import { FakeDocker } from '../helpers/fake-docker';
-import { Daemon, identQuery, sleep, startDaemon, waitFor, REPO_ROOT } from '../helpers/daemon';
+import { Daemon, identQuery, loopbackConnection, sleep, startDaemon, waitFor, REPO_ROOT } from '../helpers/daemon';
 
 const inCI = !!process.env.CI && process.env.CI !== 'false';
 const isRoot = process.getuid?.() === 0;
@@ -23,15 +22,6 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 const PORT = 14000 + Math.floor(Math.random() * 1000);
 /** Runs a command with every capability dropped (still uid 0, so /proc/net/nf_conntrack stays readable). */
 const NO_CAPS = ['setpriv', '--bounding-set', '-all', '--inh-caps', '-all', '--ambient-caps', '-all', '--'];
-
-async function loopback(): Promise<{ client: net.Socket; server: net.Server; query: string; port: number }> {
-  const server = net.createServer((s) => s.on('error', () => undefined));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as net.AddressInfo).port;
-  const client = net.connect(port, '127.0.0.1');
-  await new Promise<void>((r, j) => client.once('connect', r).once('error', j));
-  return { client, server, port, query: `${client.localPort} , ${port}\r\n` };
-}
 
 if (missing.length > 0 && !inCI) {
   test('conntrack faults', (t) => t.skip(`needs ${missing.join(', ')}`));
@@ -86,12 +76,11 @@ if (missing.length > 0 && !inCI) {
         assert.ok(d.lines.some((l) => l.msg === 'conntrack source ready' && l.source === 'procfs'));
         await waitFor('synced', () => d.lines.some((l) => l.msg === 'Docker index synced'), 10_000);
         await sleep(2100);
-        const c = await loopback();
+        const c = await loopbackConnection();
         try {
           assert.equal(await identQuery(PORT + 1, c.query), `${c.query.trim()} : USERID : OTHER : loopy\r\n`);
         } finally {
-          c.client.destroy();
-          c.server.close();
+          c.close();
         }
       } finally {
         await d.stop();
@@ -107,7 +96,7 @@ if (missing.length > 0 && !inCI) {
         try {
           await waitFor('synced', () => d.lines.some((l) => l.msg === 'Docker index synced'), 10_000);
           await sleep(2100);
-          const c = await loopback();
+          const c = await loopbackConnection();
           try {
             assert.equal(await identQuery(PORT + 2, c.query), `${c.query.trim()} : USERID : OTHER : loopy\r\n`);
             const del = spawnSync('conntrack', [
@@ -117,15 +106,14 @@ if (missing.length > 0 && !inCI) {
               '--orig-src',
               '127.0.0.1',
               '--sport',
-              String(c.client.localPort),
+              String(c.clientPort),
               '--dport',
-              String(c.port),
+              String(c.serverPort),
             ]);
             assert.equal(del.status, 0, String(del.stderr));
             assert.equal(await identQuery(PORT + 2, c.query), `${c.query.trim()} : ERROR : NO-USER\r\n`);
           } finally {
-            c.client.destroy();
-            c.server.close();
+            c.close();
           }
         } finally {
           await d.stop();

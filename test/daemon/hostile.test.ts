@@ -14,7 +14,15 @@ import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
 import { FakeDocker } from '../helpers/fake-docker';
-import { Daemon, identQuery, sleep, startDaemon, waitFor } from '../helpers/daemon';
+import {
+  Daemon,
+  identQuery,
+  loopbackConnection,
+  sleep,
+  startDaemon,
+  waitFor,
+  type LoopbackConnection,
+} from '../helpers/daemon';
 
 const inCI = !!process.env.CI && process.env.CI !== 'false';
 const isRoot = process.getuid?.() === 0;
@@ -25,22 +33,6 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 function rssKb(pid: number): number {
   const m = /^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) : NaN;
-}
-
-/** A real loopback TCP connection (the "container's" connection) and the query that asks about it. */
-async function loopbackConnection(): Promise<{ query: string; close: () => void }> {
-  const server = net.createServer((s) => s.on('error', () => undefined));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const serverPort = (server.address() as net.AddressInfo).port;
-  const client = net.connect(serverPort, '127.0.0.1');
-  await new Promise<void>((r, j) => client.once('connect', r).once('error', j));
-  return {
-    query: `${client.localPort} , ${serverPort}\r\n`,
-    close: () => {
-      client.destroy();
-      server.close();
-    },
-  };
 }
 
 const loopy = {
@@ -56,7 +48,7 @@ if (!isRoot && !inCI) {
   describe('the daemon under hostile clients, load and Docker faults', { timeout: 240_000 }, () => {
     let fake: FakeDocker;
     let daemon: Daemon;
-    let conn: { query: string; close: () => void };
+    let conn: LoopbackConnection;
     let expected: string;
 
     before(async () => {

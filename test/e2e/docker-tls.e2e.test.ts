@@ -12,11 +12,10 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
-import { Daemon, identQuery, sleep, startDaemon, waitFor, REPO_ROOT } from '../helpers/daemon';
+import { Daemon, identQuery, loopbackConnection, sleep, startDaemon, waitFor, REPO_ROOT } from '../helpers/daemon';
 import { which } from './env';
 
 const inCI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
@@ -112,23 +111,13 @@ function isAlive(pid: number): boolean {
   }
 }
 
-async function loopback(): Promise<{ client: net.Socket; server: net.Server; query: string }> {
-  const server = net.createServer((s) => s.on('error', () => undefined));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as net.AddressInfo).port;
-  const client = net.connect(port, '127.0.0.1');
-  await new Promise<void>((r, j) => client.once('connect', r).once('error', j));
-  return { client, server, query: `${client.localPort} , ${port}\r\n` };
-}
-
 /** One ident query about a real loopback connection (its conntrack entry exists; no container owns 127.0.0.1). */
 async function askAboutLoopback(port: number): Promise<string> {
-  const c = await loopback();
+  const c = await loopbackConnection();
   try {
     return (await identQuery(port, c.query)).replace(/^[^:]*: /, '').trim();
   } finally {
-    c.client.destroy();
-    c.server.close();
+    c.close();
   }
 }
 

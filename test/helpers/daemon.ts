@@ -181,3 +181,33 @@ export function identQuery(
     });
   });
 }
+
+export interface LoopbackConnection {
+  clientPort: number;
+  serverPort: number;
+  /** The ident request that asks about this connection, CR LF included. */
+  query: string;
+  close(): void;
+}
+
+/**
+ * A real loopback TCP connection (so a real conntrack entry with source
+ * 127.0.0.1): the "container's" connection that the tests ask the daemon about.
+ */
+export async function loopbackConnection(): Promise<LoopbackConnection> {
+  const server = net.createServer((s) => s.on('error', () => undefined));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const serverPort = (server.address() as net.AddressInfo).port;
+  const client = net.connect(serverPort, '127.0.0.1');
+  await new Promise<void>((r, j) => client.once('connect', r).once('error', j));
+  const clientPort = client.localPort!;
+  return {
+    clientPort,
+    serverPort,
+    query: `${clientPort} , ${serverPort}\r\n`,
+    close: () => {
+      client.destroy();
+      server.close();
+    },
+  };
+}

@@ -10,12 +10,19 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
-import { Daemon, REPO_ROOT, sleep, startDaemon, waitFor } from '../helpers/daemon';
+import {
+  Daemon,
+  REPO_ROOT,
+  loopbackConnection,
+  type LoopbackConnection,
+  sleep,
+  startDaemon,
+  waitFor,
+} from '../helpers/daemon';
 import { FakeDocker } from '../helpers/fake-docker';
 
 const inCI = !!process.env.CI && process.env.CI !== 'false';
@@ -33,23 +40,6 @@ const loopy = {
   Networks: { lo: { NetworkID: 'n-lo', IPAddress: '127.0.0.1' } },
   Labels: { 'com.docker.compose.project': 'lab', 'com.docker.compose.service': 'web', 'identd.name': 'loop-svc' },
 };
-
-/** A real loopback TCP connection: the "container's" connection to a "proxy" on loopback. */
-async function loopbackConnection(): Promise<{ clientPort: number; serverPort: number; close: () => void }> {
-  const server = net.createServer((s) => s.on('error', () => undefined));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const serverPort = (server.address() as net.AddressInfo).port;
-  const client = net.connect(serverPort, '127.0.0.1');
-  await new Promise<void>((r, j) => client.once('connect', r).once('error', j));
-  return {
-    clientPort: client.localPort!,
-    serverPort,
-    close: () => {
-      client.destroy();
-      server.close();
-    },
-  };
-}
 
 function get(pathname: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -87,7 +77,7 @@ if (!isRoot && !inCI) {
   describe('operators’ toolkit against the daemon', { timeout: 180_000 }, () => {
     let fake: FakeDocker;
     let daemon: Daemon;
-    let conn: Awaited<ReturnType<typeof loopbackConnection>>;
+    let conn: LoopbackConnection;
     const config = path.join(dir, 'config.json');
 
     before(async () => {
