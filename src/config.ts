@@ -87,14 +87,19 @@ const SETTINGS = [
 type Setting = (typeof SETTINGS)[number];
 const MULTI: ReadonlySet<Setting> = new Set(['listen', 'allow', 'proxy-address', 'routed']);
 
-export const SERVE_OPTIONS = {
-  listen: { type: 'string', multiple: true },
-  allow: { type: 'string', multiple: true },
-  'proxy-address': { type: 'string', multiple: true },
+/** How to reach the Docker Engine API: flags shared by `serve` and `firewall`. */
+export const DOCKER_OPTIONS = {
   'docker-host': { type: 'string' },
   'docker-tls-ca': { type: 'string' },
   'docker-tls-cert': { type: 'string' },
   'docker-tls-key': { type: 'string' },
+} as const;
+
+export const SERVE_OPTIONS = {
+  listen: { type: 'string', multiple: true },
+  allow: { type: 'string', multiple: true },
+  'proxy-address': { type: 'string', multiple: true },
+  ...DOCKER_OPTIONS,
   conntrack: { type: 'string' },
   config: { type: 'string' },
   'log-level': { type: 'string' },

@@ -8,7 +8,7 @@
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 
-import { ConfigError, dockerTlsSettings } from './config';
+import { ConfigError, DOCKER_OPTIONS, dockerTlsSettings } from './config';
 import { dockerOptions } from './docker/registry';
 import { withDeadline } from './deadline';
 import {
@@ -91,10 +91,7 @@ export async function firewallMain(args: string[]): Promise<number> {
       options: {
         'proxy-target': { type: 'string' },
         subnet: { type: 'string', multiple: true },
-        'docker-host': { type: 'string' },
-        'docker-tls-ca': { type: 'string' },
-        'docker-tls-cert': { type: 'string' },
-        'docker-tls-key': { type: 'string' },
+        ...DOCKER_OPTIONS,
         nft: { type: 'boolean' },
         apply: { type: 'boolean' },
       },

@@ -88,6 +88,11 @@ Options:
   -h, --help             show this help
 `;
 
+/** An optional address flag: undefined when absent, its canonical form, or null when it is not an address. */
+function optionalAddress(value: unknown): string | undefined | null {
+  return value === undefined ? undefined : canonicalIp(value as string);
+}
+
 function usageError(cmd: string, msg: string): number {
   process.stderr.write(`docker-identd ${cmd}: ${msg} (try docker-identd ${cmd} --help)\n`);
   return 2;
@@ -163,12 +168,8 @@ export async function queryMain(args: string[]): Promise<number> {
   if (port === null) return usageError('query', '--port must be 1..65535');
   const timeoutMs = parseSeconds(v.timeout as string | undefined, 5);
   if (timeoutMs === null) return usageError('query', '--timeout must be a number of seconds in (0, 600]');
-  let from: string | undefined;
-  if (v.from !== undefined) {
-    const f = canonicalIp(v.from as string);
-    if (!f) return usageError('query', `--from: "${v.from as string}" is not an IP address`);
-    from = f;
-  }
+  const from = optionalAddress(v.from);
+  if (from === null) return usageError('query', `--from: "${v.from as string}" is not an IP address`);
   const json = v.json === true;
   try {
     const { line, reply } = await queryIdent(portOnServer, portOnClient, {
@@ -275,12 +276,8 @@ export async function squidHelperMain(args: string[]): Promise<number> {
   if (identPort === null) return usageError('squid-helper', '--ident-port must be 1..65535');
   const timeoutMs = parseSeconds(v.timeout as string | undefined, 3);
   if (timeoutMs === null) return usageError('squid-helper', '--timeout must be a number of seconds in (0, 600]');
-  let from: string | undefined;
-  if (v.from !== undefined) {
-    const f = canonicalIp(v.from as string);
-    if (!f) return usageError('squid-helper', `--from: "${v.from as string}" is not an IP address`);
-    from = f;
-  }
+  const from = optionalAddress(v.from);
+  if (from === null) return usageError('squid-helper', `--from: "${v.from as string}" is not an IP address`);
   const debugOn = v.debug === true;
   // stdout is Squid's channel: diagnostics go to stderr, which Squid puts into cache.log.
   const warn = (msg: string): void => void process.stderr.write(`${msg}\n`);
