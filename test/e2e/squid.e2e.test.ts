@@ -18,6 +18,7 @@ import {
   DaemonLogLine,
   NO_PREFIX,
   OK_PREFIX,
+  SuiteGuard,
   TestEnv,
   conntrackModeFromEnv,
   type ConntrackMode,
@@ -97,30 +98,12 @@ if (missing.length > 0 && inCI) {
       let daemon: Daemon;
       const tok = Math.random().toString(36).slice(2, 6);
 
-      // Ctrl-C / kill: tear down before exiting (the runner may signal us more than once).
-      const onSignal = (sig: NodeJS.Signals) => {
-        process.stderr.write(`[e2e] ${sig}: tearing down\n`);
-        if (!env) process.exit(130);
-        env.failed = true;
-        env.teardown().finally(() => process.exit(130));
-      };
-
-      /** Run a scenario body; on failure print diagnostics and keep the work dir. */
-      const scenario = (fn: () => Promise<void>) => async () => {
-        assert.ok(env, 'environment was not set up');
-        try {
-          await fn();
-        } catch (err) {
-          env.failed = true;
-          process.stderr.write(`[e2e] scenario failed; diagnostics:\n${env.diagnostics()}\n`);
-          throw err;
-        }
-      };
+      const guard = new SuiteGuard(() => env);
+      const scenario = guard.scenario;
 
       before(
         async () => {
-          process.on('SIGINT', onSignal);
-          process.on('SIGTERM', onSignal);
+          guard.watchSignals();
           env = await TestEnv.setup();
           try {
             daemon = await env.startDaemon(mode);
@@ -134,8 +117,7 @@ if (missing.length > 0 && inCI) {
 
       after(
         async () => {
-          process.removeListener('SIGINT', onSignal);
-          process.removeListener('SIGTERM', onSignal);
+          guard.unwatchSignals();
           if (env) await env.teardown();
         },
         { timeout: 120_000 },

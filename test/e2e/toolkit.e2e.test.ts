@@ -38,6 +38,7 @@ import {
   PROXY_IP6,
   run,
   SQUID_PORT,
+  SuiteGuard,
   TestEnv,
   which,
 } from './env';
@@ -153,28 +154,12 @@ if (missing.length > 0 && inCI) {
         let daemon: Daemon;
         const tok = Math.random().toString(36).slice(2, 6);
 
-        const onSignal = (sig: NodeJS.Signals) => {
-          process.stderr.write(`[e2e] ${sig}: tearing down\n`);
-          if (!env) process.exit(130);
-          env.failed = true;
-          env.teardown().finally(() => process.exit(130));
-        };
-
-        const scenario = (fn: () => Promise<void>) => async () => {
-          assert.ok(env, 'environment was not set up');
-          try {
-            await fn();
-          } catch (err) {
-            env.failed = true;
-            process.stderr.write(`[e2e] scenario failed; diagnostics:\n${env.diagnostics()}\n`);
-            throw err;
-          }
-        };
+        const guard = new SuiteGuard(() => env);
+        const scenario = guard.scenario;
 
         before(
           async () => {
-            process.on('SIGINT', onSignal);
-            process.on('SIGTERM', onSignal);
+            guard.watchSignals();
             env = await TestEnv.setup({ ipv6: true, helper: true });
             try {
               await env.createNetwork6(NET6, SUBNET6, 'nat');
@@ -199,8 +184,7 @@ if (missing.length > 0 && inCI) {
 
         after(
           async () => {
-            process.removeListener('SIGINT', onSignal);
-            process.removeListener('SIGTERM', onSignal);
+            guard.unwatchSignals();
             if (env) await env.teardown();
           },
           { timeout: 120_000 },
