@@ -18,6 +18,10 @@
  * so the daemon credits them to the containers; measuring starts no sooner
  * than 10 s after the sync, when owners are no longer confirmed per query.
  *
+ * The load test (64 clients) is driven by bench/ident-load.c, built with gcc
+ * into the run's directory: one epoll loop in a process of its own, so the
+ * daemon, not the load generator, is what runs out of CPU.
+ *
  * Every reply is checked against the expected `... : USERID : OTHER : name`
  * (or `... : ERROR : NO-USER` for the absent-entry query); any other reply,
  * error or timeout counts as wrong, and a wrong reply fails the run.
@@ -28,7 +32,8 @@
  * IDENTD_BENCH_DAEMON=FILE starts FILE instead of bin/docker-identd.js (to
  * compare a variant of the daemon: same arguments); IDENTD_BENCH_NODE_ARGS
  * adds node options to the daemons (e.g. `--trace-gc`: its lines go to the log);
- * IDENTD_BENCH_KEEP_LOGS=1 keeps the daemons' logs (they are kept anyway after a failure);
+ * IDENTD_BENCH_LOAD_CLIENT=node drives the load test from this process instead
+ * of bench/ident-load.c; IDENTD_BENCH_KEEP_LOGS=1 keeps the daemons' logs (they are kept anyway after a failure);
  * IDENTD_BENCH_LOG_LEVEL (default info) the daemons' log level: `warn` leaves
  * out the per-query log line (to measure its cost; the daemon's own timings
  * are then not available, and the sync is recognised by the fake Docker
@@ -65,6 +70,14 @@ const LOAD_WARMUP_MS = 500;
 const BURST = 100;
 const QUERY_TIMEOUT_MS = 15_000;
 const LOG_LEVEL = process.env.IDENTD_BENCH_LOG_LEVEL ?? 'info';
+/**
+ * The load test's client: `c` (bench/ident-load.c, one epoll loop; the
+ * default) or `node` (this process, one promise per client). On 2 cores the
+ * Node client takes about as much CPU per query as the daemon, so it measures
+ * the two sharing the machine more than the daemon.
+ */
+const LOAD_CLIENT = process.env.IDENTD_BENCH_LOAD_CLIENT ?? 'c';
+if (LOAD_CLIENT !== 'c' && LOAD_CLIENT !== 'node') throw new Error('IDENTD_BENCH_LOAD_CLIENT must be c or node');
 /** Whether the daemons log "listening", "Docker index synced" and each query. */
 const LOGS_INFO = ['info', 'debug', 'trace'].includes(LOG_LEVEL);
 
@@ -180,6 +193,13 @@ class Verifier {
   checked = 0;
   wrong = 0;
   readonly examples: string[] = [];
+
+  /** Adds replies checked elsewhere (the C load generator). */
+  add(checked: number, wrong: number, examples: string[]): void {
+    this.checked += checked;
+    this.wrong += wrong;
+    for (const e of examples) if (this.examples.length < 5) this.examples.push(e);
+  }
 
   check(r: Reply, expected: string, what: string): void {
     this.checked++;
@@ -489,6 +509,98 @@ export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixtur
     return { lat, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
   }
 
+  /** What one load run measured, by either client. */
+  interface LoadResult {
+    /** Latency (µs) of each query that ended in the measuring window. */
+    stats: Stats;
+    qps: number;
+    seconds: number;
+    /** Queries answered in the whole run, warm-up included (the daemon's CPU is counted over all of them). */
+    all: number;
+    wrong: number;
+    /** The client's CPU µs per query in the window, and over the whole run. */
+    clientCpuUsPerQuery: number;
+    clientCpuUsTotal: number;
+  }
+
+  /** The Node client: `clients` promises in this process, a warm-up run, then the measured one. */
+  async function loadWithNode(d: DaemonProcess, ctx: BenchContext, clients: number): Promise<LoadResult> {
+    const warm = await load(d, ctx, clients, LOAD_WARMUP_MS);
+    const wrong0 = verifier.wrong;
+    const own0 = ownCpuUs();
+    const { lat, seconds } = await load(d, ctx, clients, LOAD_MS);
+    const cpu = ownCpuUs() - own0;
+    return {
+      stats: statsOf(lat),
+      qps: lat.length / seconds,
+      seconds,
+      all: warm.lat.length + lat.length,
+      wrong: verifier.wrong - wrong0,
+      clientCpuUsPerQuery: cpu / lat.length,
+      clientCpuUsTotal: cpu,
+    };
+  }
+
+  /** Builds bench/ident-load.c (once) into the run's directory. */
+  function loadClient(): string {
+    const bin = path.join(dir, 'ident-load');
+    if (!fs.existsSync(bin)) {
+      run('gcc', ['-O2', '-Wall', '-Wextra', '-Werror', '-o', bin, path.join(__dirname, 'ident-load.c')]);
+    }
+    return bin;
+  }
+
+  /**
+   * The C client (bench/ident-load.c) in a process of its own, over every
+   * chosen entry in a random order; it checks each reply against the same
+   * expected text as the Node client.
+   */
+  async function loadWithC(d: DaemonProcess, ctx: BenchContext, clients: number): Promise<LoadResult> {
+    const n = chosen(ctx);
+    const order = Array.from({ length: n }, (_, i) => i);
+    for (let i = n - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1));
+      [order[i], order[j]] = [order[j], order[i]];
+    }
+    const file = path.join(dir, `queries-${ctx.size}.tsv`);
+    const line = (q: Query): string => `${q.querier}\t${q.request.trimEnd()}\t${q.expected.trimEnd()}\n`;
+    fs.writeFileSync(file, order.map((i) => line(found(i))).join(''));
+    const args = [host, String(d.port), String(clients), String(LOAD_WARMUP_MS), String(LOAD_MS), file];
+    const child = spawn(loadClient(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.setEncoding('utf8').on('data', (t: string) => (out += t));
+    child.stderr.setEncoding('utf8').on('data', (t: string) => (err += t));
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    if (code !== 0) throw new Error(`ident-load exited with ${code}: ${err.trim()}`);
+    const r = JSON.parse(out) as {
+      measured: number;
+      seconds: number;
+      qps: number;
+      medianUs: number;
+      p99Us: number;
+      all: number;
+      wrong: number;
+      cpuUsPerQuery: number;
+      cpuUsTotal: number;
+      examples: string[];
+    };
+    verifier.add(
+      r.all,
+      r.wrong,
+      r.examples.map((e) => `${d.mode} load (C client): ${e}`),
+    );
+    return {
+      stats: { median: r.medianUs, p99: r.p99Us, n: r.measured },
+      qps: r.qps,
+      seconds: r.seconds,
+      all: r.all,
+      wrong: r.wrong,
+      clientCpuUsPerQuery: r.cpuUsPerQuery,
+      clientCpuUsTotal: r.cpuUsTotal,
+    };
+  }
+
   const fixture: BenchFixture = {
     async before() {
       dir = fs.mkdtempSync(path.join(os.tmpdir(), 'identd-bench-'));
@@ -632,26 +744,24 @@ export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixtur
         return {
           call: () => ask(netlinkd, found(randomIndex(ctx))),
           run: async () => {
-            await load(netlinkd, ctx, CLIENTS, LOAD_WARMUP_MS);
-            const wrong0 = verifier.wrong;
             const log0 = netlinkd.logSize();
             const cpu0 = netlinkd.cpuUs();
             const main0 = netlinkd.mainThreadCpuUs();
-            const own0 = ownCpuUs();
             const machine0 = machineCpu();
-            const { lat, seconds } = await load(netlinkd, ctx, CLIENTS, LOAD_MS);
-            const daemonCpu = (netlinkd.cpuUs() - cpu0) / lat.length;
-            const mainCpu = (netlinkd.mainThreadCpuUs() - main0) / lat.length;
-            const clientCpu = (ownCpuUs() - own0) / lat.length;
-            const machine = machineShares(machine0, machineCpu(), (daemonCpu + clientCpu) * lat.length);
+            const r = await (LOAD_CLIENT === 'c' ? loadWithC : loadWithNode)(netlinkd, ctx, CLIENTS);
+            // The daemon's CPU is read over the whole run, warm-up included.
+            const daemonCpu = (netlinkd.cpuUs() - cpu0) / r.all;
+            const mainCpu = (netlinkd.mainThreadCpuUs() - main0) / r.all;
+            const machine = machineShares(machine0, machineCpu(), daemonCpu * r.all + r.clientCpuUsTotal);
             const daemon = netlinkd.queryStats(log0).stats;
             netlinkd.alive();
-            const qps = lat.length / seconds;
-            const wrong = verifier.wrong - wrong0;
+            const { qps, wrong } = r;
+            const clientCpu = r.clientCpuUsPerQuery;
             return {
-              ...statsOf(lat),
+              ...r.stats,
               notes:
-                `**${Math.round(qps).toLocaleString('en-US')} queries/s**; daemon CPU ${us(daemonCpu)}/query ` +
+                `**${Math.round(qps).toLocaleString('en-US')} queries/s** (${LOAD_CLIENT === 'c' ? 'C' : 'Node'} ` +
+                `client); daemon CPU ${us(daemonCpu)}/query ` +
                 `(${((daemonCpu * qps) / 1e4).toFixed(0)}% of a core; its JavaScript thread ${us(mainCpu)}/query, ` +
                 `${((mainCpu * qps) / 1e4).toFixed(0)}% of a core), client ${us(clientCpu)}/query, ` +
                 `${machine.text}; ` +
@@ -660,7 +770,8 @@ export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixtur
               details: {
                 qps,
                 clients: CLIENTS,
-                seconds,
+                client: LOAD_CLIENT,
+                seconds: r.seconds,
                 daemonCpuUsPerQuery: daemonCpu,
                 daemonMainThreadCpuUsPerQuery: mainCpu,
                 clientCpuUsPerQuery: clientCpu,

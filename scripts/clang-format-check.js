@@ -1,12 +1,12 @@
 #!/usr/bin/env node
-// Checks (or with --fix, applies) clang-format on the native sources.
+// Checks (or with --fix, applies) clang-format on the C and C++ sources.
 'use strict';
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
-const dirs = [path.join(root, 'native'), path.join(root, 'test', 'fixtures')];
+const dirs = [path.join(root, 'native'), path.join(root, 'test', 'fixtures'), path.join(root, 'bench')];
 const files = dirs
   .filter((dir) => fs.existsSync(dir))
   .flatMap((dir) =>
