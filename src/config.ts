@@ -30,6 +30,12 @@ export interface Config {
   idleTimeoutMs: number;
   maxConnections: number;
   maxPerSource: number;
+  /**
+   * Serving processes (`--workers`): 1 serves in this process; N > 1 forks N
+   * workers that share the listening sockets, under this process as their
+   * supervisor (src/supervisor.ts).
+   */
+  workers: number;
   /** Where the metrics and health HTTP endpoint listens; null: off. */
   metrics: ListenAddress | null;
   /** What is answered for a container (`--name-template`). */
@@ -65,6 +71,8 @@ export const DEFAULT_LISTEN: ListenAddress[] = [
 export const DEFAULT_ALLOW = ['127.0.0.0/8', '::1/128'];
 export const DEFAULT_MAX_CONNECTIONS = 1024;
 export const DEFAULT_MAX_PER_SOURCE = 256;
+/** Most `--workers`: each is a whole daemon (Docker event stream, netlink socket, memory). */
+export const MAX_WORKERS = 16;
 
 /** Settings that may be given as flags or config file keys (same names). */
 const SETTINGS = [
@@ -80,6 +88,7 @@ const SETTINGS = [
   'idle-timeout',
   'max-connections',
   'max-per-source',
+  'workers',
   'metrics',
   'name-template',
   'routed',
@@ -106,6 +115,7 @@ export const SERVE_OPTIONS = {
   'idle-timeout': { type: 'string' },
   'max-connections': { type: 'string' },
   'max-per-source': { type: 'string' },
+  workers: { type: 'string' },
   metrics: { type: 'string' },
   'name-template': { type: 'string' },
   routed: { type: 'string', multiple: true },
@@ -306,6 +316,8 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
   };
   const maxConnections = count('max-connections', DEFAULT_MAX_CONNECTIONS);
   const maxPerSource = count('max-per-source', DEFAULT_MAX_PER_SOURCE);
+  const workers = count('workers', 1);
+  if (workers > MAX_WORKERS) throw new ConfigError(`--workers: ${workers} is over the limit of ${MAX_WORKERS}`);
   const metricsText = one('metrics');
   const metrics = metricsText === undefined || metricsText === '' ? null : parseMetricsAddress(metricsText);
   const nameTemplate = parseNameTemplateSetting(one('name-template') ?? DEFAULT_NAME_TEMPLATE);
@@ -322,6 +334,7 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
     idleTimeoutMs: Math.round(idle * 1000),
     maxConnections,
     maxPerSource,
+    workers,
     metrics,
     nameTemplate,
     routed,

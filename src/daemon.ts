@@ -14,7 +14,7 @@ import { Resolver } from './resolver';
 import { planReload } from './reload';
 import { originalDestination } from './routed';
 import { formatListenAddress, IdentServer, type ListenAddress } from './server';
-import { SystemdNotifier, Watchdog } from './systemd';
+import { SystemdNotifier, Watchdog, type Notifier } from './systemd';
 import { VERSION } from './version';
 
 /** Protocol limit, not a setting. */
@@ -43,17 +43,25 @@ const STATUS_INTERVAL_MS = 10_000;
 export interface DaemonOptions {
   /** Listening sockets inherited through socket activation: `config.listen` is then not used. */
   inherited?: { fds: number[]; names: string[] };
-  /** sd_notify(3); a no-op unless NOTIFY_SOCKET is set. */
-  notifier?: SystemdNotifier;
+  /** sd_notify(3) (a no-op unless NOTIFY_SOCKET is set), or a worker's messages to its supervisor. */
+  notifier?: Notifier;
   /** WATCHDOG_USEC meant for this process, or null. */
   watchdogUsec?: number | null;
   dockerWatchdogGraceMs?: number;
+  /**
+   * This daemon is worker `slot` of `count` (`--workers`): the connection caps
+   * are split between the workers, and the supervisor serves --metrics (this
+   * daemon only keeps them, in `RunningDaemon.metrics`).
+   */
+  worker?: { slot: number; count: number };
 }
 
 export interface RunningDaemon {
   stop(): Promise<void>;
   /** SIGHUP: loads the config again from `args`; applies the allowlist and log level, or keeps the old config. */
   reload(args: string[]): boolean;
+  /** The metrics kept with --metrics, else null. */
+  readonly metrics: Metrics | null;
 }
 
 export async function startDaemon(config: Config, log: Logger, opts: DaemonOptions = {}): Promise<RunningDaemon> {
@@ -75,8 +83,10 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
         metrics: config.metrics ? formatListenAddress(config.metrics) : null,
         nameTemplate: config.nameTemplate.text,
         routed: config.routed.map(formatCidr),
+        workers: config.workers,
         configFile: config.configFile,
       },
+      ...(opts.worker ? { worker: opts.worker.slot } : {}),
     },
     'starting',
   );
@@ -103,7 +113,14 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   const routed = config.routed.length > 0 ? new AddressSet(config.routed) : null;
   // Stay below the descriptor limit, so the cap (not EMFILE) is what turns connections away.
   const fdLimit = openFileLimit();
-  let maxConnections = config.maxConnections;
+  // Workers share the caps: each may hold its part of them (the kernel hands
+  // a connection to whichever worker accepts first).
+  const share = (n: number): number => (opts.worker ? Math.ceil(n / opts.worker.count) : n);
+  let maxConnections = share(config.maxConnections);
+  const maxPerSource = share(config.maxPerSource);
+  if (opts.worker && opts.worker.count > 1) {
+    log.info({ maxConnections, maxPerSource }, 'connection caps split between the workers');
+  }
   if (fdLimit !== null && fdLimit - FD_RESERVE < maxConnections) {
     maxConnections = Math.max(1, fdLimit - FD_RESERVE);
     log.warn({ fdLimit, maxConnections }, 'connection cap lowered to fit the open file limit');
@@ -115,7 +132,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     connectionTimeoutMs: config.idleTimeoutMs * 3,
     maxRequestBytes: MAX_REQUEST_BYTES,
     maxConnections,
-    maxPerSource: config.maxPerSource,
+    maxPerSource,
     resolve: async (q, conn) => {
       const dst = routed ? await originalDestination(conntrack, q, conn, routed, 2000) : null;
       return resolver.resolve(dst ? { ...q, local: dst } : q);
@@ -140,7 +157,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     throw err;
   }
   let metricsServer: MetricsServer | null = null;
-  if (metrics && config.metrics) {
+  if (metrics && config.metrics && !opts.worker) {
     metricsServer = new MetricsServer(metrics, { listen: config.metrics, log });
     try {
       const at = await metricsServer.start();
@@ -207,6 +224,8 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   }
 
   return {
+    metrics,
+
     reload(args: string[]): boolean {
       if (ready) notifier.reloading();
       const plan = planReload(args, current, { socketActivated: !!opts.inherited });

@@ -49,7 +49,8 @@ export interface ServerView {
 }
 
 export interface ReadyCheck {
-  name: 'docker' | 'conntrack' | 'daemon';
+  /** docker, conntrack or daemon (with --workers N: prefixed by the worker, "worker 0 docker"). */
+  name: string;
   ok: boolean;
   detail: string;
 }
@@ -61,7 +62,21 @@ const LOOKUP_BUCKETS = [
   0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 ];
 
-export class Metrics {
+/** What the HTTP endpoint serves: one daemon's metrics, or the workers' together (src/supervisor.ts). */
+export interface MetricsSource {
+  readonly contentType: string;
+  /** The Prometheus text exposition. */
+  metricsText(): Promise<string>;
+  readiness(): Promise<{ ready: boolean; checks: ReadyCheck[] }>;
+}
+
+/**
+ * With --workers N the supervisor adds the workers' metrics up (prom-client's
+ * AggregatorRegistry): counters and histograms are summed, and each gauge
+ * says how (`aggregator`): the open connections are summed, the Docker index
+ * size and the synced and ready flags take the lowest worker's value.
+ */
+export class Metrics implements MetricsSource {
   readonly registry = new Registry();
   private docker: DockerView | null = null;
   private server: ServerView | null = null;
@@ -82,6 +97,7 @@ export class Metrics {
       name: 'docker_identd_build_info',
       help: 'Always 1; the version in a label.',
       labelNames: ['version'],
+      aggregator: 'first',
       registers,
     }).set({ version: opts.version }, 1);
     this.queries = new Counter({
@@ -114,6 +130,7 @@ export class Metrics {
       name: 'docker_identd_conntrack_source',
       help: 'The conntrack source in use has the value 1.',
       labelNames: ['source'],
+      aggregator: 'max',
       registers,
     });
     // Values read from the registry and the server when scraped.
@@ -121,6 +138,7 @@ export class Metrics {
     new Gauge({
       name: 'docker_identd_docker_containers',
       help: 'Running containers in the address index.',
+      aggregator: 'min',
       registers,
       collect() {
         this.set(self.docker?.containers ?? 0);
@@ -129,6 +147,7 @@ export class Metrics {
     new Gauge({
       name: 'docker_identd_docker_synced',
       help: '1 while the address index is in sync with the Docker event stream, else 0 (queries get ERROR).',
+      aggregator: 'min',
       registers,
       collect() {
         this.set(self.docker?.state === 'synced' ? 1 : 0);
@@ -164,6 +183,7 @@ export class Metrics {
     new Gauge({
       name: 'docker_identd_connections_open',
       help: 'Ident connections open now.',
+      aggregator: 'sum',
       registers,
       collect() {
         this.set(self.server?.connections ?? 0);
@@ -183,9 +203,10 @@ export class Metrics {
     new Gauge({
       name: 'docker_identd_ready',
       help: '1 when ready (Docker synced and the conntrack source working), else 0.',
+      aggregator: 'min',
       registers,
       collect() {
-        this.set(self.readiness().ready ? 1 : 0);
+        this.set(self.readinessNow().ready ? 1 : 0);
       },
     });
   }
@@ -244,7 +265,19 @@ export class Metrics {
     };
   }
 
-  readiness(): { ready: boolean; checks: ReadyCheck[] } {
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  metricsText(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  async readiness(): Promise<{ ready: boolean; checks: ReadyCheck[] }> {
+    return this.readinessNow();
+  }
+
+  readinessNow(): { ready: boolean; checks: ReadyCheck[] } {
     const checks: ReadyCheck[] = [];
     const d = this.docker;
     checks.push(
@@ -280,7 +313,7 @@ export class MetricsServer {
   private server: http.Server | null = null;
 
   constructor(
-    private readonly metrics: Metrics,
+    private readonly metrics: MetricsSource,
     private readonly opts: MetricsServerOptions,
   ) {}
 
@@ -349,13 +382,13 @@ export class MetricsServer {
       const path = (req.url ?? '/').split('?')[0];
       switch (path) {
         case '/metrics': {
-          const body = await this.metrics.registry.metrics();
-          return text(200, body, { 'content-type': this.metrics.registry.contentType });
+          const body = await this.metrics.metricsText();
+          return text(200, body, { 'content-type': this.metrics.contentType });
         }
         case '/healthz':
           return text(200, 'ok\n');
         case '/readyz': {
-          const r = this.metrics.readiness();
+          const r = await this.metrics.readiness();
           const lines = r.checks.map((c) => `${c.ok ? 'ok' : 'FAIL'} ${c.name}: ${c.detail}`).join('\n');
           return text(r.ready ? 200 : 503, `${r.ready ? 'ready' : 'not ready'}\n${lines}\n`);
         }

@@ -51,6 +51,7 @@ export function diffConfig(current: Config, next: Config, opts: { socketActivate
   if (current.idleTimeoutMs !== next.idleTimeoutMs) needRestart.push('idle-timeout');
   if (current.maxConnections !== next.maxConnections) needRestart.push('max-connections');
   if (current.maxPerSource !== next.maxPerSource) needRestart.push('max-per-source');
+  if (current.workers !== next.workers) needRestart.push('workers');
   const metricsText = (c: Config): string => (c.metrics ? formatListenAddress(c.metrics) : '');
   if (metricsText(current) !== metricsText(next)) needRestart.push('metrics');
   if (!sameList(current.routed.map(formatCidr), next.routed.map(formatCidr))) needRestart.push('routed');

@@ -110,11 +110,21 @@ export function loadNotifyFunction(): { ok: true; notify: NotifyFunction } | { o
   return { ok: true, notify: fn as NotifyFunction };
 }
 
+/** What the daemon tells its service manager: systemd itself, or a supervisor (src/supervisor.ts). */
+export interface Notifier {
+  readonly enabled: boolean;
+  ready(status?: string): boolean;
+  reloading(): boolean;
+  stopping(): boolean;
+  status(text: string): boolean;
+  watchdog(): boolean;
+}
+
 /**
  * sd_notify(3) for the daemon. A no-op when NOTIFY_SOCKET is unset (not run
  * by systemd, or Type= is not notify). Never throws: a failed send is logged.
  */
-export class SystemdNotifier {
+export class SystemdNotifier implements Notifier {
   private readonly socket: string | undefined;
   private readonly send: NotifyFunction | null;
   private readonly loggedErrors = new Set<string>();

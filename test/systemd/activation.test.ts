@@ -140,6 +140,58 @@ test('socket activation and the notify protocol, end to end', { skip, timeout: 1
   }
 });
 
+test(
+  '--workers 2 under socket activation: the supervisor speaks for the workers',
+  { skip, timeout: 120_000 },
+  async () => {
+    const notify = new NotifySocket(path.join(dir, 'notify-workers.sock'));
+    await notify.ready();
+    const port = await freePort();
+    const daemon = new ActivatedDaemon({
+      port,
+      cli,
+      args: ['--allow', '127.0.0.1', '--docker-host', docker.url, '--workers', '2'],
+      env: { NOTIFY_SOCKET: notify.address, WATCHDOG_USEC: '1000000' },
+    });
+    try {
+      await daemon.listening();
+      // Waits in the inherited socket's backlog; a worker accepts it.
+      const first = ident(port, '40011 , 3128\r\n');
+      const ready = await notify.waitFor('READY=1');
+      assert.equal(ready.pid, daemon.pid, 'READY=1 comes from the main process (NotifyAccess=main)');
+      assert.match(ready.text, /STATUS=2 of 2 workers running; answering/);
+      assert.equal(await first, '40011 , 3128 : ERROR : NO-USER\r\n');
+      const listening = daemon.lines.filter((l) => l.msg === 'listening');
+      assert.equal(listening.length, 2, 'both workers serve the inherited socket');
+      for (const l of listening) assert.equal(l.socketActivation, true);
+      assert.ok(
+        notify.datagrams.every((d) => d.pid === daemon.pid),
+        'every notification comes from the main process',
+      );
+      const ready1 = notify.find('READY=1');
+      await notify.waitFor('WATCHDOG=1', ready1 + 1, 5000);
+
+      let dg = notify.datagrams.length;
+      process.kill(daemon.pid, 'SIGHUP');
+      await notify.waitFor('RELOADING=1', dg);
+      await notify.waitFor('READY=1', notify.find('RELOADING=1', dg) + 1, 10_000);
+      assert.equal(daemon.lines.filter((l) => l.msg === 'config reloaded').length, 2, 'each worker reloaded');
+
+      dg = notify.datagrams.length;
+      process.kill(daemon.pid, 'SIGTERM');
+      assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
+      const stopping = await notify.waitFor('STOPPING=1', dg, 2000);
+      assert.equal(stopping.pid, daemon.pid);
+    } catch (err) {
+      process.stdout.write(`# daemon output:\n${daemon.describe().replace(/^/gm, '# ')}\n`);
+      throw err;
+    } finally {
+      daemon.kill();
+      notify.close();
+    }
+  },
+);
+
 test('NOTIFY_SOCKET in the abstract namespace (@name) works too', { skip, timeout: 60_000 }, async () => {
   const notify = new NotifySocket(`@docker-identd-test-${process.pid}`);
   await notify.ready();

@@ -89,29 +89,29 @@ test('the instrumented conntrack source times lookups and tracks whether the sou
   const src = m.instrumentConntrack(raw);
   assert.equal(src.name, 'netlink');
   m.setDocker({ state: 'synced', containers: 1, reconnects: 0 });
-  assert.equal(m.readiness().ready, true);
+  assert.equal(m.readinessNow().ready, true);
   assert.equal(await src.lookup(tuple), null);
   fail = conntrackError('boom', 'EPERM');
   await assert.rejects(src.lookup(tuple), { code: 'EPERM' });
-  const r = m.readiness();
+  const r = m.readinessNow();
   assert.equal(r.ready, false);
   assert.match(r.checks.find((c) => c.name === 'conntrack')!.detail, /netlink failing: EPERM: boom/);
   // An ambiguous second try is an answer about the connection, not a broken source.
   fail = conntrackError('two match', 'EAMBIGUOUS');
   await assert.rejects(src.lookup(tuple));
-  assert.equal(m.readiness().ready, false, 'the earlier failure still stands');
+  assert.equal(m.readinessNow().ready, false, 'the earlier failure still stands');
   fail = null;
   await src.lookup(tuple);
-  assert.equal(m.readiness().ready, true);
+  assert.equal(m.readinessNow().ready, true);
   fail = conntrackError('two match', 'EAMBIGUOUS');
   await assert.rejects(src.lookup(tuple));
-  assert.equal(m.readiness().ready, true);
+  assert.equal(m.readinessNow().ready, true);
   const text = await m.registry.metrics();
   assert.equal(sample(text, 'docker_identd_conntrack_lookup_seconds_count{source="netlink"}'), 5);
   assert.equal(sample(text, 'docker_identd_conntrack_lookup_errors_total{source="netlink"}'), 1);
   assert.equal(sample(text, 'docker_identd_conntrack_source{source="netlink"}'), 1);
   m.setStopping();
-  assert.equal(m.readiness().ready, false);
+  assert.equal(m.readinessNow().ready, false);
 });
 
 test('the HTTP endpoint: /metrics, /healthz, /readyz, and nothing else', async () => {
