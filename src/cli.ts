@@ -186,6 +186,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
+      if (stopping) return;
       stopping = true;
       log.info({ signal }, 'stopping');
       running.stop().then(
@@ -196,8 +197,13 @@ export async function main(argv: string[]): Promise<number> {
         },
       );
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      // A worker may be told twice (by its supervisor, and by a Ctrl-C to the
+      // process group or systemd signalling the whole unit): it stops once,
+      // draining. A daemon of its own dies on a second signal.
+      if (worker) process.on(signal, () => stop(signal));
+      else process.once(signal, () => stop(signal));
+    }
   });
 }
 
