@@ -58,8 +58,8 @@ Options of serve:
                          fit the open file limit)
   --max-per-source N     connections open at once from one address (default: 256)
   --workers N            serving processes sharing the listening sockets
-                         (default: 1); one process answers about 9,000
-                         queries/s on this kind of core (see README.md)
+                         (default: 1); one process answers 8,000 to 9,000
+                         queries/s on one core (see README.md)
   --name-template T      what is answered: name | label:KEY | compose | swarm,
                          a pattern such as {label:team}-{name}, or alternatives
                          separated by | (default: name)

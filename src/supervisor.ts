@@ -3,7 +3,7 @@
  * whole daemon (Docker index, conntrack source, ident server), that accept
  * on the same listening sockets: with cluster's SCHED_NONE policy the kernel
  * hands each connection to one worker, and this process never touches the
- * ident traffic. One Node.js process answers about 9,000 queries/s on one
+ * ident traffic. One Node.js process answers 8,000 to 9,000 queries/s on one
  * core of the benchmark machine (bench/conntrack.ts); more workers use more
  * cores.
  *

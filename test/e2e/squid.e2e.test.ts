@@ -4,8 +4,8 @@
  * ^idt-ok-` and logs the name with %ui.
  *
  * Run as root:  node --import tsx --test test/e2e/squid.e2e.test.ts
- * Env:  IDENTD_CONNTRACK=procfs|netlink (default procfs) picks the daemon's
- *       conntrack source; E2E_VERBOSE=1 prints progress; E2E_KEEP=1 keeps the
+ * Env:  IDENTD_CONNTRACK=procfs|netlink picks one conntrack source (default:
+ *       netlink, procfs, and netlink with --workers 2); E2E_VERBOSE=1 prints progress; E2E_KEEP=1 keeps the
  *       work dir. Without root or tools it skips, except under CI=true where
  *       it fails.
  */
@@ -24,11 +24,18 @@ import {
   type ConntrackMode,
   missingPrerequisites,
 } from './env';
+import { waitFor } from '../helpers/daemon';
 
 const inCI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
 const missing = missingPrerequisites();
-// Both conntrack sources, unless IDENTD_CONNTRACK names one.
-const modes: ConntrackMode[] = process.env.IDENTD_CONNTRACK ? [conntrackModeFromEnv()] : ['netlink', 'procfs'];
+// Both conntrack sources, and netlink with --workers 2, unless IDENTD_CONNTRACK names one source.
+const variants: { mode: ConntrackMode; workers: number }[] = process.env.IDENTD_CONNTRACK
+  ? [{ mode: conntrackModeFromEnv(), workers: 1 }]
+  : [
+      { mode: 'netlink', workers: 1 },
+      { mode: 'procfs', workers: 1 },
+      { mode: 'netlink', workers: 2 },
+    ];
 
 /**
  * Docker gives the address a container just freed to the next one at once,
@@ -92,120 +99,134 @@ if (missing.length > 0 && inCI) {
     t.skip(reason);
   });
 } else {
-  for (const mode of modes)
-    describe(`docker-identd behind Squid (e2e, conntrack=${mode})`, { timeout: 300_000 }, () => {
-      let env: TestEnv | null = null;
-      let daemon: Daemon;
-      const tok = Math.random().toString(36).slice(2, 6);
+  for (const { mode, workers } of variants)
+    describe(
+      `docker-identd behind Squid (e2e, conntrack=${mode}${workers > 1 ? `, --workers ${workers}` : ''})`,
+      { timeout: 300_000 },
+      () => {
+        let env: TestEnv | null = null;
+        let daemon: Daemon;
+        const tok = Math.random().toString(36).slice(2, 6);
 
-      const guard = new SuiteGuard(() => env);
-      const scenario = guard.scenario;
+        const guard = new SuiteGuard(() => env);
+        const scenario = guard.scenario;
 
-      before(
-        async () => {
-          guard.watchSignals();
-          env = await TestEnv.setup();
-          try {
-            daemon = await env.startDaemon(mode);
-          } catch (err) {
-            env.failed = true;
-            throw err;
-          }
-        },
-        { timeout: 180_000 },
-      );
+        before(
+          async () => {
+            guard.watchSignals();
+            env = await TestEnv.setup();
+            try {
+              daemon = await env.startDaemon(mode, workers > 1 ? ['--workers', String(workers)] : []);
+              if (workers > 1) {
+                // Every worker has synced with Docker (whichever accepts Squid's query must know the containers).
+                await waitFor(
+                  'every worker ready',
+                  () => daemon.lines.some((l) => l.msg === 'ready' && l.workers === workers),
+                  30_000,
+                  100,
+                  () => daemon.describe(),
+                );
+              }
+            } catch (err) {
+              env.failed = true;
+              throw err;
+            }
+          },
+          { timeout: 180_000 },
+        );
 
-      after(
-        async () => {
-          guard.unwatchSignals();
-          if (env) await env.teardown();
-        },
-        { timeout: 120_000 },
-      );
+        after(
+          async () => {
+            guard.unwatchSignals();
+            if (env) await env.teardown();
+          },
+          { timeout: 120_000 },
+        );
 
-      it(
-        '(a) names an allowed and a denied container; Squid lets in only the allowed one',
-        { timeout: 90_000 },
-        scenario(async () => {
-          const e = env!;
-          const ok = await e.runClient({ name: `${OK_PREFIX}a-${tok}` });
-          await addressSettle();
-          const no = await e.runClient({ name: `${NO_PREFIX}a-${tok}` });
-          const logged = await checkVerdicts(e, [ok, no]);
-          // The daemon logged each query with the masqueraded port Squid saw and the name it answered.
-          for (const r of [ok, no]) {
-            const entry = logged.get(r.url)!;
-            const qs = queriesFor(daemon, entry.clientPort);
-            assert.ok(
-              qs.some((q) => String(q.answer ?? '').includes(r.name)),
-              `daemon logged no query for port ${entry.clientPort} answering ${r.name}; got ${JSON.stringify(qs)}`,
+        it(
+          '(a) names an allowed and a denied container; Squid lets in only the allowed one',
+          { timeout: 90_000 },
+          scenario(async () => {
+            const e = env!;
+            const ok = await e.runClient({ name: `${OK_PREFIX}a-${tok}` });
+            await addressSettle();
+            const no = await e.runClient({ name: `${NO_PREFIX}a-${tok}` });
+            const logged = await checkVerdicts(e, [ok, no]);
+            // The daemon logged each query with the masqueraded port Squid saw and the name it answered.
+            for (const r of [ok, no]) {
+              const entry = logged.get(r.url)!;
+              const qs = queriesFor(daemon, entry.clientPort);
+              assert.ok(
+                qs.some((q) => String(q.answer ?? '').includes(r.name)),
+                `daemon logged no query for port ${entry.clientPort} answering ${r.name}; got ${JSON.stringify(qs)}`,
+              );
+            }
+          }),
+        );
+
+        it(
+          '(b) two containers with the same source port at the same moment are each named',
+          { timeout: 90_000 },
+          scenario(async () => {
+            const e = env!;
+            const sport = 40000;
+            // Drop old conntrack entries to Squid so exactly one of the two keeps its port.
+            await e.flushProxyConntrack();
+            const at = Date.now() + 3000;
+            const names = [`${OK_PREFIX}b1-${tok}`, `${OK_PREFIX}b2-${tok}`];
+            const results = await Promise.all(names.map((name) => e.runClient({ name, sport, at })));
+            const logged = await checkVerdicts(e, results);
+            const ports = results.map((r) => logged.get(r.url)!.clientPort);
+            assert.notEqual(ports[0], ports[1], `both connections seen from the same port ${ports[0]}`);
+            assert.equal(
+              ports.filter((p) => p === sport).length,
+              1,
+              `expected exactly one connection to keep source port ${sport} (MASQUERADE rewrites the other); Squid saw ${ports.join(', ')}`,
             );
-          }
-        }),
-      );
+            const late = results.filter((r) => /after --at/.test(r.stderr));
+            if (late.length) e.log(`note: not simultaneous: ${late.map((r) => `${r.name}: ${r.stderr}`).join('; ')}`);
+          }),
+        );
 
-      it(
-        '(b) two containers with the same source port at the same moment are each named',
-        { timeout: 90_000 },
-        scenario(async () => {
-          const e = env!;
-          const sport = 40000;
-          // Drop old conntrack entries to Squid so exactly one of the two keeps its port.
-          await e.flushProxyConntrack();
-          const at = Date.now() + 3000;
-          const names = [`${OK_PREFIX}b1-${tok}`, `${OK_PREFIX}b2-${tok}`];
-          const results = await Promise.all(names.map((name) => e.runClient({ name, sport, at })));
-          const logged = await checkVerdicts(e, results);
-          const ports = results.map((r) => logged.get(r.url)!.clientPort);
-          assert.notEqual(ports[0], ports[1], `both connections seen from the same port ${ports[0]}`);
-          assert.equal(
-            ports.filter((p) => p === sport).length,
-            1,
-            `expected exactly one connection to keep source port ${sport} (MASQUERADE rewrites the other); Squid saw ${ports.join(', ')}`,
-          );
-          const late = results.filter((r) => /after --at/.test(r.stderr));
-          if (late.length) e.log(`note: not simultaneous: ${late.map((r) => `${r.name}: ${r.stderr}`).join('; ')}`);
-        }),
-      );
+        it(
+          '(c) names containers on a user-defined Docker network',
+          { timeout: 90_000 },
+          scenario(async () => {
+            const e = env!;
+            await e.createNetwork('idt-net');
+            const first = await e.runClient({ name: `${OK_PREFIX}c-${tok}`, network: 'idt-net' });
+            await addressSettle();
+            const results = [first, await e.runClient({ name: `${NO_PREFIX}c-${tok}`, network: 'idt-net' })];
+            await checkVerdicts(e, results);
+          }),
+        );
 
-      it(
-        '(c) names containers on a user-defined Docker network',
-        { timeout: 90_000 },
-        scenario(async () => {
-          const e = env!;
-          await e.createNetwork('idt-net');
-          const first = await e.runClient({ name: `${OK_PREFIX}c-${tok}`, network: 'idt-net' });
-          await addressSettle();
-          const results = [first, await e.runClient({ name: `${NO_PREFIX}c-${tok}`, network: 'idt-net' })];
-          await checkVerdicts(e, results);
-        }),
-      );
+        it(
+          '(d) 20 containers at once each get their own verdict and name',
+          { timeout: 150_000 },
+          scenario(async () => {
+            const e = env!;
+            const n = 20;
+            const at = Date.now() + 2000 + 250 * n;
+            const names = Array.from({ length: n }, (_, i) => `${i % 2 === 0 ? OK_PREFIX : NO_PREFIX}d${i}-${tok}`);
+            const results = await Promise.all(names.map((name) => e.runClient({ name, at })));
+            await checkVerdicts(e, results);
+          }),
+        );
 
-      it(
-        '(d) 20 containers at once each get their own verdict and name',
-        { timeout: 150_000 },
-        scenario(async () => {
-          const e = env!;
-          const n = 20;
-          const at = Date.now() + 2000 + 250 * n;
-          const names = Array.from({ length: n }, (_, i) => `${i % 2 === 0 ? OK_PREFIX : NO_PREFIX}d${i}-${tok}`);
-          const results = await Promise.all(names.map((name) => e.runClient({ name, at })));
-          await checkVerdicts(e, results);
-        }),
-      );
-
-      it(
-        'the daemon logged no errors and exits on SIGTERM',
-        { timeout: 30_000 },
-        scenario(async () => {
-          const e = env!;
-          const errors = daemon.errors();
-          assert.deepEqual(errors, [], `daemon logged errors:\n${errors.map((l) => JSON.stringify(l)).join('\n')}`);
-          const exit = await e.stopDaemon();
-          assert.ok(exit);
-          assert.notEqual(exit.signal, 'SIGKILL', `daemon did not exit within 10 s of SIGTERM\n${daemon.describe()}`);
-          assert.equal(exit.code, 0, `daemon exit after SIGTERM: code=${exit.code} signal=${exit.signal}`);
-        }),
-      );
-    });
+        it(
+          'the daemon logged no errors and exits on SIGTERM',
+          { timeout: 30_000 },
+          scenario(async () => {
+            const e = env!;
+            const errors = daemon.errors();
+            assert.deepEqual(errors, [], `daemon logged errors:\n${errors.map((l) => JSON.stringify(l)).join('\n')}`);
+            const exit = await e.stopDaemon();
+            assert.ok(exit);
+            assert.notEqual(exit.signal, 'SIGKILL', `daemon did not exit within 10 s of SIGTERM\n${daemon.describe()}`);
+            assert.equal(exit.code, 0, `daemon exit after SIGTERM: code=${exit.code} signal=${exit.signal}`);
+          }),
+        );
+      },
+    );
 }
