@@ -2,18 +2,21 @@
  * Command line: `docker-identd serve [flags]` (the daemon), and the operators'
  * tools `query`, `explain` and `squid-helper` (see src/tools.ts); `--help`, `--version`.
  */
+import cluster from 'node:cluster';
 import type { Logger } from 'pino';
 
 import { ConfigError, DEFAULT_LISTEN, loadConfig, type Config } from './config';
 import { startDaemon, type RunningDaemon } from './daemon';
 import { FIREWALL_USAGE, firewallMain } from './firewall-cli';
 import { createLogger } from './logger';
+import type { Metrics } from './metrics';
 import { formatListenAddress } from './server';
 import {
   startSupervisor,
   workerIdentity,
   workerInherited,
   workerWatchdogUsec,
+  workerConfigText,
   WorkerNotifier,
   sendToSupervisor,
   type SupervisorMessage,
@@ -107,9 +110,12 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`docker-identd ${VERSION}\n`);
     return 0;
   }
+  // A worker of `serve --workers N` (src/supervisor.ts) runs its supervisor's
+  // copy of the config file (not whatever the file holds by now).
+  const worker = cluster.isWorker ? workerIdentity(process.env) : null;
   let config;
   try {
-    config = loadConfig(rest);
+    config = loadConfig(rest, process.env, worker ? workerConfigText(process.env) : undefined);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`docker-identd: ${err.message}\n`);
@@ -117,12 +123,10 @@ export async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  // A worker of `serve --workers N` (src/supervisor.ts), or the daemon itself.
-  const worker = workerIdentity(process.env);
   const log = createLogger(config.logLevel, 1, worker ? { worker: worker.slot } : {});
   let inherited: { fds: number[]; names: string[] } | undefined;
   if (worker) {
-    // The supervisor's inherited sockets (cluster shares them with the workers).
+    // The supervisor's inherited sockets, passed on to this process.
     inherited = workerInherited(process.env);
   } else {
     // Socket activation (systemd): listening sockets inherited from the service manager.
@@ -145,17 +149,36 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (config.workers > 1) return superviseWorkers(config, rest, log, inherited);
   }
-  // SIGHUP before start-up is done is applied once it is (the default action would kill us).
+  // A reload asked for before start-up is done is applied once it is.
   let daemon: RunningDaemon | undefined;
-  let reloadPending = false;
+  let reloadPending: { configText?: string } | null = null;
   let stopping = false;
-  const onHup = (): void => {
+  const reload = (configText?: string): void => {
     if (stopping) return;
-    log.info({ signal: 'SIGHUP' }, 'reloading config');
-    if (daemon) daemon.reload(rest);
-    else reloadPending = true;
+    if (daemon) daemon.reload(rest, configText);
+    else reloadPending = configText === undefined ? {} : { configText };
   };
+  const onHup = (): void => {
+    if (worker) {
+      log.warn({ signal: 'SIGHUP' }, 'ignored: a worker reloads when its supervisor tells it (SIGHUP the supervisor)');
+      return;
+    }
+    log.info({ signal: 'SIGHUP' }, 'reloading config');
+    reload();
+  };
+  // The default action of SIGHUP would kill us.
   process.on('SIGHUP', onHup);
+  if (worker) {
+    // Registered before the first await: no message from the supervisor is missed.
+    process.on('message', (m: SupervisorMessage) => {
+      if (m?.identd === 'reload') {
+        log.info('reloading config (told by the supervisor)');
+        reload(typeof m.config === 'string' ? m.config : undefined);
+      } else if (m?.identd === 'metrics-request') {
+        answerMetrics(m.id, daemon?.metrics ?? null);
+      }
+    });
+  }
   try {
     const notifier: Notifier = worker ? new WorkerNotifier() : new SystemdNotifier(log);
     daemon = await startDaemon(config, log, {
@@ -170,20 +193,10 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`docker-identd: ${(err as Error).message}\n`);
     return 1;
   }
-  if (reloadPending) daemon.reload(rest);
+  // (Set by `reload` while start-up ran: TypeScript cannot see that.)
+  const pending = reloadPending as { configText?: string } | null;
+  if (pending) daemon.reload(rest, pending.configText);
   const running = daemon;
-  const metrics = running.metrics;
-  if (worker && metrics) {
-    // The supervisor serves --metrics: it asks each worker for its own.
-    process.on('message', (m: SupervisorMessage) => {
-      if (m?.identd !== 'metrics-request') return;
-      void metrics.registry
-        .getMetricsAsJSON()
-        .then((json) =>
-          sendToSupervisor({ identd: 'metrics', id: m.id, metrics: json, readiness: metrics.readinessNow() }),
-        );
-    });
-  }
   return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       if (stopping) return;
@@ -205,6 +218,19 @@ export async function main(argv: string[]): Promise<number> {
       else process.once(signal, () => stop(signal));
     }
   });
+}
+
+/** A worker's metrics, for its supervisor's --metrics endpoint. */
+function answerMetrics(id: number, metrics: Metrics | null): void {
+  if (!metrics) {
+    const checks = [{ name: 'daemon', ok: false, detail: 'starting' }];
+    sendToSupervisor({ identd: 'metrics', id, metrics: [], readiness: { ready: false, checks } });
+    return;
+  }
+  metrics.registry.getMetricsAsJSON().then(
+    (json) => sendToSupervisor({ identd: 'metrics', id, metrics: json, readiness: metrics.readinessNow() }),
+    () => sendToSupervisor({ identd: 'metrics', id, metrics: [], readiness: metrics.readinessNow() }),
+  );
 }
 
 /** `serve --workers N`: this process supervises N workers (src/supervisor.ts). */

@@ -47,6 +47,8 @@ export interface Config {
    */
   routed: Cidr[];
   configFile?: string;
+  /** The config file's text as loaded (a supervisor hands it to its workers). */
+  configText?: string;
 }
 
 export class ConfigError extends Error {}
@@ -214,13 +216,41 @@ export function dockerTlsSettings(
 
 type Raw = Partial<Record<Setting, string | string[]>>;
 
-function readConfigFile(file: string): Raw {
+/** Settings a reload (SIGHUP) applies; the others need a restart (src/reload.ts). */
+export const RELOADABLE_SETTINGS = ['allow', 'log-level', 'name-template'] as const;
+
+/**
+ * The config file text in force after a reload: `running`'s settings, with
+ * the reloadable ones taken from `next` (both already loaded, so valid JSON
+ * objects). A worker restarted later runs exactly this.
+ */
+export function mergeReloadable(running: string, next: string): string {
+  const r = JSON.parse(running) as Record<string, unknown>;
+  const n = JSON.parse(next) as Record<string, unknown>;
+  for (const k of RELOADABLE_SETTINGS) {
+    if (Object.prototype.hasOwnProperty.call(n, k)) r[k] = n[k];
+    else delete r[k];
+  }
+  return JSON.stringify(r);
+}
+
+/** Longest config file read. */
+export const MAX_CONFIG_BYTES = 64 * 1024;
+
+export function readConfigText(file: string): string {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     throw new ConfigError(`--config: cannot read ${file}: ${(err as Error).message}`);
   }
+  if (Buffer.byteLength(text) > MAX_CONFIG_BYTES) {
+    throw new ConfigError(`--config: ${file} is over ${MAX_CONFIG_BYTES / 1024} KiB`);
+  }
+  return text;
+}
+
+function parseConfigText(file: string, text: string): Raw {
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -253,8 +283,12 @@ function readConfigFile(file: string): Raw {
   return raw;
 }
 
-/** Builds the config from `serve`'s arguments and the environment. */
-export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env): Config {
+/**
+ * Builds the config from `serve`'s arguments and the environment.
+ * `configText`, when given, stands for the --config file's content (a
+ * worker runs its supervisor's copy, not whatever the file holds now).
+ */
+export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env, configText?: string): Config {
   let values: Record<string, unknown>;
   try {
     ({ values } = parseArgs({ args, options: SERVE_OPTIONS, strict: true, allowPositionals: false }));
@@ -262,7 +296,8 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
     throw new ConfigError((err as Error).message.split('\n')[0]);
   }
   const configFile = values.config as string | undefined;
-  const fromFile: Raw = configFile ? readConfigFile(configFile) : {};
+  const fileText = configFile ? (configText ?? readConfigText(configFile)) : undefined;
+  const fromFile: Raw = configFile && fileText !== undefined ? parseConfigText(configFile, fileText) : {};
   const get = (k: Setting): string | string[] | undefined =>
     (values[k] as string | string[] | undefined) ?? fromFile[k];
   const list = (k: Setting): string[] | undefined => {
@@ -338,6 +373,6 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env)
     metrics,
     nameTemplate,
     routed,
-    ...(configFile ? { configFile } : {}),
+    ...(configFile ? { configFile, configText: fileText } : {}),
   };
 }

@@ -58,8 +58,12 @@ export interface DaemonOptions {
 
 export interface RunningDaemon {
   stop(): Promise<void>;
-  /** SIGHUP: loads the config again from `args`; applies the allowlist and log level, or keeps the old config. */
-  reload(args: string[]): boolean;
+  /**
+   * SIGHUP: loads the config again from `args` (and `configText` for the
+   * --config file, when given: a worker's copy from its supervisor); applies
+   * the allowlist, log level and name template, or keeps the old config.
+   */
+  reload(args: string[], configText?: string): boolean;
   /** The metrics kept with --metrics, else null. */
   readonly metrics: Metrics | null;
 }
@@ -226,9 +230,9 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   return {
     metrics,
 
-    reload(args: string[]): boolean {
+    reload(args: string[], configText?: string): boolean {
       if (ready) notifier.reloading();
-      const plan = planReload(args, current, { socketActivated: !!opts.inherited });
+      const plan = planReload(args, current, { socketActivated: !!opts.inherited, configText });
       let ok = false;
       if (!plan.ok) {
         log.error({ err: plan.error }, 'config reload refused; the running config stays in force');

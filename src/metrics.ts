@@ -399,7 +399,10 @@ export class MetricsServer {
       }
     } catch (err) {
       this.opts.log.warn({ err: (err as Error).message }, 'metrics request failed');
-      if (!res.headersSent) text(500, 'internal error\n');
+      // A source may say "not now" (503: a worker starting); anything else is a 500.
+      const status = (err as { statusCode?: number }).statusCode === 503 ? 503 : 500;
+      if (!res.headersSent)
+        text(status, status === 503 ? `unavailable: ${(err as Error).message}\n` : 'internal error\n');
       else res.destroy();
     }
   }

@@ -5,7 +5,7 @@
  * (logged). A new config that does not load is refused as a whole and the
  * old one stays in force.
  */
-import { ConfigError, loadConfig, type Config } from './config';
+import { ConfigError, loadConfig, mergeReloadable, type Config } from './config';
 import { formatCidr } from './ip';
 import { formatListenAddress } from './server';
 
@@ -71,11 +71,12 @@ export type ReloadPlan =
 export function planReload(
   args: string[],
   current: Config,
-  opts: { socketActivated: boolean; env?: NodeJS.ProcessEnv },
+  /** `configText`: the --config file's content to use instead of reading the file (a worker's reload). */
+  opts: { socketActivated: boolean; env?: NodeJS.ProcessEnv; configText?: string },
 ): ReloadPlan {
   let next: Config;
   try {
-    next = loadConfig(args, opts.env ?? process.env);
+    next = loadConfig(args, opts.env ?? process.env, opts.configText);
   } catch (err) {
     if (err instanceof ConfigError) return { ok: false, error: err.message };
     return { ok: false, error: `unexpected error: ${(err as Error).message}` };
@@ -90,6 +91,11 @@ export function planReload(
       allowDefaulted: next.allowDefaulted,
       logLevel: next.logLevel,
       nameTemplate: next.nameTemplate,
+      // The file as it is in force: what a worker started from now runs.
+      configText:
+        current.configText !== undefined && next.configText !== undefined
+          ? mergeReloadable(current.configText, next.configText)
+          : current.configText,
     },
   };
 }

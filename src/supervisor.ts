@@ -16,6 +16,7 @@
  */
 import cluster, { type Worker } from 'node:cluster';
 import path from 'node:path';
+import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { AggregatorRegistry, Registry } from 'prom-client';
 
@@ -28,6 +29,7 @@ import { Watchdog, type Notifier, type WatchdogHealth } from './systemd';
 const ENV_WORKER = 'DOCKER_IDENTD_WORKER';
 const ENV_FDS = 'DOCKER_IDENTD_WORKER_FDS';
 const ENV_WATCHDOG = 'DOCKER_IDENTD_WORKER_WATCHDOG_USEC';
+const ENV_CONFIG = 'DOCKER_IDENTD_WORKER_CONFIG';
 /** What the workers run: the same command line (`serve` and its arguments). */
 const BIN = path.join(__dirname, '..', 'bin', 'docker-identd.js');
 
@@ -53,8 +55,11 @@ export type WorkerMessage =
   | { identd: 'watchdog' }
   | { identd: 'metrics'; id: number; metrics: object[]; readiness: { ready: boolean; checks: ReadyCheck[] } };
 
-/** Messages from the supervisor to a worker. */
-export type SupervisorMessage = { identd: 'metrics-request'; id: number };
+/**
+ * Messages from the supervisor to a worker: a reload, with the config file
+ * text now in force (the supervisor read and checked it); a metrics request.
+ */
+export type SupervisorMessage = { identd: 'reload'; config?: string } | { identd: 'metrics-request'; id: number };
 
 /** This process's place among the workers, or null when it is not a worker. */
 export function workerIdentity(env: NodeJS.ProcessEnv): WorkerIdentity | null {
@@ -78,6 +83,11 @@ export function workerInherited(env: NodeJS.ProcessEnv): { fds: number[]; names:
     // fall through
   }
   return undefined;
+}
+
+/** The config file text the supervisor runs (a worker uses it, not the file as it is now). */
+export function workerConfigText(env: NodeJS.ProcessEnv): string | undefined {
+  return env[ENV_CONFIG] || undefined;
 }
 
 export function workerWatchdogUsec(env: NodeJS.ProcessEnv): number | null {
@@ -261,6 +271,7 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
   // Each worker accepts on the shared sockets itself (not round-robin through this process).
   cluster.schedulingPolicy = cluster.SCHED_NONE;
   cluster.setupPrimary({ exec: BIN, args: ['serve', ...o.args] });
+  let current = o.config;
 
   const fork = (slot: number): void => {
     if (stopping) return;
@@ -268,17 +279,25 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
       [ENV_WORKER]: `${slot}/${n}`,
       ...(o.inherited ? { [ENV_FDS]: JSON.stringify(o.inherited) } : {}),
       ...(o.watchdogUsec ? { [ENV_WATCHDOG]: String(o.watchdogUsec) } : {}),
+      // The config as it is in force here, whatever the file holds by now.
+      ...(current.configText !== undefined ? { [ENV_CONFIG]: current.configText } : {}),
       // Only this process talks to systemd.
       NOTIFY_SOCKET: undefined,
       WATCHDOG_USEC: undefined,
       WATCHDOG_PID: undefined,
     });
     workers.set(slot, w);
-    pool.started(slot, w.process.pid ?? null, Date.now());
+    pool.started(slot, w.process.pid ?? null, performance.now());
     log.info({ worker: slot, pid: w.process.pid }, 'worker started');
     w.on('message', (m: WorkerMessage) => onMessage(slot, m));
     w.on('error', (err) => log.warn({ worker: slot, err: err.message }, 'worker channel error'));
     w.on('exit', (code, signal) => onExit(slot, w, code, signal));
+    // A fork that failed (EAGAIN under TasksMax=) reports an error and never exits.
+    w.process.once('error', (err) => {
+      if (w.process.pid !== undefined) return;
+      log.error({ worker: slot, err: err.message }, 'cannot start a worker');
+      onExit(slot, w, null, null);
+    });
   };
 
   const readyAll = (): void => {
@@ -289,6 +308,7 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
     if (!m || typeof m !== 'object') return;
     switch (m.identd) {
       case 'ready':
+        if (stopping) break;
         if (pool.markReady(slot, m.status) && !startupDone) {
           startupDone = true;
           readyAll();
@@ -301,7 +321,7 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
         if (!stopping) notifier.status(startupDone ? pool.statusLine() : `worker ${slot}: ${m.text}`);
         break;
       case 'watchdog':
-        pool.ping(slot, Date.now());
+        pool.ping(slot, performance.now());
         break;
       case 'metrics':
         metricsWaiters.get(m.id)?.(m);
@@ -315,13 +335,23 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
   const onExit = (slot: number, w: Worker, code: number | null, signal: string | null): void => {
     if (workers.get(slot) === w) workers.delete(slot);
     if (stopping) {
-      pool.exited(slot, Date.now());
+      pool.exited(slot, performance.now());
       if (workers.size === 0) void close();
       return;
     }
     const everReady = pool.slots[slot].everReady;
-    const decision = pool.exited(slot, Date.now());
-    if (!startupDone && !everReady) {
+    const decision = pool.exited(slot, performance.now());
+    if (o.inherited && workers.size === 0) {
+      // cluster shares an inherited socket through this process and closes
+      // it with the last worker using it: no new worker could serve it. The
+      // socket unit keeps its own copy, so systemd's restart of the service
+      // (Restart=on-failure) loses no connection: they wait in its backlog.
+      log.fatal(
+        { worker: slot, code, signal },
+        'every worker is down, and with them the inherited sockets; exiting for systemd to restart the service',
+      );
+      stopAll(1);
+    } else if (!startupDone && !everReady) {
       log.fatal({ worker: slot, code, signal }, 'a worker failed to start; stopping');
       stopAll(1);
     } else if (decision === 'give-up') {
@@ -337,7 +367,8 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
   const endReload = (): void => {
     clearTimeout(reloadTimer);
     reloadWaiting = null;
-    if (!stopping) readyAll();
+    // Before start-up is done, READY=1 waits for every worker (above).
+    if (!stopping && startupDone) readyAll();
   };
 
   const close = async (): Promise<void> => {
@@ -371,7 +402,13 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
     contentType: Registry.PROMETHEUS_CONTENT_TYPE,
     async metricsText() {
       const replies = await askWorkers();
-      if (replies.length === 0) throw new Error('no worker answered');
+      // A sum over some of the workers would look like a counter reset.
+      const missing = n - replies.filter((r) => r.metrics.length > 0).length;
+      if (missing > 0) {
+        throw Object.assign(new Error(`${missing} of ${n} workers sent no metrics (starting or restarting)`), {
+          statusCode: 503,
+        });
+      }
       return AggregatorRegistry.aggregate(replies.map((r) => r.metrics)).metrics();
     },
     async readiness() {
@@ -441,30 +478,43 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
   }
 
   if (o.watchdogUsec) {
-    const maxAgeMs = Math.floor(o.watchdogUsec / 1000);
+    // Workers ping every half period: a worker silent for 3/4 of it is stuck.
+    const maxAgeMs = Math.floor((o.watchdogUsec * 0.75) / 1000);
     watchdog = new Watchdog({
       usec: o.watchdogUsec,
       log,
       ping: () => notifier.watchdog(),
-      check: () => pool.watchdogHealth(Date.now(), maxAgeMs),
+      check: () => pool.watchdogHealth(performance.now(), maxAgeMs),
     });
     watchdog.start();
   }
 
-  let current = o.config;
   return {
     done,
     reload() {
       if (stopping) return;
-      // The supervisor's own log level follows the config; the workers reload themselves.
-      const plan = planReload(o.args, current, { socketActivated: !!o.inherited });
-      if (plan.ok) {
-        current = plan.effective;
-        log.level = plan.effective.logLevel;
-      }
       if (startupDone) notifier.reloading();
+      // Read and checked once, here: every worker then reloads the same text,
+      // and a worker started later runs it too.
+      const plan = planReload(o.args, current, { socketActivated: !!o.inherited });
+      if (!plan.ok) {
+        log.error({ err: plan.error }, 'config reload refused; the running config stays in force');
+        if (startupDone) readyAll();
+        return;
+      }
+      current = plan.effective;
+      log.level = current.logLevel;
+      if (plan.diff.needRestart.length > 0) {
+        log.warn({ settings: plan.diff.needRestart }, 'changed settings take effect only after a restart; kept');
+      }
       reloadWaiting = new Set(pool.slots.flatMap((s, i) => (s.ready ? [i] : [])));
-      for (const w of workers.values()) w.process.kill('SIGHUP');
+      for (const w of workers.values()) {
+        try {
+          w.send({ identd: 'reload', config: current.configText } satisfies SupervisorMessage);
+        } catch {
+          // exiting: it is restarted with the new config
+        }
+      }
       clearTimeout(reloadTimer);
       if (reloadWaiting.size === 0) {
         reloadWaiting = null;

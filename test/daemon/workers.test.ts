@@ -125,11 +125,14 @@ if (!isRoot && !inCI) {
       assert.ok(caps.length >= 2 && caps.every((l) => l.maxPerSource === 128), 'the per-source cap is split');
     });
 
-    it('answers the right name, and /metrics adds up both workers', async () => {
+    it('answers the right name from both workers, and /metrics adds them up', async () => {
       const before = daemon.queries().length;
-      const replies = await Promise.all(Array.from({ length: 60 }, () => identQuery(PORT, conn.query)));
+      // At once, so that both workers take some (under the per-source cap of 128 each).
+      const replies = await Promise.all(Array.from({ length: 100 }, () => identQuery(PORT, conn.query)));
       for (const r of replies) assert.equal(r, expected);
-      await waitFor('60 query log lines', () => daemon.queries().length >= before + 60, 5000);
+      await waitFor('100 query log lines', () => daemon.queries().length >= before + 100, 5000);
+      const byWorker = new Set(daemon.queries().map((l) => l.worker));
+      assert.deepEqual([...byWorker].sort(), [0, 1], 'both workers answered');
       const metrics = await get(METRICS_PORT, '/metrics');
       assert.equal(metrics.status, 200);
       const m = /^docker_identd_queries_total\{result="userid"\} (\d+)$/m.exec(metrics.body);
@@ -143,7 +146,10 @@ if (!isRoot && !inCI) {
       assert.match(ready.body, /^ok worker 1 docker/m);
     });
 
-    it('restarts a worker that dies, and keeps answering meanwhile', async () => {
+    it('restarts a worker that dies, with the config in force, and keeps answering meanwhile', async () => {
+      // The file changes without a reload: the restarted worker must not pick it up
+      // (the naming template would make it answer NO-USER for loopy).
+      writeFileSync(configFile, JSON.stringify({ 'log-level': 'info', 'name-template': 'label:team' }));
       const old = workerPids(daemon).get(1)!;
       process.kill(old, 'SIGKILL');
       // The other worker answers while worker 1 is down.
@@ -174,13 +180,29 @@ if (!isRoot && !inCI) {
       const fresh = await loopbackConnection();
       try {
         const want = `${fresh.query.trim()} : USERID : OTHER : loopy\r\n`;
-        for (let i = 0; i < 20; i++) assert.equal(await identQuery(PORT, fresh.query), want);
+        const mark = daemon.queries().length;
+        const answers = await Promise.all(Array.from({ length: 60 }, () => identQuery(PORT, fresh.query)));
+        for (const r of answers) assert.equal(r, want, 'every worker runs the config in force');
+        await waitFor('60 query log lines', () => daemon.queries().length >= mark + 60, 5000);
+        const fromNew = daemon
+          .queries()
+          .slice(mark)
+          .filter((l) => l.worker === 1);
+        assert.ok(fromNew.length > 0, 'the restarted worker answered some');
       } finally {
         fresh.close();
       }
     });
 
-    it('passes SIGHUP on: every worker reloads the config', async () => {
+    it('passes SIGHUP on: every worker reloads the config; a worker ignores its own SIGHUP', async () => {
+      const w0 = workerPids(daemon).get(0)!;
+      process.kill(w0, 'SIGHUP');
+      await waitFor(
+        'the worker says it ignored SIGHUP',
+        () => daemon.lines.some((l) => l.worker === 0 && /^ignored: a worker reloads/.test(String(l.msg))),
+        5000,
+      );
+      assert.ok(alive(w0));
       writeFileSync(configFile, JSON.stringify({ 'log-level': 'debug' }));
       process.kill(daemon.pid, 'SIGHUP');
       await waitFor(
@@ -195,12 +217,47 @@ if (!isRoot && !inCI) {
       );
     });
 
+    it('still names loopy after the reload (the template is back to the default)', async () => {
+      const replies = await Promise.all(Array.from({ length: 20 }, () => identQuery(PORT, conn.query)));
+      for (const r of replies) assert.ok([expected, `${conn.query.trim()} : ERROR : UNKNOWN-ERROR\r\n`].includes(r), r);
+    });
+
     it('stops every worker on SIGTERM and exits 0', async () => {
       const pids = [...workerPids(daemon).values()].filter(alive);
       const exit = await daemon.stop();
       assert.equal(exit.code, 0, daemon.describe());
       for (const pid of pids) assert.ok(!alive(pid), `worker ${pid} stopped`);
     });
+  });
+
+  test('SIGHUP while the workers start kills none of them', { timeout: 60_000 }, async () => {
+    const fake = new FakeDocker(path.join(dir, 'docker3.sock'));
+    await fake.start();
+    const port = PORT + 500;
+    let d: Daemon | undefined;
+    try {
+      d = await startDaemon(
+        ['--listen', `127.0.0.1:${port}`, '--conntrack', 'procfs', '--docker-host', fake.url, '--workers', '2'],
+        path.join(dir, 'hup.log'),
+      );
+      // The first worker listens; the other may still be loading.
+      process.kill(d.pid, 'SIGHUP');
+      process.kill(d.pid, 'SIGHUP');
+      const daemon = d;
+      await waitFor(
+        'both workers ready',
+        () => daemon.lines.some(supervisorReady),
+        20_000,
+        100,
+        () => daemon.describe(),
+      );
+      await sleep(500);
+      assert.ok(!daemon.lines.some((l) => /worker exited|failed to start/.test(String(l.msg))), daemon.describe());
+      assert.equal(await identQuery(port, '1 , 2\r\n'), '1 , 2 : ERROR : NO-USER\r\n');
+    } finally {
+      await d?.stop();
+      await fake.stop();
+    }
   });
 
   test('a worker that cannot start stops the whole service with exit 1', { timeout: 60_000 }, async () => {

@@ -13,7 +13,8 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { FakeDocker } from '../helpers/fake-docker';
-import { ActivatedDaemon, CI, freePort, ident, NotifySocket, skipUnless } from './harness';
+import { waitFor } from '../helpers/daemon';
+import { ActivatedDaemon, CI, freePort, ident, NotifySocket, skipUnless, type LogLine } from './harness';
 
 const root = path.join(__dirname, '..', '..');
 const cli = path.join(root, 'bin', 'docker-identd.js');
@@ -171,6 +172,34 @@ test(
       const ready1 = notify.find('READY=1');
       await notify.waitFor('WATCHDOG=1', ready1 + 1, 5000);
 
+      // A worker dies: the supervisor restarts it, and it serves the inherited socket again.
+      const started = (): LogLine[] => daemon.lines.filter((l) => l.msg === 'worker started');
+      const one = started().find((l) => l.worker === 1)!;
+      process.kill(one.pid as number, 'SIGKILL');
+      await waitFor(
+        'worker 1 restarted',
+        () => started().length >= 3,
+        15_000,
+        100,
+        () => daemon.describe(),
+      );
+      await waitFor(
+        'the restarted worker synced',
+        () => daemon.lines.filter((l) => l.msg === 'Docker index synced').length >= 3,
+        15_000,
+        100,
+        () => daemon.describe(),
+      );
+      assert.ok(!daemon.lines.some((l) => l.msg === 'start-up failed'), daemon.describe());
+      for (let i = 0; i < 10; i++) {
+        assert.equal(await ident(port, `4002${i} , 3128\r\n`), `4002${i} , 3128 : ERROR : NO-USER\r\n`);
+      }
+      assert.equal(
+        notify.datagrams.filter((d) => d.text.split('\n').includes('READY=1')).length,
+        1,
+        'READY=1 once, when both workers first were ready',
+      );
+
       let dg = notify.datagrams.length;
       process.kill(daemon.pid, 'SIGHUP');
       await notify.waitFor('RELOADING=1', dg);
@@ -188,6 +217,35 @@ test(
     } finally {
       daemon.kill();
       notify.close();
+    }
+  },
+);
+
+test(
+  '--workers 2 under socket activation: every worker down at once exits 1 for a restart',
+  { skip, timeout: 60_000 },
+  async () => {
+    const port = await freePort();
+    const daemon = new ActivatedDaemon({
+      port,
+      cli,
+      args: ['--allow', '127.0.0.1', '--docker-host', docker.url, '--workers', '2'],
+      env: {},
+    });
+    try {
+      await daemon.listening();
+      assert.equal(await ident(port, '40031 , 3128\r\n'), '40031 , 3128 : ERROR : NO-USER\r\n');
+      await waitFor('both workers ready', () => daemon.lines.some((l) => l.msg === 'ready' && l.workers === 2), 15_000);
+      for (const l of daemon.lines.filter((x) => x.msg === 'worker started')) process.kill(l.pid as number, 'SIGKILL');
+      const exit = await daemon.waitExit();
+      assert.deepEqual(exit, { code: 1, signal: null }, daemon.describe());
+      assert.ok(
+        daemon.has(
+          'every worker is down, and with them the inherited sockets; exiting for systemd to restart the service',
+        ),
+      );
+    } finally {
+      daemon.kill();
     }
   },
 );
