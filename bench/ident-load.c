@@ -13,8 +13,8 @@
 //   querier address, sends its request, reads until the server closes, checks
 //   the reply byte for byte, closes, and starts the next query.
 //
-// Prints one JSON object on stdout: queries that ended in the measuring window
-// and their rate, latency median and p99 (µs), wrong replies (any reply other
+// Prints one JSON object on stdout: right replies that ended in the measuring
+// window and their rate, latency median and p99 (µs), wrong replies (any reply other
 // than the expected one, a connection error, or no reply within 10 s) over
 // the whole run (`all` queries), with a few examples, and the CPU time this
 // process used: per query in the window, and in all. Stops by itself: no new query starts after
@@ -54,7 +54,7 @@ struct slot {
   const struct query* q;
   int64_t start_ns;
   size_t got;
-  char reply[REPLY_CAP];
+  char reply[REPLY_CAP + 1];  // one byte more: a reply over the cap is seen
 };
 
 static struct query* queries;
@@ -131,7 +131,8 @@ static int start_query(struct slot* s) {
   int one = 1;
   // The port is chosen at connect time, per destination: the querier
   // addresses do not run out of ports when many connections wait in TIME_WAIT.
-  if (family == AF_INET) setsockopt(s->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+  // (An IP-level option that Linux honours on IPv6 sockets too.)
+  setsockopt(s->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
   if (bind(s->fd, (const struct sockaddr*)&s->q->from, s->q->from_len) < 0) die("bind");
   if (connect(s->fd, (const struct sockaddr*)&target, target_len) < 0 && errno != EINPROGRESS)
     return -1;
@@ -148,11 +149,15 @@ static void finish(struct slot* s, int64_t end_ns, int64_t window_start, int64_t
   close(s->fd);
   s->fd = -1;
   all_done++;
+  int ok = 0;
   if (error)
     record_wrong(s, error);
   else if (s->got != s->q->expected_len || memcmp(s->reply, s->q->expected, s->got) != 0)
     record_wrong(s, "wrong reply");
-  if (end_ns >= window_start && end_ns < window_end) {
+  else
+    ok = 1;
+  // Only right replies count towards the rate and the latencies.
+  if (ok && end_ns >= window_start && end_ns < window_end) {
     measured++;
     if (n_lat == cap_lat) {
       cap_lat = cap_lat ? cap_lat * 2 : 1 << 16;
@@ -293,7 +298,7 @@ int main(int argc, char** argv) {
         }
       } else {
         for (;;) {
-          size_t room = REPLY_CAP - s->got;
+          size_t room = REPLY_CAP + 1 - s->got;
           if (room == 0) {
             error = "reply over the size cap";
             done = 1;
@@ -331,6 +336,12 @@ int main(int argc, char** argv) {
         if (s->fd >= 0 && now - s->start_ns > (int64_t)TIMEOUT_MS * 1000000) {
           finish(s, now, window_start, window_end, "no reply within 10 s");
           active--;
+          if (now < window_end) {
+            if (start_query(s) < 0)
+              finish(s, now_ns(), window_start, window_end, strerror(errno));
+            else
+              active++;
+          }
         }
       }
     }
