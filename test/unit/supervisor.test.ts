@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { ConfigError, loadConfig, MAX_WORKERS } from '../../src/config';
+import { ConfigError, loadConfig, MAX_WORKERS, mergeReloadable } from '../../src/config';
 import { planReload } from '../../src/reload';
 import {
   WorkerNotifier,
@@ -106,4 +106,42 @@ test('the watchdog is fed only while every worker pings, with grace for a restar
   const down = pool.watchdogHealth(71_000, 30_000);
   assert.equal(down.ok, false);
   assert.match(down.reason ?? '', /worker 1 is not running/);
+});
+
+test('the config text in force after a reload: the reloadable settings from the new file, the rest as running', () => {
+  const running = JSON.stringify({
+    '// note': 'kept',
+    'docker-host': 'unix:///a.sock',
+    allow: ['10.0.0.1'],
+    'log-level': 'debug',
+  });
+  const next = JSON.stringify({ 'docker-host': 'unix:///b.sock', allow: ['10.0.0.2'], 'name-template': 'compose' });
+  assert.deepEqual(JSON.parse(mergeReloadable(running, next)), {
+    '// note': 'kept',
+    'docker-host': 'unix:///a.sock',
+    allow: ['10.0.0.2'],
+    'name-template': 'compose',
+  });
+});
+
+test('a reload from given config text, as a worker does it, runs what the supervisor runs', () => {
+  const args = ['--config', '/nonexistent/config.json'];
+  const start = JSON.stringify({ 'docker-host': 'unix:///a.sock', 'log-level': 'info' });
+  const current = loadConfig(args, {}, start);
+  assert.equal(current.dockerHost, 'unix:///a.sock');
+  assert.equal(current.configText, start);
+  const plan = planReload(args, current, {
+    socketActivated: false,
+    env: {},
+    configText: JSON.stringify({ 'docker-host': 'unix:///b.sock', 'log-level': 'warn' }),
+  });
+  assert.ok(plan.ok);
+  assert.deepEqual(plan.diff.needRestart, ['docker-host']);
+  assert.equal(plan.effective.logLevel, 'warn');
+  assert.equal(plan.effective.dockerHost, 'unix:///a.sock');
+  // A worker started now gets this text, and so runs the same config.
+  const restarted = loadConfig(args, {}, plan.effective.configText);
+  assert.equal(restarted.dockerHost, 'unix:///a.sock');
+  assert.equal(restarted.logLevel, 'warn');
+  assert.throws(() => loadConfig(args, {}, 'x'.repeat(10)), ConfigError);
 });
