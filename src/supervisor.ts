@@ -289,14 +289,20 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
     workers.set(slot, w);
     pool.started(slot, w.process.pid ?? null, performance.now());
     log.info({ worker: slot, pid: w.process.pid }, 'worker started');
+    let ended = false;
+    const end = (code: number | null, signal: string | null): void => {
+      if (ended) return;
+      ended = true;
+      onExit(slot, w, code, signal);
+    };
     w.on('message', (m: WorkerMessage) => onMessage(slot, m));
     w.on('error', (err) => log.warn({ worker: slot, err: err.message }, 'worker channel error'));
-    w.on('exit', (code, signal) => onExit(slot, w, code, signal));
-    // A fork that failed (EAGAIN under TasksMax=) reports an error and never exits.
+    w.on('exit', end);
+    // A fork that failed (EAGAIN under TasksMax=) reports an error and may never exit.
     w.process.once('error', (err) => {
       if (w.process.pid !== undefined) return;
       log.error({ worker: slot, err: err.message }, 'cannot start a worker');
-      onExit(slot, w, null, null);
+      end(null, null);
     });
   };
 
