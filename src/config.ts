@@ -216,24 +216,6 @@ export function dockerTlsSettings(
 
 type Raw = Partial<Record<Setting, string | string[]>>;
 
-/** Settings a reload (SIGHUP) applies; the others need a restart (src/reload.ts). */
-export const RELOADABLE_SETTINGS = ['allow', 'log-level', 'name-template'] as const;
-
-/**
- * The config file text in force after a reload: `running`'s settings, with
- * the reloadable ones taken from `next` (both already loaded, so valid JSON
- * objects). A worker restarted later runs exactly this.
- */
-export function mergeReloadable(running: string, next: string): string {
-  const r = JSON.parse(running) as Record<string, unknown>;
-  const n = JSON.parse(next) as Record<string, unknown>;
-  for (const k of RELOADABLE_SETTINGS) {
-    if (Object.prototype.hasOwnProperty.call(n, k)) r[k] = n[k];
-    else delete r[k];
-  }
-  return JSON.stringify(r);
-}
-
 /** Longest config file read. */
 export const MAX_CONFIG_BYTES = 64 * 1024;
 

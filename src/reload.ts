@@ -5,12 +5,27 @@
  * (logged). A new config that does not load is refused as a whole and the
  * old one stays in force.
  */
-import { ConfigError, loadConfig, mergeReloadable, type Config } from './config';
+import { ConfigError, loadConfig, type Config } from './config';
 import { formatCidr } from './ip';
 import { formatListenAddress } from './server';
 
 /** Settings a reload applies without a restart. */
 export const RELOADABLE_SETTINGS = ['allow', 'log-level', 'name-template'] as const;
+
+/**
+ * The config file text in force after a reload: `running`'s settings, with
+ * the reloadable ones taken from `next` (both already loaded, so valid JSON
+ * objects). A worker restarted later runs exactly this.
+ */
+export function mergeReloadable(running: string, next: string): string {
+  const r = JSON.parse(running) as Record<string, unknown>;
+  const n = JSON.parse(next) as Record<string, unknown>;
+  for (const k of RELOADABLE_SETTINGS) {
+    if (Object.prototype.hasOwnProperty.call(n, k)) r[k] = n[k];
+    else delete r[k];
+  }
+  return JSON.stringify(r);
+}
 
 export interface ConfigDiff {
   /** Reloadable settings whose value changed. */

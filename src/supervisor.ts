@@ -9,7 +9,8 @@
  *
  * The supervisor speaks for the workers to systemd (NotifyAccess=main):
  * READY=1 once every worker is ready, WATCHDOG=1 only while every worker
- * pings it, RELOADING=1/READY=1 around a SIGHUP it passes on, STOPPING=1. It
+ * pings it, RELOADING=1/READY=1 around a SIGHUP (it reads the config file
+ * once and sends the workers its text), STOPPING=1. It
  * serves --metrics with the workers' metrics added up, restarts a worker
  * that dies, and gives up (exit 1, for systemd's Restart=) when workers keep
  * dying or one fails to start.
@@ -24,7 +25,7 @@ import type { Config } from './config';
 import { MetricsServer, type MetricsSource, type ReadyCheck } from './metrics';
 import { planReload } from './reload';
 import { formatListenAddress } from './server';
-import { Watchdog, type Notifier, type WatchdogHealth } from './systemd';
+import { parseWatchdogUsec, Watchdog, type Notifier, type WatchdogHealth } from './systemd';
 
 const ENV_WORKER = 'DOCKER_IDENTD_WORKER';
 const ENV_FDS = 'DOCKER_IDENTD_WORKER_FDS';
@@ -90,9 +91,9 @@ export function workerConfigText(env: NodeJS.ProcessEnv): string | undefined {
   return env[ENV_CONFIG] || undefined;
 }
 
+/** WATCHDOG_USEC for a worker: the supervisor's own, checked as systemd's is. */
 export function workerWatchdogUsec(env: NodeJS.ProcessEnv): number | null {
-  const text = env[ENV_WATCHDOG] ?? '';
-  return /^\d{1,12}$/.test(text) && Number(text) > 0 ? Number(text) : null;
+  return parseWatchdogUsec({ WATCHDOG_USEC: env[ENV_WATCHDOG] }, process.pid);
 }
 
 /** A worker's notifications go to its supervisor over the cluster IPC channel. */
@@ -244,7 +245,7 @@ export interface SupervisorOptions {
 export interface Supervisor {
   /** Resolves with the exit code once every worker has exited. */
   readonly done: Promise<number>;
-  /** SIGHUP: passed on to every worker. */
+  /** SIGHUP: reads and checks the config file, and sends every worker its text. */
   reload(): void;
   /** SIGTERM: stops the workers. */
   stop(): void;

@@ -2,8 +2,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { ConfigError, loadConfig, MAX_WORKERS, mergeReloadable } from '../../src/config';
-import { planReload } from '../../src/reload';
+import { ConfigError, loadConfig, MAX_WORKERS } from '../../src/config';
+import { mergeReloadable, planReload } from '../../src/reload';
 import {
   WorkerNotifier,
   WorkerPool,
