@@ -107,9 +107,13 @@ export class AddressIndex {
    * addresses it no longer has are released at `atNs`.
    */
   set(info: ContainerInfo, atNs: bigint = nowNs()): void {
+    // The container's own addresses (only they can hold its entries), not a
+    // scan of the whole index: a listing sets every container in turn.
     const previous = new Map<string, number>();
-    for (const [addr, list] of this.byAddress) {
-      for (const o of list) if (o.container.id === info.id) previous.set(addr, o.since);
+    const old = this.byId.get(info.id);
+    for (const addr of old ? addressesOf(old) : []) {
+      const o = this.byAddress.get(addr)?.find((x) => x.container.id === info.id);
+      if (o) previous.set(addr, o.since);
     }
     this.remove(info.id, atNs, new Set(addressesOf(info)));
     this.byId.set(info.id, info);
