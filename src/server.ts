@@ -82,17 +82,9 @@ export class IdentServer {
     const bound: ListenAddress[] = [];
     try {
       for (const addr of this.opts.listen) {
-        const server = net.createServer({ allowHalfOpen: true }, (s) => this.onConnection(s));
-        server.on('error', (err) => this.onListenerError(err));
+        let server: net.Server;
         try {
-          await new Promise<void>((resolve, reject) => {
-            const onError = (err: Error): void => reject(err);
-            server.once('error', onError);
-            server.listen({ host: addr.host, port: addr.port, ipv6Only: addr.host.includes(':') }, () => {
-              server.off('error', onError);
-              resolve();
-            });
-          });
+          server = await this.listenServer({ host: addr.host, port: addr.port, ipv6Only: addr.host.includes(':') });
         } catch (err) {
           const code = (err as NodeJS.ErrnoException).code;
           if (addr.optional && (code === 'EAFNOSUPPORT' || code === 'EADDRNOTAVAIL')) {
@@ -117,6 +109,20 @@ export class IdentServer {
     return bound;
   }
 
+  /** One listening server, for start() and startFromFds() alike; rejects with the listen error. */
+  private async listenServer(options: net.ListenOptions | { fd: number }): Promise<net.Server> {
+    const server = net.createServer({ allowHalfOpen: true }, (s) => this.onConnection(s));
+    server.on('error', (err) => this.onListenerError(err));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return server;
+  }
+
   // --- systemd hooks (socket activation, reload, graceful stop): see src/systemd.ts ---
 
   /**
@@ -128,17 +134,9 @@ export class IdentServer {
     const bound: ListenAddress[] = [];
     try {
       for (const fd of fds) {
-        // Set up exactly as in start().
-        const server = net.createServer({ allowHalfOpen: true }, (s) => this.onConnection(s));
-        server.on('error', (err) => this.onListenerError(err));
+        let server: net.Server;
         try {
-          await new Promise<void>((resolve, reject) => {
-            server.once('error', reject);
-            server.listen({ fd }, () => {
-              server.off('error', reject);
-              resolve();
-            });
-          });
+          server = await this.listenServer({ fd });
         } catch (err) {
           throw Object.assign(new Error(`cannot serve inherited fd ${fd}: ${(err as Error).message}`), {
             code: (err as NodeJS.ErrnoException).code,
@@ -330,7 +328,7 @@ export class IdentServer {
         querier,
         portOnServer: ps,
         portOnClient: pc,
-        answer: `ERROR:${error}`,
+        answer: answerText(answer),
         reason: line === null ? 'request over the size limit' : 'malformed request',
       };
     } else {
