@@ -18,7 +18,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { canonicalIp, type AddressSet } from '../ip';
+import { canonicalIp, parseIPv6, type AddressSet } from '../ip';
 import {
   conntrackError,
   replyMatches,
@@ -353,8 +353,9 @@ export function encodeSyntheticEntries(family: Family, entries: readonly Synthet
   const putAddr = (a: string, off: number): void => {
     if (family === 4) a.split('.').forEach((b, i) => (buf[off + i] = Number(b)));
     else {
-      const words = expandIPv6(a);
-      for (let i = 0; i < 8; i++) buf.writeUInt16BE(words[i], off + 2 * i);
+      const bytes = parseIPv6(a);
+      if (!bytes) throw conntrackError(`invalid IPv6 address ${JSON.stringify(a)}`, 'ERR_INVALID_ARG_VALUE');
+      buf.set(bytes, off);
     }
   };
   entries.forEach((e, n) => {
@@ -369,13 +370,6 @@ export function encodeSyntheticEntries(family: Family, entries: readonly Synthet
     buf.writeUInt16BE(e.reply.dport, off + 4 * alen + 6);
   });
   return buf;
-}
-
-function expandIPv6(a: string): number[] {
-  const [head, tail] = a.includes('::') ? a.split('::') : [a, undefined];
-  const h = head ? head.split(':').map((g) => parseInt(g, 16)) : [];
-  const t = tail ? tail.split(':').map((g) => parseInt(g, 16)) : [];
-  return tail === undefined ? h : [...h, ...new Array<number>(8 - h.length - t.length).fill(0), ...t];
 }
 
 /**
