@@ -47,7 +47,6 @@ export interface DaemonOptions {
   notifier?: Notifier;
   /** WATCHDOG_USEC meant for this process, or null. */
   watchdogUsec?: number | null;
-  dockerWatchdogGraceMs?: number;
   /**
    * This daemon is worker `slot` of `count` (`--workers`): the connection caps
    * are split between the workers, and the supervisor serves --metrics (this
@@ -63,7 +62,7 @@ export interface RunningDaemon {
    * --config file, when given: a worker's copy from its supervisor); applies
    * the allowlist, log level and name template, or keeps the old config.
    */
-  reload(args: string[], configText?: string): boolean;
+  reload(args: string[], configText?: string): void;
   /** The metrics kept with --metrics, else null. */
   readonly metrics: Metrics | null;
 }
@@ -199,7 +198,6 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
 
   let watchdog: Watchdog | null = null;
   if (opts.watchdogUsec) {
-    const grace = opts.dockerWatchdogGraceMs ?? DOCKER_WATCHDOG_GRACE_MS;
     let lastSynced = Date.now();
     let lastState = registry.state;
     watchdog = new Watchdog({
@@ -217,7 +215,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
           return { ok: true };
         }
         const downMs = Date.now() - lastSynced;
-        if (downMs > grace) {
+        if (downMs > DOCKER_WATCHDOG_GRACE_MS) {
           return { ok: false, reason: `Docker event stream down for ${Math.round(downMs / 1000)} s (${state})` };
         }
         return { ok: true };
@@ -230,10 +228,9 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   return {
     metrics,
 
-    reload(args: string[], configText?: string): boolean {
+    reload(args: string[], configText?: string): void {
       if (ready) notifier.reloading();
       const plan = planReload(args, current, { socketActivated: !!opts.inherited, configText });
-      let ok = false;
       if (!plan.ok) {
         log.error({ err: plan.error }, 'config reload refused; the running config stays in force');
       } else {
@@ -242,7 +239,6 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
         if (plan.diff.apply.includes('log-level')) log.level = next.logLevel;
         if (plan.diff.apply.includes('name-template')) nameTemplate = next.nameTemplate;
         current = next;
-        ok = true;
         log.info(
           {
             applied: plan.diff.apply,
@@ -260,7 +256,6 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
         }
       }
       if (ready) notifier.ready(readyStatus());
-      return ok;
     },
 
     async stop() {

@@ -55,6 +55,12 @@ export interface ReadyCheck {
   detail: string;
 }
 
+/** Whether the daemon is ready, and each check behind it (/readyz). */
+export interface Readiness {
+  ready: boolean;
+  checks: ReadyCheck[];
+}
+
 /** Conntrack failures that say nothing about the source working (an ambiguous second try). */
 const NOT_SOURCE_FAILURES = new Set(['EAMBIGUOUS', 'ERR_INVALID_ARG_VALUE']);
 
@@ -67,7 +73,7 @@ export interface MetricsSource {
   readonly contentType: string;
   /** The Prometheus text exposition. */
   metricsText(): Promise<string>;
-  readiness(): Promise<{ ready: boolean; checks: ReadyCheck[] }>;
+  readiness(): Promise<Readiness>;
 }
 
 /**
@@ -273,11 +279,11 @@ export class Metrics implements MetricsSource {
     return this.registry.metrics();
   }
 
-  async readiness(): Promise<{ ready: boolean; checks: ReadyCheck[] }> {
+  async readiness(): Promise<Readiness> {
     return this.readinessNow();
   }
 
-  readinessNow(): { ready: boolean; checks: ReadyCheck[] } {
+  readinessNow(): Readiness {
     const checks: ReadyCheck[] = [];
     const d = this.docker;
     checks.push(

@@ -88,10 +88,6 @@ export class Resolver {
     this.nameFor = opts.nameFor ?? ((c) => c.name);
   }
 
-  get sourceName(): string {
-    return this.conntrack.name;
-  }
-
   /**
    * One conntrack lookup within the deadline. ENOBUFS (the kernel dropped a
    * netlink message under load) is tried once more; a second failure stands.

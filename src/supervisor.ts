@@ -22,7 +22,7 @@ import type { Logger } from 'pino';
 import { AggregatorRegistry, Registry } from 'prom-client';
 
 import type { Config } from './config';
-import { MetricsServer, type MetricsSource, type ReadyCheck } from './metrics';
+import { MetricsServer, type MetricsSource, type ReadyCheck, type Readiness } from './metrics';
 import { planReload } from './reload';
 import { formatListenAddress } from './server';
 import { parseWatchdogUsec, Watchdog, type Notifier, type WatchdogHealth } from './systemd';
@@ -54,7 +54,14 @@ export type WorkerMessage =
   | { identd: 'reloading' }
   | { identd: 'stopping' }
   | { identd: 'watchdog' }
-  | { identd: 'metrics'; id: number; metrics: object[]; readiness: { ready: boolean; checks: ReadyCheck[] } };
+  | { identd: 'metrics'; id: number; metrics: object[]; readiness: Readiness };
+
+/** One worker's answer to a metrics request. */
+interface WorkerMetrics {
+  slot: number;
+  metrics: object[];
+  readiness: Readiness;
+}
 
 /**
  * Messages from the supervisor to a worker: a reload, with the config file
@@ -341,13 +348,12 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
 
   const onExit = (slot: number, w: Worker, code: number | null, signal: string | null): void => {
     if (workers.get(slot) === w) workers.delete(slot);
+    const decision = pool.exited(slot, performance.now());
     if (stopping) {
-      pool.exited(slot, performance.now());
       if (workers.size === 0) void close();
       return;
     }
     const everReady = pool.slots[slot].everReady;
-    const decision = pool.exited(slot, performance.now());
     if (o.inherited && workers.size === 0) {
       // cluster shares an inherited socket through this process and closes
       // it with the last worker using it: no new worker could serve it. The
@@ -431,32 +437,28 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
     },
   };
 
-  const askWorkers = async (): Promise<
-    { slot: number; metrics: object[]; readiness: { ready: boolean; checks: ReadyCheck[] } }[]
-  > => {
+  const askWorkers = async (): Promise<WorkerMetrics[]> => {
     const asks = [...workers].map(
       ([slot, w]) =>
-        new Promise<{ slot: number; metrics: object[]; readiness: { ready: boolean; checks: ReadyCheck[] } } | null>(
-          (resolve) => {
-            const id = ++metricsSeq;
-            const timer = setTimeout(() => {
-              metricsWaiters.delete(id);
-              resolve(null);
-            }, METRICS_DEADLINE_MS);
-            metricsWaiters.set(id, (m) => {
-              clearTimeout(timer);
-              metricsWaiters.delete(id);
-              resolve({ slot, metrics: m.metrics, readiness: m.readiness });
-            });
-            try {
-              w.send({ identd: 'metrics-request', id } satisfies SupervisorMessage);
-            } catch {
-              clearTimeout(timer);
-              metricsWaiters.delete(id);
-              resolve(null);
-            }
-          },
-        ),
+        new Promise<WorkerMetrics | null>((resolve) => {
+          const id = ++metricsSeq;
+          const timer = setTimeout(() => {
+            metricsWaiters.delete(id);
+            resolve(null);
+          }, METRICS_DEADLINE_MS);
+          metricsWaiters.set(id, (m) => {
+            clearTimeout(timer);
+            metricsWaiters.delete(id);
+            resolve({ slot, metrics: m.metrics, readiness: m.readiness });
+          });
+          try {
+            w.send({ identd: 'metrics-request', id } satisfies SupervisorMessage);
+          } catch {
+            clearTimeout(timer);
+            metricsWaiters.delete(id);
+            resolve(null);
+          }
+        }),
     );
     return (await Promise.all(asks)).filter((r) => r !== null);
   };
@@ -524,8 +526,7 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
       }
       clearTimeout(reloadTimer);
       if (reloadWaiting.size === 0) {
-        reloadWaiting = null;
-        if (startupDone) readyAll();
+        endReload();
         return;
       }
       reloadTimer = setTimeout(() => {

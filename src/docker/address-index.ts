@@ -199,10 +199,6 @@ export class AddressIndex {
     return changed;
   }
 
-  has(id: string): boolean {
-    return this.byId.has(id);
-  }
-
   lookup(address: string): IndexLookup {
     const a = canonicalIp(address);
     const list = a ? this.byAddress.get(a) : undefined;
