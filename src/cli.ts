@@ -6,8 +6,7 @@ import cluster from 'node:cluster';
 import type { Logger } from 'pino';
 
 import { ConfigError, DEFAULT_LISTEN, loadConfig, type Config } from './config';
-import { startDaemon, type RunningDaemon } from './daemon';
-import { FIREWALL_USAGE, firewallMain } from './firewall-cli';
+import type { RunningDaemon } from './daemon';
 import { createLogger } from './logger';
 import type { Metrics } from './metrics';
 import { formatListenAddress } from './server';
@@ -22,7 +21,6 @@ import {
   type SupervisorMessage,
 } from './supervisor';
 import { parseListenFds, parseWatchdogUsec, SystemdNotifier, unsetListenEnv, type Notifier } from './systemd';
-import { EXPLAIN_USAGE, explainMain, QUERY_USAGE, queryMain, SQUID_HELPER_USAGE, squidHelperMain } from './tools';
 import { VERSION } from './version';
 
 export const USAGE = `Usage: docker-identd serve [options]
@@ -84,14 +82,29 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`docker-identd ${VERSION}\n`);
     return 0;
   }
-  const tools: Record<string, [string, (args: string[]) => Promise<number>]> = {
-    query: [QUERY_USAGE, queryMain],
-    explain: [EXPLAIN_USAGE, explainMain],
-    'squid-helper': [SQUID_HELPER_USAGE, squidHelperMain],
-    firewall: [FIREWALL_USAGE, firewallMain],
+  // Each command loads only its own module (and `serve` the daemon only where
+  // it serves: a --workers supervisor does not load Docker's client).
+  type Tool = [string, (args: string[]) => Promise<number>];
+  const tools: Record<string, () => Promise<Tool>> = {
+    query: async () => {
+      const t = await import('./tools');
+      return [t.QUERY_USAGE, t.queryMain];
+    },
+    explain: async () => {
+      const t = await import('./tools');
+      return [t.EXPLAIN_USAGE, t.explainMain];
+    },
+    'squid-helper': async () => {
+      const t = await import('./tools');
+      return [t.SQUID_HELPER_USAGE, t.squidHelperMain];
+    },
+    firewall: async () => {
+      const f = await import('./firewall-cli');
+      return [f.FIREWALL_USAGE, f.firewallMain];
+    },
   };
   if (Object.prototype.hasOwnProperty.call(tools, command)) {
-    const [usage, run] = tools[command];
+    const [usage, run] = await tools[command]();
     if (rest.includes('--help') || rest.includes('-h')) {
       process.stdout.write(usage);
       return 0;
@@ -181,6 +194,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   try {
     const notifier: Notifier = worker ? new WorkerNotifier() : new SystemdNotifier(log);
+    const { startDaemon } = await import('./daemon');
     daemon = await startDaemon(config, log, {
       inherited,
       notifier,
