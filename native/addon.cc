@@ -1,7 +1,8 @@
-// Node-API binding of the netlink conntrack queries (ct.h). Nothing runs on
-// the JavaScript thread: exact GETs (and the probe) go to the object's Lane
-// thread and come back through a thread-safe function; dumps and inserts run
-// on the libuv thread pool (Napi::AsyncWorker). Both borrow netlink handles
+// Node-API binding of the netlink conntrack queries (ct.h). getNow() makes an
+// exact GET on the JavaScript thread (the kernel answers it within
+// sendmsg(); the daemon's default); get() and the probe go to the object's
+// Lane thread and come back through a thread-safe function; dumps and
+// inserts run on the libuv thread pool (Napi::AsyncWorker). Both borrow netlink handles
 // from the object's Pool. src/conntrack/netlink.ts turns the callbacks into
 // promises.
 //
@@ -18,7 +19,6 @@
 // an environment (a worker thread) goes away with requests in flight, while
 // an unsettled napi_deferred cannot be freed at all.
 #include <napi.h>
-#include <uv.h>
 
 #include <cerrno>
 #include <memory>
@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "ct.h"
+#include "errno_error.h"
 #include "notify.h"
 
 namespace {
@@ -39,16 +40,7 @@ constexpr unsigned kMaxSpinMicros = 10000;
 
 // An Error shaped like Node's system errors: code, errno (negative), syscall.
 Napi::Value ErrnoError(Napi::Env env, int err, const char* syscall) {
-  char name[64];
-  char text[128];
-  uv_err_name_r(err, name, sizeof name);
-  uv_strerror_r(err, text, sizeof text);
-  std::string message = std::string(name) + ": " + text + ", " + syscall;
-  Napi::Error e = Napi::Error::New(env, message);
-  e.Set("code", Napi::String::New(env, name));
-  e.Set("errno", Napi::Number::New(env, err));
-  e.Set("syscall", Napi::String::New(env, syscall));
-  return e.Value();
+  return identd::ErrnoError(env, err, syscall).Value();
 }
 
 Napi::Object TupleObject(Napi::Env env, int family, const ct::Tuple& t) {

@@ -6,13 +6,14 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
-#include <uv.h>
 
 #include <cerrno>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+
+#include "errno_error.h"
 
 namespace sdnotify {
 
@@ -62,15 +63,7 @@ Napi::Value Notify(const Napi::CallbackInfo& info) {
   if (socket.empty()) return Napi::Boolean::New(env, false);
   int err = Send(socket.c_str(), state.data(), state.size());
   if (err < 0) {
-    char name[64];
-    char text[128];
-    uv_err_name_r(err, name, sizeof name);
-    uv_strerror_r(err, text, sizeof text);
-    Napi::Error e = Napi::Error::New(
-        env, std::string(name) + ": " + text + ", sendto " + socket + " (sd_notify)");
-    e.Set("code", Napi::String::New(env, name));
-    e.Set("errno", Napi::Number::New(env, err));
-    e.Set("syscall", Napi::String::New(env, "sendto"));
+    Napi::Error e = identd::ErrnoError(env, err, "sendto", " " + socket + " (sd_notify)");
     e.Set("address", Napi::String::New(env, socket));
     throw e;
   }
