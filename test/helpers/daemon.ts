@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 
 export const sleep = (ms: number): Promise<void> => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -26,6 +27,20 @@ export async function waitFor<T>(
     }
     await sleep(intervalMs);
   }
+}
+
+/** Calls `fn` with each line (without its \n) that `stream` writes, decoded as UTF-8. */
+export function onLines(stream: Readable, fn: (line: string) => void): void {
+  let buf = '';
+  stream.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      fn(line);
+    }
+  });
 }
 
 export interface DaemonLogLine {
@@ -53,21 +68,15 @@ export class Daemon {
     readonly args: string[],
     logFile: string,
   ) {
-    let buf = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      fs.appendFileSync(logFile, d);
-      buf += d;
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        if (!line.trim()) continue;
-        this.stdoutRaw.push(line);
-        try {
-          this.lines.push(JSON.parse(line) as DaemonLogLine);
-        } catch {
-          this.lines.push({ msg: '(not json)', raw: line });
-        }
+    // The log file first, then the parsed lines (as they were written).
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => fs.appendFileSync(logFile, d));
+    onLines(child.stdout!, (line) => {
+      if (!line.trim()) return;
+      this.stdoutRaw.push(line);
+      try {
+        this.lines.push(JSON.parse(line) as DaemonLogLine);
+      } catch {
+        this.lines.push({ msg: '(not json)', raw: line });
       }
     });
     child.stderr!.setEncoding('utf8').on('data', (d: string) => {

@@ -6,6 +6,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 
+import { onLines, sleep, waitFor as pollFor } from '../helpers/daemon';
+
 export const CI = process.env.CI === 'true';
 
 /** The tools missing from PATH, of those named. */
@@ -26,16 +28,9 @@ export function skipUnless(tools: string[]): string | false {
   return why;
 }
 
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-export async function waitFor<T>(what: string, probe: () => T | undefined | null | false, ms: number): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = probe();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(25);
-  }
+/** Polls `probe` every 25 ms (test/helpers/daemon.ts's waitFor). */
+function waitFor<T>(what: string, probe: () => T | undefined | null | false, ms: number): Promise<T> {
+  return pollFor(what, probe, ms, 25);
 }
 
 export interface Datagram {
@@ -70,18 +65,11 @@ export class NotifySocket {
 
   constructor(readonly address: string) {
     this.child = spawn('python3', ['-c', RECEIVER, address], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let buf = '';
     let onBound!: () => void;
     this.bound = new Promise((r) => (onBound = r));
-    this.child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      buf += d;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (line === 'bound') onBound();
-        else this.datagrams.push(JSON.parse(line) as Datagram);
-      }
+    onLines(this.child.stdout!, (line) => {
+      if (line === 'bound') onBound();
+      else this.datagrams.push(JSON.parse(line) as Datagram);
     });
   }
 
@@ -166,18 +154,11 @@ export class ActivatedDaemon {
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
-    let buf = '';
-    this.child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      buf += d;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try {
-          this.lines.push(JSON.parse(line) as LogLine);
-        } catch {
-          this.lines.push({ msg: line, raw: true });
-        }
+    onLines(this.child.stdout!, (line) => {
+      try {
+        this.lines.push(JSON.parse(line) as LogLine);
+      } catch {
+        this.lines.push({ msg: line, raw: true });
       }
     });
     this.child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.stderr += d));
