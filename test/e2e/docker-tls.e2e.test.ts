@@ -16,7 +16,7 @@ import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
 import { Daemon, identQuery, loopbackConnection, sleep, startDaemon, waitFor, REPO_ROOT } from '../helpers/daemon';
-import { which } from './env';
+import { isAlive, which } from './env';
 
 const inCI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
 const DIR = '/run/idt-tls';
@@ -100,15 +100,6 @@ function makeCert(ca: string, name: string, usage: 'serverAuth' | 'clientAuth'):
     '-extfile',
     ext,
   ]);
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** One ident query about a real loopback connection (its conntrack entry exists; no container owns 127.0.0.1). */

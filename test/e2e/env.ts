@@ -168,7 +168,7 @@ export function which(name: string): string | null {
   return null;
 }
 
-function isAlive(pid: number): boolean {
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -211,7 +211,7 @@ async function terminate(pid: number, graceMs: number): Promise<void> {
   await waitExit(pid, 5000);
 }
 
-function tcpProbe(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
+export function tcpProbe(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
   return new Promise((resolve) => {
     const sock = net.connect({ host, port });
     const done = (ok: boolean) => {
@@ -224,7 +224,8 @@ function tcpProbe(host: string, port: number, timeoutMs = 1000): Promise<boolean
   });
 }
 
-function tail(file: string, lines = 30): string {
+/** The last lines of a file, for failure messages. */
+export function tail(file: string, lines = 30): string {
   try {
     return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
   } catch {
@@ -296,7 +297,8 @@ export interface AccessLogEntry {
   raw: string;
 }
 
-const LOGFORMAT = 'idt %ts.%03tu %>a %>p %ui %>Hs %rm %ru';
+/** The access log format every test Squid writes, as parseAccessLog() reads it. */
+export const LOGFORMAT = 'idt %ts.%03tu %>a %>p %ui %>Hs %rm %ru';
 
 export function parseAccessLog(text: string): AccessLogEntry[] {
   const out: AccessLogEntry[] = [];
@@ -377,13 +379,20 @@ function squidConfig(dir: string, opts: SetupOptions = {}): string {
     `logformat ${LOGFORMAT}`,
     ...helperConfig(dir, opts),
     `access_log stdio:${dir}/access.log idt${opts.helper ? ' !viahelper' : ''}`,
+    ...identAclConfig(),
+    '',
+  ].join('\n');
+}
+
+/** The ident ACL every test Squid applies: only names starting with OK_PREFIX are let in. */
+export function identAclConfig(): string[] {
+  return [
     'buffered_logs off',
     'ident_lookup_access allow all',
     `acl ok ident_regex ^${OK_PREFIX}`,
     'http_access allow ok',
     'http_access deny all',
-    '',
-  ].join('\n');
+  ];
 }
 
 // ---------------------------------------------------------------------------

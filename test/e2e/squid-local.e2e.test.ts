@@ -14,7 +14,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
@@ -26,10 +25,14 @@ import {
   type ClientResult,
   conntrackModeFromEnv,
   daemonEntry,
+  identAclConfig,
+  LOGFORMAT,
   missingPrerequisites,
   parseAccessLog,
   run,
   squidRuntimeConfig,
+  tail,
+  tcpProbe,
   which,
 } from './env';
 
@@ -47,37 +50,12 @@ function localSquidConfig(dir: string, listen = GATEWAY): string {
     `http_port ${listen}:${LOCAL_SQUID_PORT}`,
     'visible_hostname idt-local-proxy',
     ...squidRuntimeConfig(dir),
-    'logformat idt %ts.%03tu %>a %>p %ui %>Hs %rm %ru',
+    `logformat ${LOGFORMAT}`,
     `access_log stdio:${dir}/access.log idt`,
-    'buffered_logs off',
-    'ident_lookup_access allow all',
-    `acl ok ident_regex ^${OK_PREFIX}`,
-    'http_access allow ok',
-    'http_access deny all',
+    ...identAclConfig(),
     '',
   ].join('\n');
 }
-
-function tcpProbe(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host, port });
-    const done = (ok: boolean): void => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(1000, () => done(false));
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-  });
-}
-
-const tail = (file: string, n = 20): string => {
-  try {
-    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-n).join('\n');
-  } catch {
-    return `(no ${file})`;
-  }
-};
 
 if (missing.length > 0 && inCI) {
   test('squid-local prerequisites (CI)', () => assert.fail(`missing under CI:\n- ${missing.join('\n- ')}`));
