@@ -20,10 +20,17 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { insertSyntheticEntries, loadNetlinkAddon, NetlinkSource, type SyntheticEntry } from '../src/conntrack/netlink';
+import {
+  insertSyntheticEntries,
+  loadNetlinkAddon,
+  NetlinkSource,
+  type NetlinkSourceOptions,
+  type SyntheticEntry,
+} from '../src/conntrack/netlink';
 import type { ConntrackSource, ReplyTuple } from '../src/conntrack/types';
 import { AddressSet, parseCidr, type Cidr } from '../src/ip';
 import { identQueryBench } from './ident-queries';
+import { stats, type Budget, type Stats } from './stats';
 
 const DEFAULT_SIZES = [1_000, 10_000, 100_000, 250_000];
 const RESULTS_DIR = path.join(__dirname, 'results');
@@ -61,29 +68,6 @@ function entry(i: number): SyntheticEntry {
 const replyOf = (i: number): ReplyTuple => ({ family: 4, ...entry(i).reply });
 
 // ----------------------------------------------------------- measurement
-
-export interface Stats {
-  median: number;
-  p99: number;
-  n: number;
-}
-
-function stats(samplesUs: number[]): Stats {
-  const s = [...samplesUs].sort((a, b) => a - b);
-  const at = (q: number): number => s[Math.min(s.length - 1, Math.floor(q * s.length))];
-  return { median: at(0.5), p99: at(0.99), n: s.length };
-}
-
-interface Budget {
-  /** Untimed warm-up calls. */
-  warmup: number;
-  min: number;
-  max: number;
-  /** Stop after this long once `min` samples are in. */
-  ms: number;
-  /** Idle time before each call (measures wake-ups after idle). */
-  gapMs?: number;
-}
 
 async function measure(budget: Budget, call: (i: number) => Promise<unknown>): Promise<Stats> {
   for (let i = 0; i < budget.warmup; i++) await call(i);
@@ -148,58 +132,52 @@ function checked(source: ConntrackSource, expectFound: boolean) {
   };
 }
 
+/** A method that looks up keys made by `keyOf` with a NetlinkSource opened with `opts`. */
+function netlinkMethod(
+  name: string,
+  budget: Budget,
+  keyOf: (ctx: BenchContext) => ReplyTuple,
+  expectFound = true,
+  opts: NetlinkSourceOptions = {},
+): BenchMethod {
+  return {
+    name,
+    budget,
+    async prepare(ctx) {
+      const s = await NetlinkSource.open(opts);
+      const f = checked(s, expectFound);
+      return { call: () => f(keyOf(ctx)), close: () => s.close() };
+    },
+  };
+}
+
 function methods(): BenchMethod[] {
   const proxies = new AddressSet([parseCidr(PROXY_CIDR) as Cidr]);
+  const anyKey = (ctx: BenchContext): ReplyTuple => ctx.randomKey();
   const list: BenchMethod[] = [
-    {
-      name: 'netlink GET',
-      budget: { warmup: 500, min: 2000, max: 20000, ms: 2000 },
-      async prepare(ctx) {
-        const s = await NetlinkSource.open();
-        const f = checked(s, true);
-        return { call: () => f(ctx.randomKey()), close: () => s.close() };
-      },
-    },
-    {
-      // The addon's Napi::AsyncWorker path (NetlinkSource inline: false): the
-      // same GET on the lookup thread, with the hand-off there and back. The
-      // daemon does the exact GET inline by default, since the kernel answers
-      // it within sendmsg(); this row shows what the hand-off costs.
-      name: 'netlink GET, on the lookup thread',
-      budget: { warmup: 500, min: 2000, max: 20000, ms: 2000 },
-      async prepare(ctx) {
-        const s = await NetlinkSource.open({ inline: false });
-        const f = checked(s, true);
-        return { call: () => f(ctx.randomKey()), close: () => s.close() };
-      },
-    },
-    {
-      name: 'netlink GET, absent',
-      budget: { warmup: 200, min: 1000, max: 10000, ms: 1000 },
-      async prepare(ctx) {
-        const s = await NetlinkSource.open();
-        const f = checked(s, false);
-        return { call: () => f({ ...ctx.randomKey(), sport: 444 }), close: () => s.close() }; // no service on 444
-      },
-    },
-    {
-      name: 'netlink GET, 2 ms idle before',
-      budget: { warmup: 20, min: 200, max: 400, ms: 1500, gapMs: 2 },
-      async prepare(ctx) {
-        const s = await NetlinkSource.open();
-        const f = checked(s, true);
-        return { call: () => f(ctx.randomKey()), close: () => s.close() };
-      },
-    },
-    {
-      name: 'netlink 2nd try (GET + filtered dump)',
-      budget: { warmup: 3, min: 10, max: 300, ms: 2000 },
-      async prepare(ctx) {
-        const s = await NetlinkSource.open({ proxyAddresses: proxies });
-        const f = checked(s, true);
-        return { call: () => f({ ...ctx.randomKey(), src: OTHER_PROXY }), close: () => s.close() };
-      },
-    },
+    netlinkMethod('netlink GET', { warmup: 500, min: 2000, max: 20000, ms: 2000 }, anyKey),
+    // The addon's Napi::AsyncWorker path (NetlinkSource inline: false): the
+    // same GET on the lookup thread, with the hand-off there and back. The
+    // daemon does the exact GET inline by default, since the kernel answers
+    // it within sendmsg(); this row shows what the hand-off costs.
+    netlinkMethod('netlink GET, on the lookup thread', { warmup: 500, min: 2000, max: 20000, ms: 2000 }, anyKey, true, {
+      inline: false,
+    }),
+    // No service on port 444: every GET misses.
+    netlinkMethod(
+      'netlink GET, absent',
+      { warmup: 200, min: 1000, max: 10000, ms: 1000 },
+      (ctx) => ({ ...ctx.randomKey(), sport: 444 }),
+      false,
+    ),
+    netlinkMethod('netlink GET, 2 ms idle before', { warmup: 20, min: 200, max: 400, ms: 1500, gapMs: 2 }, anyKey),
+    netlinkMethod(
+      'netlink 2nd try (GET + filtered dump)',
+      { warmup: 3, min: 10, max: 300, ms: 2000 },
+      (ctx) => ({ ...ctx.randomKey(), src: OTHER_PROXY }),
+      true,
+      { proxyAddresses: proxies },
+    ),
   ];
   const procfs = path.join(__dirname, '..', 'src', 'conntrack', 'procfs.ts');
   if (fs.existsSync(procfs)) {

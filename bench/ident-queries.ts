@@ -48,7 +48,8 @@ import { PerformanceObserver, performance, type PerformanceEntry } from 'node:pe
 
 import type { SyntheticEntry } from '../src/conntrack/netlink';
 import { FakeDocker } from '../test/helpers/fake-docker';
-import type { BenchContext, BenchFixture, BenchMethod, MethodResult, Row, Stats } from './conntrack';
+import type { BenchContext, BenchFixture, BenchMethod, MethodResult, Row } from './conntrack';
+import { stats as statsOf, type Budget, type Stats } from './stats';
 
 const REPO_ROOT = path.join(__dirname, '..');
 const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
@@ -107,12 +108,6 @@ export interface IdentBenchOptions {
 // ------------------------------------------------------------ helpers
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function statsOf(samples: number[]): Stats {
-  const s = [...samples].sort((a, b) => a - b);
-  const at = (q: number): number => s[Math.min(s.length - 1, Math.floor(q * s.length))];
-  return { median: at(0.5), p99: at(0.99), n: s.length };
-}
 
 const us = (n: number): string => (n >= 1000 ? `${(n / 1000).toFixed(2)} ms` : `${Math.round(n)} µs`);
 
@@ -394,13 +389,6 @@ function daemonTimes(d: DaemonLogStats, resolveToo = true): string {
 
 // ------------------------------------------------------------ the bench
 
-interface Budget {
-  warmup: number;
-  min: number;
-  max: number;
-  ms: number;
-}
-
 /** Per table size: the procfs references the burst is compared with. */
 interface ProcfsRefs {
   singleUs?: number;
@@ -620,26 +608,28 @@ export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixtur
   }
 
   /** Queries/s with CLIENTS concurrent clients against daemon `d` (the 10,000 queries/s target). */
-  function loadMethod(name: string, d: () => DaemonProcess): BenchMethod {
+  function loadMethod(name: string, daemonOf: () => DaemonProcess): BenchMethod {
     return {
       name,
       budget: { warmup: 0, min: 0, max: 0, ms: LOAD_MS },
       async prepare(ctx) {
-        await ready(d());
+        // The daemons are started in the fixture's before(), after the methods are made.
+        const d = daemonOf();
+        await ready(d);
         return {
-          call: () => ask(d(), found(randomIndex(ctx))),
+          call: () => ask(d, found(randomIndex(ctx))),
           run: async () => {
-            const log0 = d().logSize();
-            const cpu0 = d().cpuUs();
-            const main0 = d().mainThreadCpuUs();
+            const log0 = d.logSize();
+            const cpu0 = d.cpuUs();
+            const main0 = d.mainThreadCpuUs();
             const machine0 = machineCpu();
-            const r = await (LOAD_CLIENT === 'c' ? loadWithC : loadWithNode)(d(), ctx, CLIENTS);
+            const r = await (LOAD_CLIENT === 'c' ? loadWithC : loadWithNode)(d, ctx, CLIENTS);
             // The daemon's CPU is read over the whole run, warm-up included.
-            const daemonCpu = (d().cpuUs() - cpu0) / r.all;
-            const mainCpu = (d().mainThreadCpuUs() - main0) / r.all;
+            const daemonCpu = (d.cpuUs() - cpu0) / r.all;
+            const mainCpu = (d.mainThreadCpuUs() - main0) / r.all;
             const machine = machineShares(machine0, machineCpu(), daemonCpu * r.all + r.clientCpuUsTotal);
-            const daemon = d().queryStats(log0).stats;
-            d().alive();
+            const daemon = d.queryStats(log0).stats;
+            d.alive();
             const { qps, wrong } = r;
             const clientCpu = r.clientCpuUsPerQuery;
             return {
@@ -780,17 +770,16 @@ export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixtur
       const workersRow = at(M.workersLoad);
       const rate = (r: Row): string =>
         `${Math.round(Number(r.details?.qps ?? 0)).toLocaleString('en-US')} q/s, p99 ${us(r.p99)} under that load`;
-      if (workersRow) {
-        const qps = Number(workersRow.details?.qps ?? 0);
+      const judged = workersRow ?? loadRow;
+      if (judged) {
+        const qps = Number(judged.details?.qps ?? 0);
+        const runs = [
+          ...(workersRow ? [`--workers ${WORKERS}: ${rate(workersRow)}`] : []),
+          ...(loadRow ? [`one process: ${rate(loadRow)}`] : []),
+        ];
         lines.push(
           `target: >= 10,000 queries/s with ${CLIENTS} concurrent clients at ${sizeText}: ${pf(qps >= 10_000)} ` +
-            `(--workers ${WORKERS}: ${rate(workersRow)}${loadRow ? `; one process: ${rate(loadRow)}` : ''})`,
-        );
-      } else if (loadRow) {
-        const qps = Number(loadRow.details?.qps ?? 0);
-        lines.push(
-          `target: >= 10,000 queries/s with ${CLIENTS} concurrent clients at ${sizeText}: ${pf(qps >= 10_000)} ` +
-            `(one process: ${rate(loadRow)})`,
+            `(${runs.join('; ')})`,
         );
       }
       if (burst) {
