@@ -216,6 +216,13 @@ export function dockerTlsSettings(
 
 type Raw = Partial<Record<Setting, string | string[]>>;
 
+/** Seconds in (0, 600], written as digits with an optional fraction, in ms; else null. */
+export function parseSecondsText(text: string): number | null {
+  if (!/^\d+(\.\d+)?$/.test(text)) return null;
+  const s = Number(text);
+  return s > 0 && s <= 600 ? Math.round(s * 1000) : null;
+}
+
 /** Longest config file read. */
 export const MAX_CONFIG_BYTES = 64 * 1024;
 
@@ -320,8 +327,8 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env,
     throw new ConfigError(`--log-level: "${logLevel}" must be one of ${LOG_LEVELS.join(', ')}`);
   }
   const idleText = one('idle-timeout') ?? '10';
-  const idle = Number(idleText);
-  if (!/^\d+(\.\d+)?$/.test(idleText) || idle <= 0 || idle > 600) {
+  const idleMs = parseSecondsText(idleText);
+  if (idleMs === null) {
     throw new ConfigError(`--idle-timeout: "${idleText}" must be a number of seconds in (0, 600]`);
   }
   const count = (k: Setting, dflt: number): number => {
@@ -348,7 +355,7 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env,
     dockerTls,
     conntrack,
     logLevel: logLevel as LogLevel,
-    idleTimeoutMs: Math.round(idle * 1000),
+    idleTimeoutMs: idleMs,
     maxConnections,
     maxPerSource,
     workers,

@@ -53,6 +53,13 @@ export function validPort(p: number): boolean {
   return Number.isInteger(p) && p >= 1 && p <= 65535;
 }
 
+/** A port written as 1 to 5 digits, 1..65535; else null. */
+export function parsePortText(text: string | undefined): number | null {
+  if (text === undefined || !/^\d{1,5}$/.test(text)) return null;
+  const n = Number(text);
+  return validPort(n) ? n : null;
+}
+
 /** What Squid keeps of a user name (63 bytes) and the characters that are safe in a reply. */
 const NAME_RE = /^[A-Za-z0-9_.-]{1,63}$/;
 

@@ -19,7 +19,7 @@ import type { Readable, Writable } from 'node:stream';
 
 import { canonicalIp, ipFamily, type AddressSet } from './ip';
 import { queryIdent } from './ident-client';
-import { isAnswerableName, validPort } from './protocol';
+import { isAnswerableName, parsePortText } from './protocol';
 import type { IdentQuery, Resolution } from './resolver';
 
 /** Longest request line read; the rest of a longer line is dropped and the request answered ERR. */
@@ -91,10 +91,9 @@ export function checkHelperArgs(args: string[]): HelperLookupRequest | { error: 
   if (args.length < 3) return { error: `expected the values %>a %>p %>lp [%>la], got ${args.length}` };
   const clientAddress = canonicalIp(args[0]);
   if (!clientAddress) return { error: 'client address (%>a) is not an IP address' };
-  const port = (s: string): number => (/^\d{1,5}$/.test(s) ? Number(s) : NaN);
-  const clientPort = port(args[1]);
-  const localPort = port(args[2]);
-  if (!validPort(clientPort) || !validPort(localPort)) return { error: 'ports (%>p %>lp) must be 1..65535' };
+  const clientPort = parsePortText(args[1]);
+  const localPort = parsePortText(args[2]);
+  if (clientPort === null || localPort === null) return { error: 'ports (%>p %>lp) must be 1..65535' };
   let localAddress = args.length >= 4 ? canonicalIp(args[3]) : null;
   // Squid may print a dual-stack listener's address differently; only use a matching family.
   if (localAddress && ipFamily(localAddress) !== ipFamily(clientAddress)) localAddress = null;

@@ -10,7 +10,7 @@
  */
 import { parseArgs } from 'node:util';
 
-import { ConfigError, loadConfig, type Config } from './config';
+import { ConfigError, loadConfig, parseSecondsText, type Config } from './config';
 import { selectConntrackSource } from './conntrack/select';
 import { DockerRegistry } from './docker/registry';
 import { explain, explainJson, formatExplain } from './explain';
@@ -18,6 +18,7 @@ import { IdentClientError, queryIdent } from './ident-client';
 import { AddressSet, canonicalIp, parseCidr, type Cidr } from './ip';
 import { createLogger } from './logger';
 import { applyNameTemplate } from './naming';
+import { parsePortText } from './protocol';
 import { Resolver } from './resolver';
 import { directLookup, remoteLookup, runSquidHelper, type HelperLookup } from './squid-helper';
 
@@ -98,17 +99,8 @@ function usageError(cmd: string, msg: string): number {
   return 2;
 }
 
-function parsePort(text: string | undefined): number | null {
-  if (text === undefined || !/^\d{1,5}$/.test(text)) return null;
-  const n = Number(text);
-  return n >= 1 && n <= 65535 ? n : null;
-}
-
 function parseSeconds(text: string | undefined, dflt: number): number | null {
-  if (text === undefined) return dflt * 1000;
-  if (!/^\d+(\.\d+)?$/.test(text)) return null;
-  const s = Number(text);
-  return s > 0 && s <= 600 ? Math.round(s * 1000) : null;
+  return text === undefined ? dflt * 1000 : parseSecondsText(text);
 }
 
 type Parsed = { values: Record<string, unknown>; positionals: string[] };
@@ -161,10 +153,10 @@ export async function queryMain(args: string[]): Promise<number> {
   if (positionals.length !== 3) return usageError('query', 'expected HOST PORT_SERVER PORT_CLIENT');
   const host = canonicalIp(positionals[0]);
   if (!host) return usageError('query', `"${positionals[0]}" is not an IP address`);
-  const portOnServer = parsePort(positionals[1]);
-  const portOnClient = parsePort(positionals[2]);
+  const portOnServer = parsePortText(positionals[1]);
+  const portOnClient = parsePortText(positionals[2]);
   if (portOnServer === null || portOnClient === null) return usageError('query', 'ports must be 1..65535');
-  const port = v.port === undefined ? 113 : parsePort(v.port as string);
+  const port = v.port === undefined ? 113 : parsePortText(v.port as string);
   if (port === null) return usageError('query', '--port must be 1..65535');
   const timeoutMs = parseSeconds(v.timeout as string | undefined, 5);
   if (timeoutMs === null) return usageError('query', '--timeout must be a number of seconds in (0, 600]');
@@ -216,8 +208,8 @@ export async function explainMain(args: string[]): Promise<number> {
   if (typeof p === 'number') return p;
   const { values: v, positionals } = p;
   if (positionals.length !== 2) return usageError('explain', 'expected PORT_SERVER PORT_CLIENT');
-  const portOnServer = parsePort(positionals[0]);
-  const portOnClient = parsePort(positionals[1]);
+  const portOnServer = parsePortText(positionals[0]);
+  const portOnClient = parsePortText(positionals[1]);
   if (portOnServer === null || portOnClient === null) return usageError('explain', 'ports must be 1..65535');
   if (v.querier === undefined) return usageError('explain', '--querier ADDR is required');
   const querier = canonicalIp(v.querier as string);
@@ -272,7 +264,7 @@ export async function squidHelperMain(args: string[]): Promise<number> {
     if (!c) return usageError('squid-helper', `--host: "${h}" is not an address or CIDR`);
     hosts.push(c);
   }
-  const identPort = v['ident-port'] === undefined ? 113 : parsePort(v['ident-port'] as string);
+  const identPort = v['ident-port'] === undefined ? 113 : parsePortText(v['ident-port'] as string);
   if (identPort === null) return usageError('squid-helper', '--ident-port must be 1..65535');
   const timeoutMs = parseSeconds(v.timeout as string | undefined, 3);
   if (timeoutMs === null) return usageError('squid-helper', '--timeout must be a number of seconds in (0, 600]');
