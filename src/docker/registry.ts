@@ -198,9 +198,7 @@ export class DockerRegistry {
    */
   async confirm(id: string, address: string): Promise<boolean> {
     try {
-      const json = checkInspect(
-        await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect'),
-      );
+      const json = await this.inspect(id);
       if (!json.State?.Running) return false;
       const info = await this.withGwbridge(containerFromDocker(json));
       return !!info?.networks.some((n) => n.ipv4 === address || n.ipv6 === address);
@@ -424,6 +422,11 @@ export class DockerRegistry {
       });
   }
 
+  /** `docker inspect` of one container, within the API deadline, checked. */
+  private async inspect(id: string): Promise<Docker.ContainerInspectInfo> {
+    return checkInspect(await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect'));
+  }
+
   /**
    * Re-reads one container after an event at `atNs`. Addresses it gave up are
    * released no earlier than the event (and no later than now: the later of
@@ -432,9 +435,7 @@ export class DockerRegistry {
    */
   private async refresh(id: string, atNs: bigint): Promise<void> {
     try {
-      const json = checkInspect(
-        await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect'),
-      );
+      const json = await this.inspect(id);
       const t = maxNs(atNs, nowNs());
       const info = json.State?.Running ? await this.withGwbridge(containerFromDocker(json)) : null;
       if (info) this.index.set(info, t);
