@@ -5,7 +5,7 @@
 import cluster from 'node:cluster';
 import type { Logger } from 'pino';
 
-import { ConfigError, DEFAULT_LISTEN, loadConfig, type Config } from './config';
+import { ConfigError, loadConfig, type Config } from './config';
 import type { RunningDaemon } from './daemon';
 import { createLogger } from './logger';
 import type { Metrics } from './metrics';
@@ -157,7 +157,7 @@ export async function main(argv: string[]): Promise<number> {
     if (inherited) {
       const fields = { fds: inherited.fds, names: inherited.names, ignored: config.listen.map(formatListenAddress) };
       const msg = 'socket activation: serving the inherited sockets; the listen setting is ignored';
-      if (config.listen !== DEFAULT_LISTEN) log.warn(fields, msg);
+      if (!config.listenDefaulted) log.warn(fields, msg);
       else log.info(fields, msg);
     }
     if (config.workers > 1) return superviseWorkers(config, rest, log, inherited);

@@ -22,6 +22,8 @@ export interface Config {
   proxyAddress: Cidr[];
   /** True when --allow was not given: loopback only, and a warning at start. */
   allowDefaulted: boolean;
+  /** True when --listen was not given (under socket activation it is then no warning that it is ignored). */
+  listenDefaulted: boolean;
   dockerHost: string;
   /** TLS towards a tcp:// Docker host (`--docker-tls-*`, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH); null: none. */
   dockerTls: DockerTls | null;
@@ -351,6 +353,7 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env,
     allow,
     proxyAddress,
     allowDefaulted: allowText === undefined,
+    listenDefaulted: listenText === undefined,
     dockerHost,
     dockerTls,
     conntrack,
