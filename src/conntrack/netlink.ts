@@ -28,6 +28,8 @@ import {
   type Family,
   type ReplyTuple,
   type Tuple,
+  closedError,
+  replyPortsMatch,
 } from './types';
 
 /** Must equal kAbiVersion in native/addon.cc: a stale build is refused. */
@@ -183,7 +185,6 @@ const POLL_BACKOFF = 32;
 const MAX_LISTED_CANDIDATES = 8;
 
 /** Same code as the procfs source's. */
-const closedError = (): ConntrackError => conntrackError('the netlink conntrack source is closed', 'ERR_CLOSED');
 
 function checkTuple(t: ReplyTuple): void {
   const ok =
@@ -246,7 +247,7 @@ export class NetlinkSource implements ConntrackSource {
   }
 
   async lookup(tuple: ReplyTuple): Promise<ConntrackEntry | null> {
-    if (this.closed) throw closedError();
+    if (this.closed) throw closedError('netlink');
     checkTuple(tuple);
     this.inflight++;
     this.lastActivity = process.hrtime.bigint();
@@ -262,7 +263,7 @@ export class NetlinkSource implements ConntrackSource {
       return await this.secondTry(tuple);
     } catch (e) {
       // Lookups still queued when close() ran fail with EBADF in the addon.
-      if (this.closed && (e as ConntrackError).code === 'EBADF') throw closedError();
+      if (this.closed && (e as ConntrackError).code === 'EBADF') throw closedError('netlink');
       throw e;
     } finally {
       this.inflight--;
@@ -311,14 +312,7 @@ export class NetlinkSource implements ConntrackSource {
     const turn = this.dumpQueue.then(dump, dump);
     this.dumpQueue = turn.catch(() => undefined);
     const r = await turn;
-    const matches = r.matches.filter(
-      (e) =>
-        e.protocol === 'tcp' &&
-        e.family === tuple.family &&
-        e.reply.sport === tuple.sport &&
-        e.reply.dport === tuple.dport &&
-        proxies.has(e.reply.src),
-    );
+    const matches = r.matches.filter((e) => replyPortsMatch(e, tuple) && proxies.has(e.reply.src));
     if (r.total === 0) return null;
     if (r.total === 1 && matches.length === 1) return { ...matches[0], matchedBy: 'proxy-ports' };
     const listed = matches.map((e) => describe(e.orig)).join(', ');

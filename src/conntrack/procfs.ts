@@ -11,7 +11,7 @@
  */
 import { createReadStream, type ReadStream } from 'node:fs';
 
-import { conntrackError, replyMatches } from './types';
+import { closedError, conntrackError, replyMatches } from './types';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from './types';
 import { parseConntrackLine, portsKey, replyPortsKey } from './procfs-parse';
 
@@ -57,7 +57,7 @@ export class ProcfsSource implements ConntrackSource {
   }
 
   lookup(tuple: ReplyTuple): Promise<ConntrackEntry | null> {
-    if (this.closed) return Promise.reject(conntrackError('procfs source is closed', 'ERR_CLOSED'));
+    if (this.closed) return Promise.reject(closedError('procfs'));
     return new Promise((resolve, reject) => {
       const w: Waiter = { tuple, key: portsKey(tuple.sport, tuple.dport), late: false, resolve, reject };
       if (this.active) {
@@ -80,7 +80,7 @@ export class ProcfsSource implements ConntrackSource {
   async close(): Promise<void> {
     this.closed = true;
     this.stream?.destroy();
-    const err = conntrackError('procfs source is closed', 'ERR_CLOSED');
+    const err = closedError('procfs');
     for (const w of this.queued) w.reject(err);
     this.queued = [];
     if (this.active) for (const list of this.active.values()) for (const w of list) w.reject(err);

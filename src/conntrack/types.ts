@@ -76,9 +76,13 @@ export function conntrackError(message: string, code: string, errno?: number, sy
   return err;
 }
 
-/** True when the entry answers `tuple`: its reply ports (second try) or its whole reply tuple. */
-export function answersTuple(entry: ConntrackEntry, tuple: ReplyTuple): boolean {
-  if (entry.matchedBy !== 'proxy-ports') return replyMatches(entry, tuple);
+/** A lookup on a closed source fails with this (code ERR_CLOSED), whichever the source. */
+export function closedError(source: ConntrackSourceName): ConntrackError {
+  return conntrackError(`the ${source} conntrack source is closed`, 'ERR_CLOSED');
+}
+
+/** True when the entry is a TCP entry of the tuple's family with the tuple's reply ports. */
+export function replyPortsMatch(entry: ConntrackEntry, tuple: ReplyTuple): boolean {
   return (
     entry.protocol === 'tcp' &&
     entry.family === tuple.family &&
@@ -87,14 +91,13 @@ export function answersTuple(entry: ConntrackEntry, tuple: ReplyTuple): boolean 
   );
 }
 
+/** True when the entry answers `tuple`: its reply ports (second try) or its whole reply tuple. */
+export function answersTuple(entry: ConntrackEntry, tuple: ReplyTuple): boolean {
+  if (entry.matchedBy !== 'proxy-ports') return replyMatches(entry, tuple);
+  return replyPortsMatch(entry, tuple);
+}
+
 /** True when the entry's reply direction is exactly `tuple` (TCP, same family). */
 export function replyMatches(entry: ConntrackEntry, tuple: ReplyTuple): boolean {
-  return (
-    entry.protocol === 'tcp' &&
-    entry.family === tuple.family &&
-    entry.reply.src === tuple.src &&
-    entry.reply.dst === tuple.dst &&
-    entry.reply.sport === tuple.sport &&
-    entry.reply.dport === tuple.dport
-  );
+  return replyPortsMatch(entry, tuple) && entry.reply.src === tuple.src && entry.reply.dst === tuple.dst;
 }
