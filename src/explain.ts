@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 
 import type { Config } from './config';
 import { selectConntrackSource } from './conntrack/select';
-import type { ConntrackEntry, ConntrackSource, ReplyTuple, Tuple } from './conntrack/types';
+import { formatTuple, type ConntrackEntry, type ConntrackSource, type ReplyTuple, type Tuple } from './conntrack/types';
 import { nowNs, type ContainerInfo } from './docker/address-index';
 import { DockerRegistry, type RegistryLookup } from './docker/registry';
 import { AddressSet, canonicalIp, ipFamily } from './ip';
@@ -342,9 +342,6 @@ export async function explain(input: ExplainInput, deps: ExplainDeps): Promise<E
 // ---------------------------------------------------------------------------
 // human-readable output
 
-const hostPort = (a: string, p: number): string => (a.includes(':') ? `[${a}]:${p}` : `${a}:${p}`);
-const tupleText = (t: Tuple): string => `${hostPort(t.src, t.sport)} -> ${hostPort(t.dst, t.dport)}`;
-
 function micro(us: number): string {
   return us < 1000 ? `${us} µs` : us < 1_000_000 ? `${(us / 1000).toFixed(1)} ms` : `${(us / 1e6).toFixed(2)} s`;
 }
@@ -377,7 +374,7 @@ export function formatExplain(r: ExplainReport, nowMs: number = Date.now()): str
       ? 'our address unknown'
       : `our address ${q.local} (${q.localFrom === 'given' ? '--local' : 'route to the querier'})`;
   step(1, 'query', [`port ${q.portOnServer} here, port ${q.portOnClient} on ${q.querier}; ${localText}`]);
-  step(2, 'reply tuple', [r.tuple ? `tcp ${tupleText(r.tuple)}` : 'not built']);
+  step(2, 'reply tuple', [r.tuple ? `tcp ${formatTuple(r.tuple)}` : 'not built']);
   const ct = r.conntrack;
   const ctLines: string[] = [];
   const who = ct.source
@@ -399,7 +396,7 @@ export function formatExplain(r: ExplainReport, nowMs: number = Date.now()): str
   }
   if (ct.entry) {
     const e = ct.entry;
-    ctLines.push(`orig  ${tupleText(e.orig)}`, `reply ${tupleText(e.reply)}`);
+    ctLines.push(`orig  ${formatTuple(e.orig)}`, `reply ${formatTuple(e.reply)}`);
     const facts = [
       e.state ? `state ${e.state}` : null,
       e.status?.length ? `status ${e.status.join(' ')}` : null,

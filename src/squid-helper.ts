@@ -50,6 +50,12 @@ export interface HelperLookupRequest {
 
 const CHANNEL_RE = /^\d{1,10}$/;
 
+/** The channel-ID at the start of an over-long line, or '' (its ERR must reach the right request). */
+function channelHead(line: Buffer): string {
+  const head = line.subarray(0, 16).toString('latin1').split(/[ \t]/)[0];
+  return CHANNEL_RE.test(head) ? head : '';
+}
+
 function decodeToken(t: string): string {
   let v = t;
   // quote=shell wraps values in double quotes; quote=url (the default) %-encodes them.
@@ -211,20 +217,17 @@ export function runSquidHelper(opts: HelperLoopOptions): Promise<void> {
 
   const handle = (req: HelperRequest, forced?: HelperAnswer): void => {
     const work = forced ? Promise.resolve(forced) : answerOne(req);
+    const emit = (a: HelperAnswer): void => {
+      const line = formatHelperReply(req.channel, a);
+      opts.debug?.(`${req.args.join(' ')} -> ${line.trim()}`);
+      write(line);
+    };
     let done: Promise<void>;
     if (req.channel !== null) {
-      done = work.then((a) => {
-        const line = formatHelperReply(req.channel, a);
-        opts.debug?.(`${req.args.join(' ')} -> ${line.trim()}`);
-        write(line);
-      });
+      done = work.then(emit);
     } else {
-      const before = ordered;
-      done = Promise.all([before, work]).then(([, a]) => {
-        const line = formatHelperReply(null, a);
-        opts.debug?.(`${req.args.join(' ')} -> ${line.trim()}`);
-        write(line);
-      });
+      // Without channel-IDs, answers go out in request order.
+      done = Promise.all([ordered, work]).then(([, a]) => emit(a));
       ordered = done;
     }
     const tracked = done.catch(() => undefined);
@@ -270,8 +273,7 @@ export function runSquidHelper(opts: HelperLoopOptions): Promise<void> {
           if (buf.length > maxLine) {
             discarding = true;
             // Keep the channel-ID, so the ERR reaches the right request.
-            discardHead = buf.subarray(0, 16).toString('latin1').split(/[ \t]/)[0];
-            if (!CHANNEL_RE.test(discardHead)) discardHead = '';
+            discardHead = channelHead(buf);
             buf = Buffer.alloc(0);
           }
           return;
@@ -280,9 +282,7 @@ export function runSquidHelper(opts: HelperLoopOptions): Promise<void> {
         buf = Buffer.alloc(0);
         data = data.subarray(nl + 1);
         if (line.length > maxLine) {
-          let head = line.subarray(0, 16).toString('latin1').split(/[ \t]/)[0];
-          if (!CHANNEL_RE.test(head)) head = '';
-          handle(parseHelperLine(head), { ok: false, message: 'line-too-long' });
+          handle(parseHelperLine(channelHead(line)), { ok: false, message: 'line-too-long' });
         } else {
           onLine(line);
         }

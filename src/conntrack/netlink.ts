@@ -29,6 +29,7 @@ import {
   type ReplyTuple,
   type Tuple,
   closedError,
+  formatTuple,
   replyPortsMatch,
 } from './types';
 
@@ -196,11 +197,6 @@ function checkTuple(t: ReplyTuple): void {
   if (!ok) throw conntrackError(`invalid reply tuple ${JSON.stringify(t)}`, 'ERR_INVALID_ARG_VALUE');
 }
 
-function describe(t: Tuple): string {
-  const host = (a: string): string => (a.includes(':') ? `[${a}]` : a);
-  return `${host(t.src)}:${t.sport} -> ${host(t.dst)}:${t.dport}`;
-}
-
 export class NetlinkSource implements ConntrackSource {
   readonly name = 'netlink' as const;
   private closed = false;
@@ -315,10 +311,10 @@ export class NetlinkSource implements ConntrackSource {
     const matches = r.matches.filter((e) => replyPortsMatch(e, tuple) && proxies.has(e.reply.src));
     if (r.total === 0) return null;
     if (r.total === 1 && matches.length === 1) return { ...matches[0], matchedBy: 'proxy-ports' };
-    const listed = matches.map((e) => describe(e.orig)).join(', ');
+    const listed = matches.map((e) => formatTuple(e.orig)).join(', ');
     throw conntrackError(
       `${r.total} connections from proxy addresses match reply ports ${tuple.sport} -> ${tuple.dport} ` +
-        `(query ${describe(tuple)}): ${listed}${r.total > matches.length ? ', ...' : ''}`,
+        `(query ${formatTuple(tuple)}): ${listed}${r.total > matches.length ? ', ...' : ''}`,
       'EAMBIGUOUS',
     );
   }

@@ -76,6 +76,12 @@ export function conntrackError(message: string, code: string, errno?: number, sy
   return err;
 }
 
+/** `src:sport -> dst:dport`, IPv6 addresses in brackets (logs, errors, explain). */
+export function formatTuple(t: Tuple): string {
+  const host = (a: string): string => (a.includes(':') ? `[${a}]` : a);
+  return `${host(t.src)}:${t.sport} -> ${host(t.dst)}:${t.dport}`;
+}
+
 /** A lookup on a closed source fails with this (code ERR_CLOSED), whichever the source. */
 export function closedError(source: ConntrackSourceName): ConntrackError {
   return conntrackError(`the ${source} conntrack source is closed`, 'ERR_CLOSED');
