@@ -11,9 +11,17 @@ import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
 import { FakeDocker } from '../helpers/fake-docker';
-import { Daemon, identQuery, loopbackConnection, sleep, startDaemon, waitFor, REPO_ROOT } from '../helpers/daemon';
+import {
+  Daemon,
+  identQuery,
+  loopbackConnection,
+  sleep,
+  startDaemon,
+  waitFor,
+  REPO_ROOT,
+  inCI,
+} from '../helpers/daemon';
 
-const inCI = !!process.env.CI && process.env.CI !== 'false';
 const isRoot = process.getuid?.() === 0;
 const has = (cmd: string): boolean => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
 const missing = [!isRoot && 'root', !has('setpriv') && 'setpriv', !has('conntrack') && 'conntrack'].filter(Boolean);

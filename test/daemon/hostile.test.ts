@@ -22,9 +22,9 @@ import {
   startDaemon,
   waitFor,
   type LoopbackConnection,
+  inCI,
 } from '../helpers/daemon';
 
-const inCI = !!process.env.CI && process.env.CI !== 'false';
 const isRoot = process.getuid?.() === 0;
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-hostile-'));
 const PORT = 12000 + Math.floor(Math.random() * 2000);

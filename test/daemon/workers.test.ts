@@ -23,9 +23,9 @@ import {
   type Daemon,
   type DaemonLogLine,
   type LoopbackConnection,
+  inCI,
 } from '../helpers/daemon';
 
-const inCI = !!process.env.CI && process.env.CI !== 'false';
 const isRoot = process.getuid?.() === 0;
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-workers-'));
 const PORT = 14000 + Math.floor(Math.random() * 1000);

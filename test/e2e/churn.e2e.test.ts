@@ -29,8 +29,8 @@ import {
   run,
   type ConntrackMode,
 } from './env';
+import { inCI } from '../helpers/daemon';
 
-const inCI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
 const missing = missingPrerequisites();
 const CYCLES = Number(process.env.CHURN_CYCLES ?? 200);
 const LANES = 4;

@@ -15,10 +15,18 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
-import { Daemon, identQuery, loopbackConnection, sleep, startDaemon, waitFor, REPO_ROOT } from '../helpers/daemon';
+import {
+  Daemon,
+  identQuery,
+  loopbackConnection,
+  sleep,
+  startDaemon,
+  waitFor,
+  REPO_ROOT,
+  inCI,
+} from '../helpers/daemon';
 import { isAlive, which } from './env';
 
-const inCI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
 const DIR = '/run/idt-tls';
 const CERTS = path.join(DIR, 'certs');
 const TLS_PORT = 23760;

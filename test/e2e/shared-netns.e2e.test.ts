@@ -11,8 +11,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it, test } from 'node:test';
 
 import { IMAGE, LABEL, NO_PREFIX, OK_PREFIX, TestEnv, missingPrerequisites, run } from './env';
+import { inCI } from '../helpers/daemon';
 
-const inCI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
 const missing = missingPrerequisites();
 
 if (missing.length > 0 && inCI) {

@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
-import { sleep, waitFor, type DaemonLogLine } from '../helpers/daemon';
+import { sleep, waitFor, type DaemonLogLine, inCI } from '../helpers/daemon';
 import {
   NO_PREFIX,
   OK_PREFIX,
@@ -36,7 +36,6 @@ import {
   which,
 } from './env';
 
-const inCI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
 const missing = missingPrerequisites();
 const SUBNET = '10.214.0.0/24';
 const GATEWAY = '10.214.0.1';

@@ -24,9 +24,8 @@ import {
   type ConntrackMode,
   missingPrerequisites,
 } from './env';
-import { waitFor } from '../helpers/daemon';
+import { waitFor, inCI } from '../helpers/daemon';
 
-const inCI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
 const missing = missingPrerequisites();
 // Both conntrack sources, and netlink with --workers 2, unless IDENTD_CONNTRACK names one source.
 const variants: { mode: ConntrackMode; workers: number }[] = process.env.IDENTD_CONNTRACK

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it, test } from 'node:test';
 
 import { AddressSet, parseCidr } from '../../src/ip';
-import { waitFor } from '../helpers/daemon';
+import { waitFor, inCI } from '../helpers/daemon';
 import {
   IMAGE,
   LABEL,
@@ -27,7 +27,6 @@ import {
   urlFor,
 } from './env';
 
-const inCI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
 const missing = missingPrerequisites();
 const GWBRIDGE_SUBNET = '10.216.0.0/24';
 

@@ -42,8 +42,8 @@ import {
   TestEnv,
   which,
 } from './env';
+import { inCI } from '../helpers/daemon';
 
-const inCI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
 const missing = [...missingPrerequisites(), ...(which('ip6tables') ? [] : ['missing tool: ip6tables'])];
 const modes: ConntrackMode[] = process.env.IDENTD_CONNTRACK ? [conntrackModeFromEnv()] : ['netlink', 'procfs'];
 const METRICS_PORT = 19113;

@@ -10,6 +10,12 @@ import type { Readable } from 'node:stream';
 
 export const sleep = (ms: number): Promise<void> => new Promise<void>((r) => setTimeout(r, ms));
 
+/**
+ * Under CI (CI set, and not "false" or "0") a test that cannot run fails
+ * instead of skipping: CI runs as root with everything installed.
+ */
+export const inCI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
+
 /** Polls `probe` until it returns something truthy, or fails after `timeoutMs`. */
 export async function waitFor<T>(
   what: string,

@@ -22,10 +22,10 @@ import {
   sleep,
   startDaemon,
   waitFor,
+  inCI,
 } from '../helpers/daemon';
 import { FakeDocker } from '../helpers/fake-docker';
 
-const inCI = !!process.env.CI && process.env.CI !== 'false';
 const isRoot = process.getuid?.() === 0;
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-toolkit-'));
 const PORT = 14000 + Math.floor(Math.random() * 2000);
