@@ -11,16 +11,7 @@ import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
 import { FakeDocker } from '../helpers/fake-docker';
-import {
-  Daemon,
-  identQuery,
-  loopbackConnection,
-  sleep,
-  startDaemon,
-  waitFor,
-  REPO_ROOT,
-  inCI,
-} from '../helpers/daemon';
+import { Daemon, identQuery, loopbackConnection, sleep, startDaemon, REPO_ROOT, inCI } from '../helpers/daemon';
 
 const isRoot = process.getuid?.() === 0;
 const has = (cmd: string): boolean => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
@@ -82,7 +73,7 @@ if (missing.length > 0 && !inCI) {
         assert.equal(fallback.length, 1);
         assert.equal(fallback[0].code, 'EPERM');
         assert.ok(d.lines.some((l) => l.msg === 'conntrack source ready' && l.source === 'procfs'));
-        await waitFor('synced', () => d.lines.some((l) => l.msg === 'Docker index synced'), 10_000);
+        await d.waitLog('Docker index synced', 10_000);
         await sleep(2100);
         const c = await loopbackConnection();
         try {
@@ -102,7 +93,7 @@ if (missing.length > 0 && !inCI) {
           path.join(dir, `evict-${mode}.log`),
         );
         try {
-          await waitFor('synced', () => d.lines.some((l) => l.msg === 'Docker index synced'), 10_000);
+          await d.waitLog('Docker index synced', 10_000);
           await sleep(2100);
           const c = await loopbackConnection();
           try {

@@ -71,7 +71,7 @@ if (!isRoot && !inCI) {
         ],
         path.join(dir, 'daemon.log'),
       );
-      await waitFor('Docker index synced', () => daemon.lines.some((l) => l.msg === 'Docker index synced'), 10_000);
+      await daemon.waitLog('Docker index synced', 10_000);
       // The first sync counts every indexed address as just handed over: only
       // connections that start later (by more than the procfs source's 1 s
       // timestamp precision) can be credited to its owner.
@@ -174,7 +174,7 @@ if (!isRoot && !inCI) {
         assert.ok(Date.now() - t0 < 2000, `answered after ${Date.now() - t0} ms`);
         fake.add(structuredClone(loopy));
         await fake.start();
-        await waitFor('Docker index synced', () => d.lines.some((l) => l.msg === 'Docker index synced'), 20_000);
+        await d.waitLog('Docker index synced', 20_000);
         // A connection from before Docker could be asked is never credited to anyone.
         assert.equal(await identQuery(port, c.query), `${c.query.trim()} : ERROR : UNKNOWN-ERROR\r\n`);
         await sleep(2100);
@@ -214,7 +214,7 @@ describe('running short of file descriptors', { timeout: 60_000 }, () => {
     try {
       const lowered = d.lines.find((l) => l.msg === 'connection cap lowered to fit the open file limit');
       assert.equal(lowered?.maxConnections, 36);
-      await waitFor('synced', () => d.lines.some((l) => l.msg === 'Docker index synced'), 10_000);
+      await d.waitLog('Docker index synced', 10_000);
       for (let i = 0; i < 300; i++) {
         const s = net.connect({ port, host: '127.0.0.1', localAddress: `127.0.${2 + (i % 50)}.1` });
         s.on('error', () => undefined);

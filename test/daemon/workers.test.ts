@@ -94,13 +94,7 @@ if (!isRoot && !inCI) {
         ],
         path.join(dir, 'daemon.log'),
       );
-      await waitFor(
-        'both workers ready',
-        () => daemon.lines.some(supervisorReady),
-        20_000,
-        100,
-        () => daemon.describe(),
-      );
+      await daemon.waitLog('ready', 20_000, supervisorReady);
       // The first sync counts every indexed address as just handed over:
       // connections that start later are credited to its owner.
       await sleep(1100);
@@ -244,13 +238,7 @@ if (!isRoot && !inCI) {
       process.kill(d.pid, 'SIGHUP');
       process.kill(d.pid, 'SIGHUP');
       const daemon = d;
-      await waitFor(
-        'both workers ready',
-        () => daemon.lines.some(supervisorReady),
-        20_000,
-        100,
-        () => daemon.describe(),
-      );
+      await daemon.waitLog('ready', 20_000, supervisorReady);
       await sleep(500);
       assert.ok(!daemon.lines.some((l) => /worker exited|failed to start/.test(String(l.msg))), daemon.describe());
       assert.equal(await identQuery(port, '1 , 2\r\n'), '1 , 2 : ERROR : NO-USER\r\n');

@@ -277,13 +277,7 @@ if (missing.length > 0 && inCI) {
         'flags',
       );
       try {
-        await waitFor(
-          'synced',
-          () => d.lines.some((l) => l.msg === 'Docker index synced'),
-          20_000,
-          100,
-          () => d.describe(),
-        );
+        await d.waitLog('Docker index synced', 20_000);
         const starting = d.lines.find((l) => l.msg === 'starting') as { config?: { dockerTls?: unknown } };
         assert.deepEqual(starting.config?.dockerTls, {
           ca: file('ca.pem'),
@@ -305,13 +299,7 @@ if (missing.length > 0 && inCI) {
         DOCKER_CERT_PATH: path.join(DIR, 'docker-cert-path'),
       });
       try {
-        await waitFor(
-          'synced',
-          () => d.lines.some((l) => l.msg === 'Docker index synced'),
-          20_000,
-          100,
-          () => d.describe(),
-        );
+        await d.waitLog('Docker index synced', 20_000);
       } finally {
         await stopAll();
       }
@@ -329,13 +317,7 @@ if (missing.length > 0 && inCI) {
         if (full.includes('--docker-tls-cert')) full.push('--docker-tls-key', file('client-key.pem'));
         const d = await start(full, what.replace(/\W+/g, '-'));
         try {
-          const warn = await waitFor(
-            'the "Docker unavailable" warning',
-            () => d.lines.find((l) => l.msg === 'Docker unavailable; answering ERROR until resynced'),
-            20_000,
-            100,
-            () => d.describe(),
-          );
+          const warn = await d.waitLog('Docker unavailable; answering ERROR until resynced', 20_000);
           assert.match(String(warn.err), /certificate|tls|handshake|socket hang up|ECONNRESET/i);
           assert.equal(await askAboutLoopback(PORT), 'ERROR : UNKNOWN-ERROR');
           const q = d.queries().at(-1);

@@ -116,7 +116,7 @@ if (missing.length > 0 && inCI) {
           '--routed',
           SUBNET,
         ]);
-        await waitFor('synced', () => env!.daemon!.lines.some((l) => l.msg === 'Docker index synced'), 30_000);
+        await env!.daemon!.waitLog('Docker index synced', 30_000);
       },
       { timeout: 240_000 },
     );

@@ -24,7 +24,7 @@ import {
   type ConntrackMode,
   missingPrerequisites,
 } from './env';
-import { waitFor, inCI } from '../helpers/daemon';
+import { inCI } from '../helpers/daemon';
 
 const missing = missingPrerequisites();
 // Both conntrack sources, and netlink with --workers 2, unless IDENTD_CONNTRACK names one source.
@@ -118,13 +118,7 @@ if (missing.length > 0 && inCI) {
               daemon = await env.startDaemon(mode, workers > 1 ? ['--workers', String(workers)] : []);
               if (workers > 1) {
                 // Every worker has synced with Docker (whichever accepts Squid's query must know the containers).
-                await waitFor(
-                  'every worker ready',
-                  () => daemon.lines.some((l) => l.msg === 'ready' && l.workers === workers),
-                  30_000,
-                  100,
-                  () => daemon.describe(),
-                );
+                await daemon.waitLog('ready', 30_000, (l) => l.workers === workers);
               }
             } catch (err) {
               env.failed = true;

@@ -51,7 +51,7 @@ if (missing.length > 0 && inCI) {
       async () => {
         env = await TestEnv.setup();
         await env.startDaemon(mode, ['--name-template', 'swarm']);
-        await waitFor('synced', () => env!.daemon!.lines.some((l) => l.msg === 'Docker index synced'), 30_000);
+        await env!.daemon!.waitLog('Docker index synced', 30_000);
         if ((await swarmState()) !== 'active') {
           createdSwarm = true;
           // docker_gwbridge is made with the first task; made beforehand (as Docker's docs show for a

@@ -119,6 +119,17 @@ export class Daemon {
     );
   }
 
+  /** Waits for a log line whose msg is `msg` (and that `match` accepts, when given); returns it. */
+  waitLog(msg: string, timeoutMs: number, match: (l: DaemonLogLine) => boolean = () => true): Promise<DaemonLogLine> {
+    return waitFor(
+      `the daemon's "${msg}" log line`,
+      () => this.lines.find((l) => l.msg === msg && match(l)),
+      timeoutMs,
+      100,
+      () => this.describe(),
+    );
+  }
+
   async waitListening(timeoutMs: number): Promise<void> {
     await waitFor(
       'the daemon\'s "listening" log line',

@@ -103,7 +103,7 @@ if (!isRoot && !inCI) {
         ],
         path.join(dir, 'daemon.log'),
       );
-      await waitFor('Docker index synced', () => daemon.lines.some((l) => l.msg === 'Docker index synced'), 10_000);
+      await daemon.waitLog('Docker index synced', 10_000);
       // The first sync counts every address as just handed over: only a connection that starts
       // later (by more than the procfs source's 1 s timestamp precision) is credited to its owner.
       await sleep(2100);
@@ -170,7 +170,7 @@ if (!isRoot && !inCI) {
           .stdout;
       writeFileSync(config, JSON.stringify({ 'name-template': 'compose' }));
       daemon.child.kill('SIGHUP');
-      await waitFor('config reloaded', () => daemon.lines.some((l) => l.msg === 'config reloaded'), 10_000);
+      await daemon.waitLog('config reloaded', 10_000);
       assert.match(await ask(), / : USERID : OTHER : lab\.web\n$/);
       writeFileSync(config, JSON.stringify({ 'name-template': 'swarm' }));
       const before = daemon.lines.filter((l) => l.msg === 'config reloaded').length;
