@@ -12,6 +12,10 @@ import { after, before, describe, it, test } from 'node:test';
 
 import { FakeDocker } from '../helpers/fake-docker';
 import { Daemon, identQuery, loopbackConnection, sleep, startDaemon, REPO_ROOT, inCI } from '../helpers/daemon';
+import { runInOwnNetns } from '../helpers/own-netns';
+
+// Real conntrack in a namespace of this file's own, tracking on, whatever the host has.
+runInOwnNetns();
 
 const isRoot = process.getuid?.() === 0;
 const has = (cmd: string): boolean => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;

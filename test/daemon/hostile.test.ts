@@ -24,6 +24,10 @@ import {
   type LoopbackConnection,
   inCI,
 } from '../helpers/daemon';
+import { runInOwnNetns } from '../helpers/own-netns';
+
+// Real conntrack in a namespace of this file's own, tracking on, whatever the host has.
+runInOwnNetns();
 
 const isRoot = process.getuid?.() === 0;
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-hostile-'));
