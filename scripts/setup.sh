@@ -32,3 +32,32 @@ if [ -f build/Release/conntrack_netlink.node ]; then
 else
   echo "setup: native addon not built; the daemon will read /proc/net/nf_conntrack"
 fi
+
+# The docker-identd command, starting at once: a link on root's PATH to this
+# checkout's bin/docker-identd.js (replaced if it is a link, as from another
+# checkout; left alone if it is anything else).
+cmd=/usr/local/bin/docker-identd
+if [ "$(id -u)" = 0 ]; then
+  if [ -L "$cmd" ] || [ ! -e "$cmd" ]; then
+    ln -sfn "$PWD/bin/docker-identd.js" "$cmd"
+    echo "setup: $cmd -> $PWD/bin/docker-identd.js"
+  else
+    echo "setup: $cmd exists and is not a link, so it was left alone; run node $PWD/bin/docker-identd.js" >&2
+  fi
+else
+  echo "setup: not root, so no $cmd link; run node $PWD/bin/docker-identd.js"
+fi
+
+# `npx docker-identd` in this checkout installs the checkout into npm's npx
+# cache on its first run. An interrupted first run leaves that entry broken
+# (npm then says ENOENT until it is removed), so remove broken entries and
+# entries for this checkout, and make the entry now.
+npm cache npx ls 2>/dev/null | while IFS= read -r line; do
+  key=${line%%: *}
+  where=${line#*: }
+  if [ "$where" = "(empty/invalid)" ] || [ "$where" = "$PWD" ]; then
+    npm cache npx rm "$key" >/dev/null
+  fi
+done
+npx --yes docker-identd --version >/dev/null
+echo "setup: $(node bin/docker-identd.js --version) ready; run it as docker-identd, node bin/docker-identd.js or npx docker-identd"
