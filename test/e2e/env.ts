@@ -569,17 +569,30 @@ export class TestEnv {
     this.forgetPid('identd');
     // Everything in our namespace is ours (Squid, origin).
     await this.killNamespaceProcesses();
-    if (
-      (await run('ip', ['netns', 'list'], { allowFail: true })).stdout.split('\n').some((l) => l.split(' ')[0] === NS)
-    ) {
-      this.log(`removing leftover netns ${NS}`);
-      await run('ip', ['netns', 'del', NS], { allowFail: true });
-    }
-    if ((await run('ip', ['link', 'show', HOST_IF], { allowFail: true })).code === 0) {
-      this.log(`removing leftover link ${HOST_IF}`);
+    await this.removeLinkAndNamespace(true);
+    await this.removeCommentedRules();
+  }
+
+  /**
+   * Deletes the veth, then the namespace, and waits until the kernel has let
+   * go of the host end. Deleting one end of a veth removes both at once; a
+   * deleted namespace takes its end's peer with it only later, from a kernel
+   * work queue. So the link goes first, and the wait covers the case where it
+   * was already on its way out: otherwise `ip link del` could find it gone, or
+   * the next set-up's `ip link add` find it still there.
+   */
+  private async removeLinkAndNamespace(leftover: boolean): Promise<void> {
+    const linkThere = async () => (await run('ip', ['link', 'show', HOST_IF], { allowFail: true })).code === 0;
+    if (await linkThere()) {
+      if (leftover) this.log(`removing leftover link ${HOST_IF}`);
       await run('ip', ['link', 'del', HOST_IF], { allowFail: true });
     }
-    await this.removeCommentedRules();
+    const namespaces = (await run('ip', ['netns', 'list'], { allowFail: true })).stdout;
+    if (namespaces.split('\n').some((l) => l.split(' ')[0] === NS)) {
+      if (leftover) this.log(`removing leftover netns ${NS}`);
+      await run('ip', ['netns', 'del', NS]);
+    }
+    await waitFor(`${HOST_IF} to be gone`, async () => !(await linkThere()), 10_000);
   }
 
   private async killNamespaceProcesses(): Promise<void> {
@@ -1109,12 +1122,7 @@ export class TestEnv {
       await step(`stop ${name}`, () => (child.pid ? terminate(child.pid, 10_000) : Promise.resolve()));
     }
     await step('stop namespace processes', () => this.killNamespaceProcesses());
-    await step('delete netns', () => run('ip', ['netns', 'del', NS], { allowFail: true }));
-    await step('delete veth', async () => {
-      if ((await run('ip', ['link', 'show', HOST_IF], { allowFail: true })).code === 0) {
-        await run('ip', ['link', 'del', HOST_IF]);
-      }
-    });
+    await step('delete veth and netns', () => this.removeLinkAndNamespace(false));
     for (const r of this.addedRules.reverse()) {
       const cmd = r.cmd ?? 'iptables';
       await step(`remove ${cmd} rule ${r.chain} ${r.spec.join(' ')}`, () =>
