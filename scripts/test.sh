@@ -38,6 +38,7 @@ runner=(node --import tsx --test --test-concurrency=1 --test-timeout=900000
   --test-reporter=spec --test-reporter-destination=stdout --test-reporter=tap)
 
 rc=0
+failed_runs=()
 prefix=()
 where="this network namespace"
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1; then
@@ -48,19 +49,34 @@ if [ "$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1; then
   where="the fresh network namespace $ns (no rules)"
 fi
 echo "== tests without the host network (${#isolated[@]} files, in $where)"
-"${prefix[@]}" "${runner[@]}" --test-reporter-destination="$counts/isolated" "${isolated[@]}" || rc=1
+"${prefix[@]}" "${runner[@]}" --test-reporter-destination="$counts/isolated" "${isolated[@]}" || failed_runs+=(isolated)
 if [ -n "$ns" ]; then
   ip netns del "$ns"
   ns=
 fi
 
 echo "== end-to-end tests (${#hosted[@]} files, in the host network namespace)"
-"${runner[@]}" --test-reporter-destination="$counts/hosted" "${hosted[@]}" || rc=1
+"${runner[@]}" --test-reporter-destination="$counts/hosted" "${hosted[@]}" || failed_runs+=(hosted)
 
-# The summary of each run is its last "# tests N", "# pass N", ... lines.
-sum() {
-  awk -v k="$1" '$1 == "#" && $2 == k && NF == 3 { last[FILENAME] = $3 }
-    END { for (f in last) n += last[f]; print n + 0 }' "$counts"/*
+# A run's summary is its last "# pass N", "# fail N", ... lines. The runner
+# counts tests only: a suite whose before/after hook failed is a top-level
+# "not ok" with every test passed, so a run's failures are the larger of its
+# failed tests and its failed top-level entries, and at least 1 if it exited
+# non-zero.
+count() {
+  awk -v k="$2" '$1 == "#" && $2 == k && NF == 3 { n = $3 } END { print n + 0 }' "$counts/$1"
 }
-echo "total: $(sum pass) passed, $(sum fail) failed, $(sum skipped) skipped"
+passed=0 failed=0 skipped=0
+for run in isolated hosted; do
+  [ -f "$counts/$run" ] || touch "$counts/$run"
+  f=$(count "$run" fail)
+  top=$(grep -c '^not ok ' "$counts/$run" || true)
+  [ "$top" -gt "$f" ] && f=$top
+  case " ${failed_runs[*]} " in *" $run "*) [ "$f" -gt 0 ] || f=1 ;; esac
+  passed=$((passed + $(count "$run" pass)))
+  failed=$((failed + f))
+  skipped=$((skipped + $(count "$run" skipped)))
+done
+[ ${#failed_runs[@]} -eq 0 ] || rc=1
+echo "total: $passed passed, $failed failed, $skipped skipped"
 exit $rc
