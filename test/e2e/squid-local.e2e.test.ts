@@ -33,6 +33,7 @@ import {
   squidRuntimeConfig,
   tail,
   tcpProbe,
+  urlFor,
   which,
 } from './env';
 
@@ -42,6 +43,8 @@ const GATEWAY = '10.214.0.1';
 const LOCAL_SQUID_PORT = 3130;
 /** The Squid "container" on the bridge network: a container's network namespace that a Squid process joins. */
 const SQUID_CTR_IP = '10.214.0.20';
+/** A network created after `firewall apply`. */
+const LATE_SUBNET = '10.215.0.0/24';
 
 function localSquidConfig(dir: string, listen = GATEWAY): string {
   return [
@@ -287,6 +290,75 @@ if (missing.length > 0 && inCI) {
       } finally {
         await stopSquid(squid2);
         await run('docker', ['rm', '-f', holder], { allowFail: true });
+      }
+    });
+
+    it('a network created after firewall apply: its container cannot answer for itself', async () => {
+      assert.ok(env);
+      // Created after the rules: its subnet is in no per-subnet rule. Its
+      // container runs its own identd that claims an allowed name, then asks
+      // the host's Squid for a page.
+      const late = `idt-late-${tok}`;
+      await env.createNetwork(late, LATE_SUBNET);
+      const forger = `idt-forger-${tok}`;
+      const forged = `${OK_PREFIX}forged-${tok}`;
+      const script = path.join(env.dir, 'forge-identd.sh');
+      fs.writeFileSync(
+        script,
+        `#!/bin/sh\nread -r q\nq=$(printf %s "$q" | tr -d '\\r')\nprintf '%s : USERID : UNIX : ${forged}\\r\\n' "$q"\n`,
+        { mode: 0o755 },
+      );
+      await run('docker', [
+        'create',
+        '--pull=never',
+        '--name',
+        forger,
+        '--label',
+        'idt-e2e=1',
+        '--network',
+        late,
+        'idt-busybox',
+        'nc',
+        '-ll',
+        '-p',
+        '113',
+        '-e',
+        '/forge-identd.sh',
+      ]);
+      try {
+        await run('docker', ['cp', script, `${forger}:/forge-identd.sh`]);
+        await run('docker', ['start', forger]);
+        // The forger's identd answers (asked inside its own namespace, where no redirect applies).
+        await waitFor(
+          "the forger's identd",
+          async () =>
+            (
+              await run('docker', ['exec', forger, 'sh', '-c', 'echo "1 , 2" | nc 127.0.0.1 113'], { allowFail: true })
+            ).stdout.includes(forged),
+          15_000,
+          200,
+        );
+        const url = urlFor(forged);
+        const res = await run(
+          'docker',
+          ['exec', forger, '/httpclient', GATEWAY, String(LOCAL_SQUID_PORT), url, '--timeout', '25'],
+          { allowFail: true, timeoutMs: 60_000 },
+        );
+        const status = /^STATUS (\d{3})$/m.exec(res.stdout)?.[1];
+        const diag = (): string =>
+          `client: exit=${res.code} ${res.stdout} ${res.stderr}\n${env!.daemon!.describe()}\n` +
+          `--- local squid access.log ---\n${tail(path.join(squidDir, 'access.log'))}`;
+        const entry = await waitFor(
+          'the local Squid access log line for the forger',
+          () => parseAccessLog(fs.readFileSync(path.join(squidDir, 'access.log'), 'utf8')).find((e) => e.url === url),
+          30_000,
+          100,
+          diag,
+        );
+        assert.notEqual(entry.ident, forged, `Squid took the container's own ident answer\n${diag()}`);
+        assert.equal(status, '403', diag());
+      } finally {
+        await run('docker', ['rm', '-f', forger], { allowFail: true });
       }
     });
 
