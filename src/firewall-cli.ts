@@ -19,6 +19,7 @@ import {
   nftScript,
   parseTarget,
   rulesToRemove,
+  RULE_TABLES,
   serveFlags,
   type FirewallPlan,
 } from './firewall';
@@ -32,8 +33,11 @@ For Squid on the Docker host itself (on the host, or in a container on the
 host network or on a bridge network): redirects tcp/113 towards the
 container networks (the subnets of Docker's bridge networks, read from the
 Docker API) to docker-identd, so that the container the query is about
-cannot answer it itself. Run the daemon with --routed for the same
-networks (printed as a comment). print never changes the firewall; apply adds
+cannot answer it itself. Networks created later are covered by interface
+wildcards (docker0, br-+): queries from the host to them are redirected too,
+and queries forwarded into them (Squid in a container) are dropped until the
+rules are applied again with their subnet. Run the daemon with --routed for
+the same networks (printed as a comment). print never changes the firewall; apply adds
 the iptables/ip6tables rules (each once, marked with the comment
 "docker-identd"); remove deletes every rule so marked.
 
@@ -105,15 +109,17 @@ export async function firewallMain(args: string[]): Promise<number> {
   if (action === 'remove') {
     let removed = 0;
     for (const command of ['iptables', 'ip6tables']) {
-      const listed = iptables(command, ['-t', 'nat', '-S']);
-      if (!listed.ok) {
-        if (command === 'ip6tables') continue;
-        return fail(`${command} -t nat -S failed: ${listed.out}`, 1);
-      }
-      for (const del of rulesToRemove(listed.out)) {
-        const r = iptables(command, ['-t', 'nat', ...del]);
-        if (!r.ok) return fail(`${command} -t nat ${del.join(' ')} failed: ${r.out}`, 1);
-        removed++;
+      for (const table of RULE_TABLES) {
+        const listed = iptables(command, ['-t', table, '-S']);
+        if (!listed.ok) {
+          if (command === 'ip6tables') continue;
+          return fail(`${command} -t ${table} -S failed: ${listed.out}`, 1);
+        }
+        for (const del of rulesToRemove(listed.out)) {
+          const r = iptables(command, ['-t', table, ...del]);
+          if (!r.ok) return fail(`${command} -t ${table} ${del.join(' ')} failed: ${r.out}`, 1);
+          removed++;
+        }
       }
     }
     process.stdout.write(`# removed ${removed} docker-identd rule(s)\n`);
@@ -149,7 +155,7 @@ export async function firewallMain(args: string[]): Promise<number> {
     for (const r of iptablesRules(plan).rules) {
       if (iptables(r.command, ['-t', r.table, '-C', r.chain, ...r.spec]).ok) continue;
       const ins = iptables(r.command, ['-t', r.table, '-I', r.chain, ...r.spec]);
-      if (!ins.ok) return fail(`${r.command} -t nat -I ${r.chain} failed: ${ins.out}`, 1);
+      if (!ins.ok) return fail(`${r.command} -t ${r.table} -I ${r.chain} failed: ${ins.out}`, 1);
       added++;
     }
     process.stdout.write(

@@ -15,8 +15,20 @@
  * Docker's own `-s SUBNET ! -o BRIDGE -j MASQUERADE` would rewrite (the
  * daemon would then see neither Squid's address nor the original
  * destination): nat POSTROUTING exempts redirected ident connections from
- * source NAT. Rule generation is pure; `applyCommands` and
- * `removeCommands` say what to run, and the CLI runs them.
+ * source NAT.
+ *
+ * Docker networks made after the rules were applied are covered too, by
+ * interface wildcards (Docker names its bridges docker0 and br-<id>): nat
+ * OUTPUT redirects tcp/113 leaving through any Docker bridge, the loopback
+ * exemption from source NAT applies to every redirected ident connection, and
+ * mangle FORWARD drops tcp/113 forwarded into any Docker bridge. That last
+ * rule is the fence for queries from Squid in a container, which nat
+ * PREROUTING can only catch by destination subnet: a query towards a network
+ * that no per-subnet rule knows yet is dropped (Squid's ident times out and
+ * the request is denied) instead of reaching the container, which could
+ * answer any name. A redirected query never meets the fence: after the
+ * redirect it is delivered locally, not forwarded. Rule generation is pure;
+ * the CLI runs the rules.
  */
 import { canonicalIp, formatCidr, parseCidr, type Cidr } from './ip';
 
@@ -32,14 +44,24 @@ export interface FirewallPlan {
   target: RedirectTarget;
 }
 
-/** One iptables or ip6tables invocation (without the command name): -t nat -A CHAIN ... */
+/** One iptables or ip6tables invocation (without the command name): -t TABLE -A CHAIN ... */
 export interface IptablesRule {
   command: 'iptables' | 'ip6tables';
-  table: 'nat';
-  chain: 'PREROUTING' | 'OUTPUT' | 'POSTROUTING';
+  table: 'nat' | 'mangle';
+  chain: 'PREROUTING' | 'OUTPUT' | 'POSTROUTING' | 'FORWARD';
   /** The rule specification after the chain. */
   spec: string[];
 }
+
+/** The tables our rules live in (where `firewall remove` looks for them). */
+export const RULE_TABLES = ['nat', 'mangle'] as const;
+
+/**
+ * Docker's bridge interfaces, present and future: the default bridge and
+ * every user-defined bridge network (br- and the network ID's first 12 hex
+ * digits). As iptables (`+`) and nft (`*`) wildcards.
+ */
+export const BRIDGE_INTERFACES = { iptables: ['docker0', 'br-+'], nft: ['docker0', 'br-*'] } as const;
 
 /** The address of `c` with its host bits cleared. */
 export function networkOf(c: Cidr): Cidr {
@@ -145,6 +167,30 @@ export function iptablesRules(plan: FirewallPlan): { rules: IptablesRule[]; skip
       spec: [...exempt, '--ctorigdstport', '113', ...comment, '-j', 'ACCEPT'],
     });
   }
+  // Every Docker bridge, including networks created later: per family.
+  for (const family of [4, 6] as const) {
+    const command = family === 4 ? 'iptables' : 'ip6tables';
+    const comment = ['-m', 'comment', '--comment', RULE_COMMENT];
+    // The fence holds for both families, even where the target leaves one out.
+    for (const dev of BRIDGE_INTERFACES.iptables) {
+      const spec = ['-o', dev, '-p', 'tcp', '--dport', '113', ...comment, '-j', 'DROP'];
+      rules.push({ command, table: 'mangle', chain: 'FORWARD', spec });
+    }
+    const j = jump(plan.target, family);
+    if (!j) continue;
+    for (const dev of BRIDGE_INTERFACES.iptables) {
+      const spec = ['-o', dev, '-p', 'tcp', '--dport', '113', ...comment, ...j];
+      rules.push({ command, table: 'nat', chain: 'OUTPUT', spec });
+    }
+    rules.push({
+      command,
+      table: 'nat',
+      chain: 'POSTROUTING',
+      spec: ['-o', 'lo', '-p', 'tcp', '-m', 'conntrack', '--ctstate', 'DNAT', '--ctorigdstport', '113']
+        .concat(comment)
+        .concat(['-j', 'ACCEPT']),
+    });
+  }
   return { rules, skipped };
 }
 
@@ -156,32 +202,49 @@ export function nftScript(plan: FirewallPlan): string {
     `delete table inet ${NFT_TABLE}`,
     `table inet ${NFT_TABLE} {`,
   ];
-  // dstnat is -100; nft accepts the keyword for prerouting only.
+  const ipOf = (family: 4 | 6): 'ip' | 'ip6' => (family === 4 ? 'ip' : 'ip6');
+  /** The verdict for a redirected query of this family, or null (a DNAT target of the other family). */
+  const action = (family: 4 | 6): string | null => {
+    const t = plan.target;
+    if (t.host === undefined) return `redirect to :${t.port}`;
+    if ((t.host.includes(':') ? 6 : 4) !== family) return null;
+    return `dnat ${ipOf(family)} to ${family === 6 ? `[${t.host}]:${t.port}` : `${t.host}:${t.port}`}`;
+  };
+  const families = ([4, 6] as const).filter((f) => action(f) !== null);
+  const nfproto = (family: 4 | 6): string => `meta nfproto ipv${family}`;
   for (const chain of ['prerouting', 'output']) {
     lines.push(`  chain ${chain} {`, `    type nat hook ${chain} priority -100; policy accept;`);
     for (const s of plan.subnets) {
-      const ip = s.family === 4 ? 'ip' : 'ip6';
-      let action: string;
-      if (plan.target.host === undefined) action = `redirect to :${plan.target.port}`;
-      else if ((plan.target.host.includes(':') ? 6 : 4) !== s.family) continue;
-      else {
-        const to =
-          s.family === 6 ? `[${plan.target.host}]:${plan.target.port}` : `${plan.target.host}:${plan.target.port}`;
-        action = `dnat ${ip} to ${to}`;
+      const a = action(s.family);
+      if (a) lines.push(`    ${ipOf(s.family)} daddr ${formatCidr(s)} tcp dport 113 ${a} comment "${RULE_COMMENT}"`);
+    }
+    if (chain === 'output') {
+      for (const f of families) {
+        for (const dev of BRIDGE_INTERFACES.nft) {
+          lines.push(`    ${nfproto(f)} oifname "${dev}" tcp dport 113 ${action(f)!} comment "${RULE_COMMENT}"`);
+        }
       }
-      lines.push(`    ${ip} daddr ${formatCidr(s)} tcp dport 113 ${action} comment "${RULE_COMMENT}"`);
     }
     lines.push('  }');
   }
-  // Before Docker's masquerade (srcnat, 100): a source NAT to the packet's own
-  // source address, so that no later NAT chain rewrites it.
   lines.push('  chain postrouting {', '    type nat hook postrouting priority 99; policy accept;');
   for (const s of plan.subnets) {
-    const ip = s.family === 4 ? 'ip' : 'ip6';
-    if (plan.target.host !== undefined && (plan.target.host.includes(':') ? 6 : 4) !== s.family) continue;
+    if (!action(s.family)) continue;
+    const ip = ipOf(s.family);
     lines.push(
       `    meta l4proto tcp ct status dnat ct original ${ip} daddr ${formatCidr(s)} ct original proto-dst 113 snat ${ip} to ${ip} saddr comment "${RULE_COMMENT}"`,
     );
+  }
+  for (const f of families) {
+    const ip = ipOf(f);
+    lines.push(
+      `    ${nfproto(f)} oifname "lo" meta l4proto tcp ct status dnat ct original proto-dst 113 snat ${ip} to ${ip} saddr comment "${RULE_COMMENT}"`,
+    );
+  }
+  lines.push('  }');
+  lines.push('  chain forward {', '    type filter hook forward priority -150; policy accept;');
+  for (const dev of BRIDGE_INTERFACES.nft) {
+    lines.push(`    oifname "${dev}" tcp dport 113 drop comment "${RULE_COMMENT}"`);
   }
   lines.push('  }');
   lines.push('}');

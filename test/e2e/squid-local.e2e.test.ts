@@ -104,7 +104,8 @@ if (missing.length > 0 && inCI) {
         );
         rulesApplied = true;
         const applied = await firewall(['apply', '--subnet', SUBNET]);
-        assert.match(applied.stdout, /# applied: 3 rule\(s\) added/);
+        // Per subnet: PREROUTING, OUTPUT, POSTROUTING; per family, every bridge: OUTPUT ×2, lo, FORWARD ×2.
+        assert.match(applied.stdout, /# applied: 13 rule\(s\) added/);
         // Applying again adds nothing.
         assert.match((await firewall(['apply', '--subnet', SUBNET])).stdout, /# applied: 0 rule\(s\) added/);
         await env.startDaemon(mode, [
@@ -364,8 +365,12 @@ if (missing.length > 0 && inCI) {
 
     it('firewall remove takes the rules away', async () => {
       await firewall(['remove']);
-      const nat = (await run('iptables', ['-w', '-t', 'nat', '-S'])).stdout;
-      assert.doesNotMatch(nat, /--comment "?docker-identd"? /);
+      for (const cmd of ['iptables', 'ip6tables']) {
+        for (const table of ['nat', 'mangle']) {
+          const listed = (await run(cmd, ['-w', '-t', table, '-S'])).stdout;
+          assert.doesNotMatch(listed, /--comment "?docker-identd"? /, `${cmd} -t ${table}`);
+        }
+      }
       rulesApplied = false;
     });
   });

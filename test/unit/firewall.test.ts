@@ -70,6 +70,17 @@ test('iptables rules: PREROUTING and OUTPUT per subnet, marked with the comment'
       'ip6tables -t nat -A PREROUTING -d fd00:18::/64 -p tcp --dport 113 -m comment --comment docker-identd -j REDIRECT --to-ports 113',
       'ip6tables -t nat -A OUTPUT -d fd00:18::/64 -p tcp --dport 113 -m comment --comment docker-identd -j REDIRECT --to-ports 113',
       'ip6tables -t nat -A POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctorigdst fd00:18::/64 --ctorigdstport 113 -m comment --comment docker-identd -j ACCEPT',
+      // Every Docker bridge, present and future, by interface wildcard (per family).
+      'iptables -t mangle -A FORWARD -o docker0 -p tcp --dport 113 -m comment --comment docker-identd -j DROP',
+      'iptables -t mangle -A FORWARD -o br-+ -p tcp --dport 113 -m comment --comment docker-identd -j DROP',
+      'iptables -t nat -A OUTPUT -o docker0 -p tcp --dport 113 -m comment --comment docker-identd -j REDIRECT --to-ports 113',
+      'iptables -t nat -A OUTPUT -o br-+ -p tcp --dport 113 -m comment --comment docker-identd -j REDIRECT --to-ports 113',
+      'iptables -t nat -A POSTROUTING -o lo -p tcp -m conntrack --ctstate DNAT --ctorigdstport 113 -m comment --comment docker-identd -j ACCEPT',
+      'ip6tables -t mangle -A FORWARD -o docker0 -p tcp --dport 113 -m comment --comment docker-identd -j DROP',
+      'ip6tables -t mangle -A FORWARD -o br-+ -p tcp --dport 113 -m comment --comment docker-identd -j DROP',
+      'ip6tables -t nat -A OUTPUT -o docker0 -p tcp --dport 113 -m comment --comment docker-identd -j REDIRECT --to-ports 113',
+      'ip6tables -t nat -A OUTPUT -o br-+ -p tcp --dport 113 -m comment --comment docker-identd -j REDIRECT --to-ports 113',
+      'ip6tables -t nat -A POSTROUTING -o lo -p tcp -m conntrack --ctstate DNAT --ctorigdstport 113 -m comment --comment docker-identd -j ACCEPT',
     ],
   );
   // An address target is a DNAT, and cannot cross address families.
@@ -79,13 +90,19 @@ test('iptables rules: PREROUTING and OUTPUT per subnet, marked with the comment'
   const dnat6 = iptablesRules({ ...plan, target: { host: 'fd00::1', port: 113 } });
   assert.deepEqual(dnat6.skipped.map(formatCidr), ['172.17.0.0/16']);
   assert.equal(dnat6.rules[0].spec.at(-1), '[fd00::1]:113');
+  // The other family is not redirected, but still fenced off from the bridges.
+  const v4 = dnat6.rules.filter((r) => r.command === 'iptables');
+  assert.deepEqual(
+    v4.map((r) => `${r.table} ${r.chain} ${r.spec.slice(0, 2).join(' ')} ${r.spec.at(-1)}`),
+    ['mangle FORWARD -o docker0 DROP', 'mangle FORWARD -o br-+ DROP'],
+  );
 });
 
 test('the printed script adds each rule once (check, else insert), and names the daemon flags', () => {
   const plan = { subnets: [cidr('172.17.0.0/16')], target: { host: 'fd00::1', port: 113 } };
   const s = iptablesScript({ subnets: [cidr('172.17.0.0/16')], target: { port: 113 } });
   const lines = s.trim().split('\n');
-  assert.equal(lines.length, 4);
+  assert.equal(lines.length, 14);
   assert.match(
     lines[1],
     /^iptables -w -t nat -C PREROUTING (.*) 2>\/dev\/null \|\| iptables -w -t nat -I PREROUTING \1$/,
@@ -102,7 +119,12 @@ test('nft script: its own table, replaced as a whole; DNAT per family', () => {
   assert.match(s, /^table inet docker_identd\ndelete table inet docker_identd\ntable inet docker_identd \{/m);
   assert.match(s, /ip daddr 172\.17\.0\.0\/16 tcp dport 113 redirect to :113 comment "docker-identd"/);
   assert.match(s, /ip6 daddr fd00:18::\/64 tcp dport 113 redirect to :113/);
-  assert.equal((s.match(/redirect/g) ?? []).length, 4);
+  assert.equal((s.match(/redirect/g) ?? []).length, 8);
+  // Networks made later: every Docker bridge by name, redirected on output and fenced on forward.
+  assert.match(s, /meta nfproto ipv4 oifname "br-\*" tcp dport 113 redirect to :113/);
+  assert.match(s, /meta nfproto ipv6 oifname "docker0" tcp dport 113 redirect to :113/);
+  assert.match(s, /type filter hook forward priority -150;[^}]*oifname "br-\*" tcp dport 113 drop/);
+  assert.match(s, /oifname "lo" meta l4proto tcp ct status dnat ct original proto-dst 113 snat ip to ip saddr/);
   // Redirected queries are exempt from Docker's masquerade (an identity source NAT before it).
   assert.match(s, /type nat hook postrouting priority 99;/);
   assert.match(
@@ -115,6 +137,9 @@ test('nft script: its own table, replaced as a whole; DNAT per family', () => {
   });
   assert.match(d, /ip daddr 172\.17\.0\.0\/16 tcp dport 113 dnat ip to 10\.0\.0\.1:1113/);
   assert.doesNotMatch(d, /fd00:18/);
+  assert.match(d, /meta nfproto ipv4 oifname "br-\*" tcp dport 113 dnat ip to 10\.0\.0\.1:1113/);
+  assert.doesNotMatch(d, /ipv6/);
+  assert.match(d, /oifname "docker0" tcp dport 113 drop/);
 });
 
 test('remove: only the lines carrying our comment, as -D', () => {
