@@ -225,3 +225,88 @@ for (const misbehave of ['hang', 'garbage'] as const) {
     }
   });
 }
+
+const alice = {
+  Id: 'a1',
+  Name: 'alice',
+  Running: true,
+  Networks: { app: { NetworkID: 'n1', IPAddress: '172.18.0.2' } },
+};
+const mallory = { ...structuredClone(alice), Id: 'm1', Name: 'mallory' };
+
+/** The owner's name, or the lookup's status when there is none. */
+async function ownerOf(registry: DockerRegistry, address: string): Promise<string> {
+  const r = await registry.lookup(address, 1000);
+  return r.status === 'found' ? r.owner.container.name : r.status;
+}
+
+test("a finished session's slow periodic listing does not overwrite the new session's index", async () => {
+  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
+  const registry = new DockerRegistry(fake.url, log, {
+    apiTimeoutMs: 5000,
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+    verifyIntervalMs: 300,
+  });
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    // The periodic listing starts and is slow: Docker answers it with alice, later.
+    fake.hold.add('/containers/json');
+    await until('the periodic listing asked', () => fake.held.length === 1);
+    fake.hold.delete('/containers/json');
+    const old = fake.held[0];
+    // The stream is cut while it is in flight; alice goes and mallory takes her address.
+    fake.cutEvents();
+    fake.containers.get('a1')!.Running = false;
+    fake.add(structuredClone(mallory));
+    await until('the new session synced', () => registry.resyncs === 2 && registry.state === 'synced');
+    // The old listing lands (if it was not cancelled): the index must still say mallory.
+    old.release();
+    const outcome = await old.settled;
+    const end = Date.now() + 600;
+    while (Date.now() < end) {
+      assert.equal(await ownerOf(registry, '172.18.0.2'), 'mallory', "the old session's listing replaced the index");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(outcome, 'aborted', "the old session's listing was not cancelled when the session ended");
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
+
+test('a failing task of a finished session does not abort the new session', async () => {
+  const { fake, registry } = setup();
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    // An event's inspect is slow, and will fail.
+    fake.hold.add('/containers/a1/json');
+    fake.inspectFailWith = 500;
+    fake.emit({ Type: 'container', Action: 'restart', Actor: { ID: 'a1' } });
+    await until('the inspect asked', () => fake.held.length === 1);
+    fake.hold.delete('/containers/a1/json');
+    fake.inspectFailWith = null;
+    const old = fake.held[0];
+    fake.cutEvents();
+    await until('the new session synced', () => registry.resyncs === 2 && registry.state === 'synced');
+    const reconnects = registry.reconnects;
+    old.release();
+    await old.settled;
+    const end = Date.now() + 600;
+    while (Date.now() < end) {
+      assert.equal(registry.state, 'synced', "the old session's failed inspect ended the new session");
+      assert.equal(registry.reconnects, reconnects);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(await ownerOf(registry, '172.18.0.2'), 'alice');
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
