@@ -310,3 +310,30 @@ test('a failing task of a finished session does not abort the new session', asyn
     await fake.stop();
   }
 });
+
+test('by default, owners whose events Docker dropped are corrected by a full listing within 10 s', async () => {
+  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
+  // No verifyIntervalMs: the default is under test.
+  const registry = new DockerRegistry(fake.url, log, { apiTimeoutMs: 2000, backoffMinMs: 10, backoffMaxMs: 50 });
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    // Both "alice released 172.18.0.2" and "mallory took it" are lost.
+    const t0 = BigInt(Date.now()) * 1_000_000n;
+    fake.containers.get('a1')!.Running = false;
+    fake.add(structuredClone(mallory));
+    await until(
+      'mallory indexed (the resync bound is 10 s)',
+      async () => (await ownerOf(registry, '172.18.0.2')) === 'mallory',
+      11_500,
+    );
+    const r = await registry.lookup('172.18.0.2', 1000);
+    // Released when the listing found the change: mallory's earlier connections are not hers.
+    assert.ok(r.status === 'found' && r.releasedNs !== undefined && r.releasedNs >= t0);
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
