@@ -43,7 +43,10 @@ export interface RegistryOptions {
   backoffMaxMs?: number;
   /** Longest event line accepted from the stream. */
   maxEventBytes?: number;
-  /** How often the index is compared with a full listing. */
+  /**
+   * How often the index is compared with a full listing (`--resync-interval`):
+   * the longest that an owner change whose events Docker dropped goes unseen.
+   */
   verifyIntervalMs?: number;
   /** TLS towards a tcp:// or https:// Docker host (see `dockerTlsSettings`). */
   tls?: DockerTls | null;
@@ -186,7 +189,7 @@ export class DockerRegistry {
     this.backoffMinMs = opts.backoffMinMs ?? 250;
     this.backoffMaxMs = opts.backoffMaxMs ?? 30_000;
     this.maxEventBytes = opts.maxEventBytes ?? 1024 * 1024;
-    this.verifyIntervalMs = opts.verifyIntervalMs ?? 60_000;
+    this.verifyIntervalMs = opts.verifyIntervalMs ?? 10_000;
     const base = dockerOptions(dockerHost, opts.tls);
     this.api = new Docker({ ...base, timeout: this.apiTimeoutMs });
     this.stream = new Docker(base);
