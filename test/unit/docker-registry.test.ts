@@ -337,3 +337,33 @@ test('by default, owners whose events Docker dropped are corrected by a full lis
     await fake.stop();
   }
 });
+
+test('a lookup is answered from the index while a periodic listing is in flight, not after it', async () => {
+  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
+  const registry = new DockerRegistry(fake.url, log, {
+    apiTimeoutMs: 5000,
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+    verifyIntervalMs: 100,
+  });
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    fake.hold.add('/containers/json');
+    await until('the periodic listing asked', () => fake.held.length === 1);
+    fake.hold.delete('/containers/json');
+    // The listing is no event: the index has applied every event received.
+    assert.equal(await ownerOf(registry, '172.18.0.2'), 'alice', 'the lookup waited for the periodic listing');
+    // An event received meanwhile is still waited for (it is applied after the listing).
+    fake.containers.get('a1')!.Running = false;
+    fake.emit({ Type: 'container', Action: 'die', Actor: { ID: 'a1' } });
+    await until('the event queued', async () => (await registry.lookup('172.18.0.2', 50)).status === 'unavailable');
+    fake.held[0].release();
+    await until('the event applied', async () => (await ownerOf(registry, '172.18.0.2')) === 'none');
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
