@@ -121,7 +121,7 @@ class Session {
    * every earlier session's tasks are done too.
    */
   queue: Promise<void>;
-  /** Tasks queued and not finished: lookups wait for them. */
+  /** Events queued and not yet applied: lookups wait for them. */
   pending = 0;
   drainWaiters: (() => void)[] = [];
 
@@ -365,7 +365,7 @@ export class DockerRegistry {
     // Keep the event queue blocked until the listing has been applied.
     let listed!: () => void;
     const listingDone = new Promise<void>((r) => (listed = r));
-    this.enqueue(s, () => listingDone);
+    this.enqueue(s, () => listingDone, false);
     try {
       // The previous session's tasks were cancelled when it ended: nothing is
       // listed until they are all done (they can write nothing, but a listing
@@ -387,8 +387,10 @@ export class DockerRegistry {
     this.setState('synced', 'synced');
     this.log.info({ containers: this.index.containers, addresses: this.index.addresses }, 'Docker index synced');
     // Docker drops events for a subscriber that falls behind, without a word:
-    // compare with a full listing now and then, in line with the events.
-    const verifier = setInterval(() => this.enqueue(s, () => this.verify(s)), this.verifyIntervalMs);
+    // compare with a full listing now and then, in line with the events. It
+    // is no event: lookups meanwhile are answered from the index as it was
+    // (they still wait for events received after it).
+    const verifier = setInterval(() => this.enqueue(s, () => this.verify(s), false), this.verifyIntervalMs);
     try {
       await ended;
     } finally {
@@ -508,12 +510,14 @@ export class DockerRegistry {
   }
 
   /**
-   * Queues a task of session `s`. It is skipped once `s` has ended, and a
-   * failure ends `s` only while it is live: a finished session's cancelled
-   * calls say nothing about the live one.
+   * Queues a task of session `s`; lookups wait for it if it applies an event
+   * (`isEvent`). It is skipped once `s` has ended, and a failure ends `s`
+   * only while it is live: a finished session's cancelled calls say nothing
+   * about the live one.
    */
-  private enqueue(s: Session, task: () => Promise<void>): void {
-    s.pending++;
+  private enqueue(s: Session, task: () => Promise<void>, isEvent = true): void {
+    const counted = isEvent ? 1 : 0;
+    s.pending += counted;
     s.queue = s.queue
       .then(() => (this.isLive(s) ? task() : undefined))
       .catch((err: Error) => {
@@ -524,7 +528,7 @@ export class DockerRegistry {
         this.endSession(s, err);
       })
       .finally(() => {
-        s.pending--;
+        s.pending -= counted;
         if (s.pending === 0) s.drained();
       });
   }
