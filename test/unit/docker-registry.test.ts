@@ -367,3 +367,38 @@ test('a lookup is answered from the index while a periodic listing is in flight,
     await fake.stop();
   }
 });
+
+test('periodic listings do not pile up behind a slow one', async () => {
+  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
+  const intervalMs = 50;
+  const registry = new DockerRegistry(fake.url, log, {
+    apiTimeoutMs: 5000,
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+    verifyIntervalMs: intervalMs,
+  });
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  const listings = (): number => fake.requests.filter((p) => p === '/containers/json').length;
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    fake.hold.add('/containers/json');
+    await until('the periodic listing asked', () => fake.held.length === 1);
+    fake.hold.delete('/containers/json');
+    // A dozen intervals pass while it is in flight.
+    await new Promise((r) => setTimeout(r, 12 * intervalMs));
+    const before = listings();
+    const t = Date.now();
+    fake.held[0].release();
+    await until('the slow listing applied', () => registry.verifications >= 1);
+    await new Promise((r) => setTimeout(r, 4 * intervalMs));
+    const intervals = Math.floor((Date.now() - t) / intervalMs);
+    const after = listings() - before;
+    // At most one listing per interval since the slow one ended (and one for a tick at the edge).
+    assert.ok(after <= intervals + 1, `${after} listings in ${intervals} intervals after a slow one`);
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
