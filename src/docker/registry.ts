@@ -390,7 +390,13 @@ export class DockerRegistry {
     // compare with a full listing now and then, in line with the events. It
     // is no event: lookups meanwhile are answered from the index as it was
     // (they still wait for events received after it).
-    const verifier = setInterval(() => this.enqueue(s, () => this.verify(s), false), this.verifyIntervalMs);
+    // One at a time: an interval that ends while one is queued or in flight adds none.
+    let verifying = false;
+    const verifier = setInterval(() => {
+      if (verifying) return;
+      verifying = true;
+      this.enqueue(s, () => this.verify(s).finally(() => (verifying = false)), false);
+    }, this.verifyIntervalMs);
     try {
       await ended;
     } finally {
