@@ -402,3 +402,29 @@ test('periodic listings do not pile up behind a slow one', async () => {
     await fake.stop();
   }
 });
+
+test('a reconnect asks Docker for the events since the last one received', async () => {
+  const { fake, registry } = setup();
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    const seconds = Math.floor(Date.now() / 1000);
+    fake.emit({
+      Type: 'container',
+      Action: 'restart',
+      Actor: { ID: 'a1' },
+      time: seconds,
+      timeNano: `${seconds}123456789`,
+    });
+    await until('the event applied', () => fake.requests.includes('/containers/a1/json'));
+    fake.cutEvents();
+    await until('the new session synced', () => registry.resyncs === 2 && registry.state === 'synced');
+    // Whole seconds: Docker replays from there (again the last event itself: applying it twice is harmless).
+    assert.deepEqual(fake.eventsSince, [null, String(seconds)], 'the reconnect did not ask for the events it missed');
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
