@@ -90,15 +90,16 @@ export function dockerOptions(dockerHost: string, tls?: DockerTls | null): Docke
   throw new Error(`unsupported Docker host URL scheme ${u.protocol}`);
 }
 
-function eventTimeNs(ev: DockerEvent): bigint {
+/** The event's time by Docker's clock, or null when it has none that can be read. */
+function dockerEventTimeNs(ev: DockerEvent): bigint | null {
   try {
     if (ev.timeNano !== undefined)
       return BigInt(typeof ev.timeNano === 'number' ? Math.trunc(ev.timeNano) : ev.timeNano);
     if (ev.time !== undefined) return BigInt(Math.trunc(ev.time)) * 1_000_000_000n;
   } catch {
-    // fall through: an unreadable time counts as now
+    // fall through
   }
-  return nowNs();
+  return null;
 }
 
 const maxNs = (a: bigint, b: bigint): bigint => (a > b ? a : b);
@@ -179,6 +180,11 @@ export class DockerRegistry {
    * listing; set by any event about the network.
    */
   private gwbridgePresent = true;
+  /**
+   * The latest event time received (Docker's clock): a reconnect asks for the
+   * events since then, which Docker replays while it still has them.
+   */
+  private lastEventNs: bigint | null = null;
 
   constructor(
     dockerHost: string,
@@ -328,9 +334,13 @@ export class DockerRegistry {
   }
 
   private async follow(s: Session, previous: Session | null): Promise<void> {
+    // Whole seconds (a JSON number's nanoseconds are not exact): the events of
+    // that second are replayed again, which is harmless (each is a re-read).
+    const since = this.lastEventNs === null ? {} : { since: String(this.lastEventNs / 1_000_000_000n) };
     const events = await withDeadline(
       this.stream.getEvents({
         filters: { type: ['container', 'network'] },
+        ...since,
         abortSignal: s.signal,
       } as Docker.GetEventsOptions),
       this.apiTimeoutMs,
@@ -508,9 +518,12 @@ export class DockerRegistry {
     if (ev.Type === 'container' && ev.Action && CONTAINER_ACTIONS.has(ev.Action)) id = ev.Actor?.ID;
     else if (ev.Type === 'network' && ev.Action && NETWORK_ACTIONS.has(ev.Action)) id = ev.Actor?.Attributes?.container;
     if (ev.Type === 'network' && ev.Actor?.Attributes?.name === GWBRIDGE) this.gwbridgePresent = true;
+    const dockerNs = dockerEventTimeNs(ev);
+    if (dockerNs !== null && (this.lastEventNs === null || dockerNs > this.lastEventNs)) this.lastEventNs = dockerNs;
     if (!id) return;
     const cid = id;
-    const atNs = eventTimeNs(ev);
+    // An unreadable time counts as now.
+    const atNs = dockerNs ?? nowNs();
     this.log.debug({ type: ev.Type, action: ev.Action, container: cid }, 'Docker event');
     this.enqueue(s, () => this.refresh(s, cid, atNs));
   }
