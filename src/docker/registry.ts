@@ -377,9 +377,10 @@ export class DockerRegistry {
     const listingDone = new Promise<void>((r) => (listed = r));
     this.enqueue(s, () => listingDone, false);
     try {
-      // The previous session's tasks were cancelled when it ended: nothing is
-      // listed until they are all done (they can write nothing, but a listing
-      // taken while one still runs could be older than what it saw).
+      // The previous session's calls were cancelled when it ended, and its
+      // tasks can write nothing now; nothing is listed until they are done
+      // all the same, so that one session at a time talks to Docker and no
+      // late answer to the old one is in flight beside the new listing.
       if (previous) await withDeadline(previous.queue, this.apiTimeoutMs, "the previous session's Docker calls");
       const { index } = await this.listIndex(s);
       if (!this.isLive(s)) throw s.signal.reason as Error;
