@@ -55,6 +55,9 @@ Options of serve:
   --log-level LEVEL      fatal | error | warn | info | debug | trace | silent
                          (default: info)
   --idle-timeout SECS    close a connection idle this long (default: 10)
+  --resync-interval SECS compare the Docker index with a full listing this
+                         often: the longest that an owner change whose events
+                         Docker dropped goes unseen (default: 10)
   --max-connections N    connections open at once (default: 1024, lowered to
                          fit the open file limit)
   --max-per-source N     connections open at once from one address (default: 256)

@@ -30,6 +30,11 @@ export interface Config {
   conntrack: ConntrackMode;
   logLevel: LogLevel;
   idleTimeoutMs: number;
+  /**
+   * How often the Docker index is compared with a full listing: the longest
+   * an owner change whose events Docker dropped goes unseen.
+   */
+  resyncIntervalMs: number;
   maxConnections: number;
   maxPerSource: number;
   /**
@@ -90,6 +95,7 @@ const SETTINGS = [
   'conntrack',
   'log-level',
   'idle-timeout',
+  'resync-interval',
   'max-connections',
   'max-per-source',
   'workers',
@@ -117,6 +123,7 @@ export const SERVE_OPTIONS = {
   config: { type: 'string' },
   'log-level': { type: 'string' },
   'idle-timeout': { type: 'string' },
+  'resync-interval': { type: 'string' },
   'max-connections': { type: 'string' },
   'max-per-source': { type: 'string' },
   workers: { type: 'string' },
@@ -333,6 +340,11 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env,
   if (idleMs === null) {
     throw new ConfigError(`--idle-timeout: "${idleText}" must be a number of seconds in (0, 600]`);
   }
+  const resyncText = one('resync-interval') ?? '10';
+  const resyncMs = parseSecondsText(resyncText);
+  if (resyncMs === null) {
+    throw new ConfigError(`--resync-interval: "${resyncText}" must be a number of seconds in (0, 600]`);
+  }
   const count = (k: Setting, dflt: number): number => {
     const text = one(k) ?? String(dflt);
     if (!/^\d{1,7}$/.test(text) || Number(text) < 1) {
@@ -359,6 +371,7 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env,
     conntrack,
     logLevel: logLevel as LogLevel,
     idleTimeoutMs: idleMs,
+    resyncIntervalMs: resyncMs,
     maxConnections,
     maxPerSource,
     workers,

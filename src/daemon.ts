@@ -81,6 +81,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
         conntrack: config.conntrack,
         logLevel: config.logLevel,
         idleTimeoutMs: config.idleTimeoutMs,
+        resyncIntervalMs: config.resyncIntervalMs,
         maxConnections: config.maxConnections,
         maxPerSource: config.maxPerSource,
         metrics: config.metrics ? formatListenAddress(config.metrics) : null,
@@ -107,7 +108,10 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   log.info({ source: conntrack.name }, 'conntrack source ready');
   notifier.status(`conntrack source ${conntrack.name} ready; connecting to Docker`);
 
-  const registry = new DockerRegistry(config.dockerHost, log, { tls: config.dockerTls });
+  const registry = new DockerRegistry(config.dockerHost, log, {
+    tls: config.dockerTls,
+    verifyIntervalMs: config.resyncIntervalMs,
+  });
   registry.start();
   metrics?.setDocker(registry);
   // The naming template in force (a reload may replace it).

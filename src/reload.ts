@@ -70,6 +70,7 @@ export function diffConfig(current: Config, next: Config, opts: { socketActivate
   const metricsText = (c: Config): string => (c.metrics ? formatListenAddress(c.metrics) : '');
   if (metricsText(current) !== metricsText(next)) needRestart.push('metrics');
   if (!sameList(current.routed.map(formatCidr), next.routed.map(formatCidr))) needRestart.push('routed');
+  if (current.resyncIntervalMs !== next.resyncIntervalMs) needRestart.push('resync-interval');
   return { apply, needRestart };
 }
 

@@ -7,6 +7,12 @@
  * stream breaks, the registry is not synced: lookups fail closed (the caller
  * answers ERROR) until it has reconnected (backoff with jitter) and listed
  * everything again.
+ *
+ * Each connection is a session with its own task queue and AbortSignal, and a
+ * generation number: only the live session's tasks write the index or end a
+ * session. When a session ends its HTTP calls are cancelled, and the next one
+ * lists nothing until the old queue has drained, so a slow answer to the old
+ * session can never land on top of the new session's index.
  */
 import Docker from 'dockerode';
 import type { Logger } from 'pino';
@@ -37,7 +43,10 @@ export interface RegistryOptions {
   backoffMaxMs?: number;
   /** Longest event line accepted from the stream. */
   maxEventBytes?: number;
-  /** How often the index is compared with a full listing. */
+  /**
+   * How often the index is compared with a full listing (`--resync-interval`):
+   * the longest that an owner change whose events Docker dropped goes unseen.
+   */
   verifyIntervalMs?: number;
   /** TLS towards a tcp:// or https:// Docker host (see `dockerTlsSettings`). */
   tls?: DockerTls | null;
@@ -81,15 +90,16 @@ export function dockerOptions(dockerHost: string, tls?: DockerTls | null): Docke
   throw new Error(`unsupported Docker host URL scheme ${u.protocol}`);
 }
 
-function eventTimeNs(ev: DockerEvent): bigint {
+/** The event's time by Docker's clock, or null when it has none that can be read. */
+function dockerEventTimeNs(ev: DockerEvent): bigint | null {
   try {
     if (ev.timeNano !== undefined)
       return BigInt(typeof ev.timeNano === 'number' ? Math.trunc(ev.timeNano) : ev.timeNano);
     if (ev.time !== undefined) return BigInt(Math.trunc(ev.time)) * 1_000_000_000n;
   } catch {
-    // fall through: an unreadable time counts as now
+    // fall through
   }
-  return nowNs();
+  return null;
 }
 
 const maxNs = (a: bigint, b: bigint): bigint => (a > b ? a : b);
@@ -103,16 +113,56 @@ function checkInspect(json: Docker.ContainerInspectInfo): Docker.ContainerInspec
   return json;
 }
 
+/** One connection to the event stream, and the work it queued. */
+class Session {
+  private readonly abort = new AbortController();
+  /**
+   * Its tasks, one at a time in the order they were queued; never rejects.
+   * It starts after the previous session's queue, so that it drains only when
+   * every earlier session's tasks are done too.
+   */
+  queue: Promise<void>;
+  /** Events queued and not yet applied: lookups wait for them. */
+  pending = 0;
+  drainWaiters: (() => void)[] = [];
+
+  constructor(
+    readonly generation: number,
+    previous: Session | null,
+  ) {
+    this.queue = previous ? previous.queue : Promise.resolve();
+  }
+
+  /** Cancels the session's HTTP calls (and its event stream). */
+  get signal(): AbortSignal {
+    return this.abort.signal;
+  }
+
+  end(reason: Error): void {
+    if (!this.abort.signal.aborted) this.abort.abort(reason);
+    this.drained();
+  }
+
+  drained(): void {
+    const w = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const f of w) f();
+  }
+}
+
 export class DockerRegistry {
   private index = new AddressIndex();
   private _state: RegistryState = 'connecting';
   private stateReason = 'not connected to Docker yet';
   private readonly api: Docker;
   private readonly stream: Docker;
-  private abort: AbortController | null = null;
-  private queue: Promise<void> = Promise.resolve();
-  private pendingEvents = 0;
-  private drainWaiters: (() => void)[] = [];
+  /**
+   * The live session's generation. A session's end moves it on, so that no
+   * task of a finished session passes `isLive` again.
+   */
+  private generation = 0;
+  /** The latest session (live, or finished and not yet followed by another). */
+  private live: Session | null = null;
   private readonly apiTimeoutMs: number;
   private readonly backoffMinMs: number;
   private readonly backoffMaxMs: number;
@@ -130,6 +180,11 @@ export class DockerRegistry {
    * listing; set by any event about the network.
    */
   private gwbridgePresent = true;
+  /**
+   * The latest event time received (Docker's clock): a reconnect asks for the
+   * events since then, which Docker replays while it still has them.
+   */
+  private lastEventNs: bigint | null = null;
 
   constructor(
     dockerHost: string,
@@ -140,7 +195,7 @@ export class DockerRegistry {
     this.backoffMinMs = opts.backoffMinMs ?? 250;
     this.backoffMaxMs = opts.backoffMaxMs ?? 30_000;
     this.maxEventBytes = opts.maxEventBytes ?? 1024 * 1024;
-    this.verifyIntervalMs = opts.verifyIntervalMs ?? 60_000;
+    this.verifyIntervalMs = opts.verifyIntervalMs ?? 10_000;
     const base = dockerOptions(dockerHost, opts.tls);
     this.api = new Docker({ ...base, timeout: this.apiTimeoutMs });
     this.stream = new Docker(base);
@@ -176,18 +231,19 @@ export class DockerRegistry {
    * received so far (waits up to `ms` for pending ones), or 'unavailable'.
    */
   async lookup(address: string, ms: number): Promise<RegistryLookup> {
-    if (this._state !== 'synced') return { status: 'unavailable', reason: this.stateReason };
-    if (this.pendingEvents > 0) {
+    const s = this.live;
+    if (this._state !== 'synced' || !s || !this.isLive(s)) return { status: 'unavailable', reason: this.stateReason };
+    if (s.pending > 0) {
       const drained = await new Promise<boolean>((resolve) => {
         const t = setTimeout(() => resolve(false), ms);
-        this.drainWaiters.push(() => {
+        s.drainWaiters.push(() => {
           clearTimeout(t);
           resolve(true);
         });
       });
       if (!drained) return { status: 'unavailable', reason: 'Docker events are still being applied' };
-      // The state may have changed while waiting.
-      if (this.state !== 'synced') return { status: 'unavailable', reason: this.stateReason };
+      // The state, or the session, may have changed while waiting.
+      if (this.state !== 'synced' || !this.isLive(s)) return { status: 'unavailable', reason: this.stateReason };
     }
     return this.index.lookup(address);
   }
@@ -200,7 +256,7 @@ export class DockerRegistry {
     try {
       const json = await this.inspect(id);
       if (!json.State?.Running) return false;
-      const info = await this.withGwbridge(containerFromDocker(json));
+      const info = await this.withGwbridge(null, containerFromDocker(json));
       return !!info?.networks.some((n) => n.ipv4 === address || n.ipv6 === address);
     } catch {
       return false;
@@ -209,7 +265,18 @@ export class DockerRegistry {
 
   async close(): Promise<void> {
     this.setState('closed', 'shutting down');
-    this.abort?.abort();
+    if (this.live) this.endSession(this.live, new Error('shutting down'));
+  }
+
+  /** Whether `s` is the live session: only its tasks may write the index or end it. */
+  private isLive(s: Session): boolean {
+    return s.generation === this.generation;
+  }
+
+  /** Ends `s` (no-op for its liveness if it had ended): nothing it queued writes again, its calls are cancelled. */
+  private endSession(s: Session, reason: Error): void {
+    if (this.isLive(s)) this.generation++;
+    s.end(reason);
   }
 
   private closed(): boolean {
@@ -256,13 +323,25 @@ export class DockerRegistry {
 
   /** One connection: open events, list everything, then follow events until the stream ends. */
   private async session(): Promise<void> {
-    this.abort = new AbortController();
-    const abort = this.abort;
-    this.queue = Promise.resolve();
+    const previous = this.live;
+    const s = new Session(++this.generation, previous);
+    this.live = s;
+    try {
+      await this.follow(s, previous);
+    } finally {
+      this.endSession(s, new Error('Docker event stream session ended'));
+    }
+  }
+
+  private async follow(s: Session, previous: Session | null): Promise<void> {
+    // Whole seconds (a JSON number's nanoseconds are not exact): the events of
+    // that second are replayed again, which is harmless (each is a re-read).
+    const since = this.lastEventNs === null ? {} : { since: String(this.lastEventNs / 1_000_000_000n) };
     const events = await withDeadline(
       this.stream.getEvents({
         filters: { type: ['container', 'network'] },
-        abortSignal: abort.signal,
+        ...since,
+        abortSignal: s.signal,
       } as Docker.GetEventsOptions),
       this.apiTimeoutMs,
       'docker events',
@@ -278,7 +357,7 @@ export class DockerRegistry {
         while ((nl = buf.indexOf('\n')) >= 0) {
           const line = buf.slice(0, nl).trim();
           buf = buf.slice(nl + 1);
-          if (line) this.onEventLine(line);
+          if (line) this.onEventLine(s, line);
         }
         if (buf.length > this.maxEventBytes) {
           readable.destroy?.();
@@ -288,28 +367,47 @@ export class DockerRegistry {
       readable.on('end', () => reject(new Error('Docker event stream ended')));
       readable.on('close', () => reject(new Error('Docker event stream closed')));
       readable.on('error', (e: Error) => reject(e));
+      if (s.signal.aborted) reject(s.signal.reason as Error);
+      else s.signal.addEventListener('abort', () => reject(s.signal.reason as Error), { once: true });
     });
     // Rejections before the listing is done are read by the `await ended` below.
     ended.catch(() => undefined);
     // Keep the event queue blocked until the listing has been applied.
     let listed!: () => void;
     const listingDone = new Promise<void>((r) => (listed = r));
-    this.enqueue(() => listingDone);
+    this.enqueue(s, () => listingDone, false);
     try {
-      this.index = (await this.listIndex()).index;
+      // The previous session's calls were cancelled when it ended, and its
+      // tasks can write nothing now; nothing is listed until they are done
+      // all the same, so that one session at a time talks to Docker and no
+      // late answer to the old one is in flight beside the new listing.
+      if (previous) await withDeadline(previous.queue, this.apiTimeoutMs, "the previous session's Docker calls");
+      const { index } = await this.listIndex(s);
+      if (!this.isLive(s)) throw s.signal.reason as Error;
+      this.index = index;
     } catch (err) {
       readable.destroy?.();
       throw err;
     } finally {
       listed();
     }
-    await this.queue;
+    await s.queue;
+    // A task that failed meanwhile ended the session.
+    if (!this.isLive(s)) throw s.signal.reason as Error;
     this.resyncs++;
     this.setState('synced', 'synced');
     this.log.info({ containers: this.index.containers, addresses: this.index.addresses }, 'Docker index synced');
     // Docker drops events for a subscriber that falls behind, without a word:
-    // compare with a full listing now and then, in line with the events.
-    const verifier = setInterval(() => this.enqueue(() => this.verify()), this.verifyIntervalMs);
+    // compare with a full listing now and then, in line with the events. It
+    // is no event: lookups meanwhile are answered from the index as it was
+    // (they still wait for events received after it).
+    // One at a time: an interval that ends while one is queued or in flight adds none.
+    let verifying = false;
+    const verifier = setInterval(() => {
+      if (verifying) return;
+      verifying = true;
+      this.enqueue(s, () => this.verify(s).finally(() => (verifying = false)), false);
+    }, this.verifyIntervalMs);
     try {
       await ended;
     } finally {
@@ -322,12 +420,16 @@ export class DockerRegistry {
    * A full listing as a new index that keeps the current one's release times
    * and releases (now) every address whose owner differs.
    */
-  private async listIndex(): Promise<{ index: AddressIndex; changed: number }> {
-    const list: unknown = await withDeadline(this.api.listContainers(), this.apiTimeoutMs, 'docker ps');
+  private async listIndex(s: Session): Promise<{ index: AddressIndex; changed: number }> {
+    const list: unknown = await withDeadline(
+      this.api.listContainers({ abortSignal: s.signal }),
+      this.apiTimeoutMs,
+      'docker ps',
+    );
     if (!Array.isArray(list) || !list.every((c) => typeof c === 'object' && c !== null && typeof c.Id === 'string')) {
       throw new Error('docker ps answered something that is not a list of containers');
     }
-    const gw = await this.gwbridge(true);
+    const gw = await this.gwbridge(s, true);
     // Whatever changed before this listing changed no later than now.
     const listedNs = nowNs();
     const index = new AddressIndex();
@@ -344,37 +446,58 @@ export class DockerRegistry {
    * with that address, which their own network list does not show. None when
    * the network does not exist (no swarm); other failures are thrown (the
    * index would be incomplete). Skipped when it was absent at the last look,
-   * unless `always`.
+   * unless `always`. Called for session `s` (null: for no session), its
+   * call is cancelled with it, and only a live one records what it found.
    */
-  private async gwbridge(always = false): Promise<{ endpoints: GwbridgeEndpoint[]; id: string }> {
+  private async gwbridge(s: Session | null, always = false): Promise<{ endpoints: GwbridgeEndpoint[]; id: string }> {
     if (!always && !this.gwbridgePresent) return { endpoints: [], id: '' };
+    const record = (present: boolean): void => {
+      if (!s || this.isLive(s)) this.gwbridgePresent = present;
+    };
     try {
-      const json: unknown = await withDeadline(
-        this.api.getNetwork(GWBRIDGE).inspect(),
+      const json = await withDeadline(
+        this.networkInspect(GWBRIDGE, s?.signal),
         this.apiTimeoutMs,
         'docker network inspect docker_gwbridge',
       );
-      this.gwbridgePresent = true;
+      record(true);
       const id = (json as { Id?: unknown } | null)?.Id;
       return { endpoints: gwbridgeEndpoints(json), id: typeof id === 'string' ? id : '' };
     } catch (err) {
       if ((err as { statusCode?: number }).statusCode === 404) {
-        this.gwbridgePresent = false;
+        record(false);
         return { endpoints: [], id: '' };
       }
       throw err;
     }
   }
 
-  private async withGwbridge(info: ContainerInfo | null): Promise<ContainerInfo | null> {
+  /** `docker network inspect NAME`: dockerode's Network.inspect takes no AbortSignal, so the same call through its modem. */
+  private networkInspect(name: string, signal?: AbortSignal): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      this.api.modem.dial(
+        {
+          path: `/networks/${encodeURIComponent(name)}?`,
+          method: 'GET',
+          statusCodes: { 200: true, 404: 'no such network', 500: 'server error' },
+          options: {},
+          ...(signal ? { abortSignal: signal } : {}),
+        },
+        (err, data) => (err ? reject(err) : resolve(data)),
+      );
+    });
+  }
+
+  private async withGwbridge(s: Session | null, info: ContainerInfo | null): Promise<ContainerInfo | null> {
     if (!info) return null;
-    const gw = await this.gwbridge();
+    const gw = await this.gwbridge(s);
     return withGwbridge(info, gw.endpoints, gw.id);
   }
 
   /** The periodic check: a listing that disagrees with the index means events were lost. */
-  private async verify(): Promise<void> {
-    const { index, changed } = await this.listIndex();
+  private async verify(s: Session): Promise<void> {
+    const { index, changed } = await this.listIndex(s);
+    if (!this.isLive(s)) return;
     this.index = index;
     this.verifications++;
     if (changed > 0) {
@@ -382,49 +505,63 @@ export class DockerRegistry {
     }
   }
 
-  private onEventLine(line: string): void {
+  private onEventLine(s: Session, line: string): void {
+    if (!this.isLive(s)) return;
     let ev: DockerEvent;
     try {
       ev = JSON.parse(line) as DockerEvent;
     } catch {
       this.log.warn('unparseable Docker event; resyncing');
-      this.abort?.abort();
+      this.endSession(s, new Error('unparseable Docker event'));
       return;
     }
     let id: string | undefined;
     if (ev.Type === 'container' && ev.Action && CONTAINER_ACTIONS.has(ev.Action)) id = ev.Actor?.ID;
     else if (ev.Type === 'network' && ev.Action && NETWORK_ACTIONS.has(ev.Action)) id = ev.Actor?.Attributes?.container;
     if (ev.Type === 'network' && ev.Actor?.Attributes?.name === GWBRIDGE) this.gwbridgePresent = true;
+    const dockerNs = dockerEventTimeNs(ev);
+    if (dockerNs !== null && (this.lastEventNs === null || dockerNs > this.lastEventNs)) this.lastEventNs = dockerNs;
     if (!id) return;
     const cid = id;
-    const atNs = eventTimeNs(ev);
+    // An unreadable time counts as now.
+    const atNs = dockerNs ?? nowNs();
     this.log.debug({ type: ev.Type, action: ev.Action, container: cid }, 'Docker event');
-    this.enqueue(() => this.refresh(cid, atNs));
+    this.enqueue(s, () => this.refresh(s, cid, atNs));
   }
 
-  private enqueue(task: () => Promise<void>): void {
-    this.pendingEvents++;
-    this.queue = this.queue
-      .then(task)
+  /**
+   * Queues a task of session `s`; lookups wait for it if it applies an event
+   * (`isEvent`). It is skipped once `s` has ended, and a failure ends `s`
+   * only while it is live: a finished session's cancelled calls say nothing
+   * about the live one.
+   */
+  private enqueue(s: Session, task: () => Promise<void>, isEvent = true): void {
+    const counted = isEvent ? 1 : 0;
+    s.pending += counted;
+    s.queue = s.queue
+      .then(() => (this.isLive(s) ? task() : undefined))
       .catch((err: Error) => {
+        if (!this.isLive(s)) return;
         // Could not learn a container's state: the index may be wrong, so resync.
         this.log.warn({ err: err.message }, 'Docker inspect failed; resyncing');
         this.setState('connecting', `Docker inspect failed: ${err.message}`);
-        this.abort?.abort();
+        this.endSession(s, err);
       })
       .finally(() => {
-        this.pendingEvents--;
-        if (this.pendingEvents === 0) {
-          const w = this.drainWaiters;
-          this.drainWaiters = [];
-          for (const f of w) f();
-        }
+        s.pending -= counted;
+        if (s.pending === 0) s.drained();
       });
   }
 
-  /** `docker inspect` of one container, within the API deadline, checked. */
-  private async inspect(id: string): Promise<Docker.ContainerInspectInfo> {
-    return checkInspect(await withDeadline(this.api.getContainer(id).inspect(), this.apiTimeoutMs, 'docker inspect'));
+  /** `docker inspect` of one container, within the API deadline, checked; cancelled with `signal`. */
+  private async inspect(id: string, signal?: AbortSignal): Promise<Docker.ContainerInspectInfo> {
+    return checkInspect(
+      await withDeadline(
+        this.api.getContainer(id).inspect(signal ? { abortSignal: signal } : {}),
+        this.apiTimeoutMs,
+        'docker inspect',
+      ),
+    );
   }
 
   /**
@@ -433,16 +570,17 @@ export class DockerRegistry {
    * the two is used, so a connection is never credited to an owner that might
    * not have had the address yet).
    */
-  private async refresh(id: string, atNs: bigint): Promise<void> {
+  private async refresh(s: Session, id: string, atNs: bigint): Promise<void> {
     try {
-      const json = await this.inspect(id);
+      const json = await this.inspect(id, s.signal);
       const t = maxNs(atNs, nowNs());
-      const info = json.State?.Running ? await this.withGwbridge(containerFromDocker(json)) : null;
+      const info = json.State?.Running ? await this.withGwbridge(s, containerFromDocker(json)) : null;
+      if (!this.isLive(s)) return;
       if (info) this.index.set(info, t);
       else this.index.remove(id, t);
     } catch (err) {
       if ((err as { statusCode?: number }).statusCode === 404) {
-        this.index.remove(id, maxNs(atNs, nowNs()));
+        if (this.isLive(s)) this.index.remove(id, maxNs(atNs, nowNs()));
         return;
       }
       throw err;

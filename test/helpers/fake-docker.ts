@@ -14,6 +14,15 @@ export interface FakeContainer {
   Labels?: Record<string, string>;
 }
 
+/** An API request whose answer is kept back until `release()` (see `FakeDocker.hold`). */
+export interface HeldRequest {
+  path: string;
+  /** Sends the answer, computed when the request arrived (Docker's state then). */
+  release(): void;
+  /** 'answered' once the answer was sent; 'aborted' when the client gave up first. */
+  readonly settled: Promise<'answered' | 'aborted'>;
+}
+
 export class FakeDocker {
   readonly containers = new Map<string, FakeContainer>();
   private readonly streams = new Set<http.ServerResponse>();
@@ -24,6 +33,11 @@ export class FakeDocker {
   /** 'hang': API calls (not the event stream) never answer; 'garbage': they answer 200 with non-JSON. */
   misbehave: 'hang' | 'garbage' | null = null;
   requests: string[] = [];
+  /** The `since` parameter of each `GET /events`, in order (null: none). */
+  eventsSince: (string | null)[] = [];
+  /** Requests for these paths are answered only when released (a slow Docker), in `held`. */
+  readonly hold = new Set<string>();
+  readonly held: HeldRequest[] = [];
   /** `GET /networks/NAME` answers (docker network inspect); other names are 404. */
   readonly networks = new Map<string, object>();
 
@@ -93,35 +107,49 @@ export class FakeDocker {
       return;
     }
     if (url.pathname === '/events') {
+      this.eventsSince.push(url.searchParams.get('since'));
       res.writeHead(200, { 'content-type': 'application/json' });
       res.flushHeaders();
       this.streams.add(res);
       res.on('close', () => this.streams.delete(res));
       return;
     }
-    if (url.pathname === '/containers/json') {
+    const [status, body] = this.answer(url.pathname);
+    const send = (): void => {
+      res.writeHead(status, { 'content-type': 'application/json' }).end(body);
+    };
+    if (!this.hold.has(url.pathname)) {
+      send();
+      return;
+    }
+    let release!: () => void;
+    const settled = new Promise<'answered' | 'aborted'>((resolve) => {
+      release = () => {
+        if (res.destroyed) return;
+        send();
+        resolve('answered');
+      };
+      res.on('close', () => resolve(res.writableFinished ? 'answered' : 'aborted'));
+    });
+    this.held.push({ path: url.pathname, release, settled });
+  }
+
+  /** Status and body of an API call (not the event stream), from the state now. */
+  private answer(pathname: string): [number, string] {
+    if (pathname === '/containers/json') {
       const list = [...this.containers.values()].filter((c) => c.Running).map((c) => this.json(c));
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(list));
-      return;
+      return [200, JSON.stringify(list)];
     }
-    const m = /^\/containers\/([^/]+)\/json$/.exec(url.pathname);
+    const m = /^\/containers\/([^/]+)\/json$/.exec(pathname);
     if (m) {
-      if (this.inspectFailWith !== null) {
-        res.writeHead(this.inspectFailWith).end('{"message":"injected inspect failure"}');
-        return;
-      }
+      if (this.inspectFailWith !== null) return [this.inspectFailWith, '{"message":"injected inspect failure"}'];
       const c = this.containers.get(m[1]);
-      if (!c) res.writeHead(404, { 'content-type': 'application/json' }).end('{"message":"No such container"}');
-      else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.json(c)));
-      return;
+      return c ? [200, JSON.stringify(this.json(c))] : [404, '{"message":"No such container"}'];
     }
-    const nm = /^\/networks\/([^/]+)$/.exec(url.pathname);
+    const nm = /^\/networks\/([^/]+)$/.exec(pathname);
     const net = nm ? this.networks.get(decodeURIComponent(nm[1])) : undefined;
-    if (net) {
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(net));
-      return;
-    }
-    res.writeHead(404).end('{"message":"not found"}');
+    if (net) return [200, JSON.stringify(net)];
+    return [404, '{"message":"not found"}'];
   }
 }
 

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
+import { USAGE } from '../../src/cli';
 import { ConfigError, loadConfig, parseListen } from '../../src/config';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-config-'));
@@ -60,6 +61,9 @@ test('bad values name the flag', () => {
     [['--docker-host', 'ftp://x'], /^--docker-host: /],
     [['--idle-timeout=-1'], /^--idle-timeout: /],
     [['--idle-timeout', '0'], /^--idle-timeout: /],
+    [['--resync-interval', '0'], /^--resync-interval: /],
+    [['--resync-interval', '601'], /^--resync-interval: /],
+    [['--resync-interval', '10s'], /^--resync-interval: /],
     [['--nope'], /nope/],
     [['--config', path.join(dir, 'missing.json')], /^--config: cannot read/],
   ];
@@ -87,6 +91,15 @@ test('config file gives the same settings; flags win', () => {
   assert.throws(() => loadConfig(['--config', file]), /unknown setting "lisen"/);
   writeFileSync(file, '{');
   assert.throws(() => loadConfig(['--config', file]), /not valid JSON/);
+});
+
+test('--resync-interval: seconds between full listings, 10 by default; a flag, a config key, in the help', () => {
+  assert.equal(loadConfig([], {}).resyncIntervalMs, 10_000);
+  assert.equal(loadConfig(['--resync-interval', '2.5'], {}).resyncIntervalMs, 2500);
+  const file = path.join(dir, 'resync.json');
+  writeFileSync(file, JSON.stringify({ 'resync-interval': 30 }));
+  assert.equal(loadConfig(['--config', file], {}).resyncIntervalMs, 30_000);
+  assert.match(USAGE, /^ {2}--resync-interval SECS /m);
 });
 
 test('parseListen accepts IPv4-mapped and canonicalises IPv6', () => {

@@ -225,3 +225,206 @@ for (const misbehave of ['hang', 'garbage'] as const) {
     }
   });
 }
+
+const alice = {
+  Id: 'a1',
+  Name: 'alice',
+  Running: true,
+  Networks: { app: { NetworkID: 'n1', IPAddress: '172.18.0.2' } },
+};
+const mallory = { ...structuredClone(alice), Id: 'm1', Name: 'mallory' };
+
+/** The owner's name, or the lookup's status when there is none. */
+async function ownerOf(registry: DockerRegistry, address: string): Promise<string> {
+  const r = await registry.lookup(address, 1000);
+  return r.status === 'found' ? r.owner.container.name : r.status;
+}
+
+test("a finished session's slow periodic listing does not overwrite the new session's index", async () => {
+  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
+  const registry = new DockerRegistry(fake.url, log, {
+    apiTimeoutMs: 5000,
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+    verifyIntervalMs: 300,
+  });
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    // The periodic listing starts and is slow: Docker answers it with alice, later.
+    fake.hold.add('/containers/json');
+    await until('the periodic listing asked', () => fake.held.length === 1);
+    fake.hold.delete('/containers/json');
+    const old = fake.held[0];
+    // The stream is cut while it is in flight; alice goes and mallory takes her address.
+    fake.cutEvents();
+    fake.containers.get('a1')!.Running = false;
+    fake.add(structuredClone(mallory));
+    await until('the new session synced', () => registry.resyncs === 2 && registry.state === 'synced');
+    // The old listing lands (if it was not cancelled): the index must still say mallory.
+    old.release();
+    const outcome = await old.settled;
+    const end = Date.now() + 600;
+    while (Date.now() < end) {
+      assert.equal(await ownerOf(registry, '172.18.0.2'), 'mallory', "the old session's listing replaced the index");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(outcome, 'aborted', "the old session's listing was not cancelled when the session ended");
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
+
+test('a failing task of a finished session does not abort the new session', async () => {
+  const { fake, registry } = setup();
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    // An event's inspect is slow, and will fail.
+    fake.hold.add('/containers/a1/json');
+    fake.inspectFailWith = 500;
+    fake.emit({ Type: 'container', Action: 'restart', Actor: { ID: 'a1' } });
+    await until('the inspect asked', () => fake.held.length === 1);
+    fake.hold.delete('/containers/a1/json');
+    fake.inspectFailWith = null;
+    const old = fake.held[0];
+    fake.cutEvents();
+    await until('the new session synced', () => registry.resyncs === 2 && registry.state === 'synced');
+    const reconnects = registry.reconnects;
+    old.release();
+    await old.settled;
+    const end = Date.now() + 600;
+    while (Date.now() < end) {
+      assert.equal(registry.state, 'synced', "the old session's failed inspect ended the new session");
+      assert.equal(registry.reconnects, reconnects);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(await ownerOf(registry, '172.18.0.2'), 'alice');
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
+
+test('by default, owners whose events Docker dropped are corrected by a full listing within 10 s', async () => {
+  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
+  // No verifyIntervalMs: the default is under test.
+  const registry = new DockerRegistry(fake.url, log, { apiTimeoutMs: 2000, backoffMinMs: 10, backoffMaxMs: 50 });
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    // Both "alice released 172.18.0.2" and "mallory took it" are lost.
+    const t0 = BigInt(Date.now()) * 1_000_000n;
+    fake.containers.get('a1')!.Running = false;
+    fake.add(structuredClone(mallory));
+    await until(
+      'mallory indexed (the resync bound is 10 s)',
+      async () => (await ownerOf(registry, '172.18.0.2')) === 'mallory',
+      11_500,
+    );
+    const r = await registry.lookup('172.18.0.2', 1000);
+    // Released when the listing found the change: mallory's earlier connections are not hers.
+    assert.ok(r.status === 'found' && r.releasedNs !== undefined && r.releasedNs >= t0);
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
+
+test('a lookup is answered from the index while a periodic listing is in flight, not after it', async () => {
+  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
+  const registry = new DockerRegistry(fake.url, log, {
+    apiTimeoutMs: 5000,
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+    verifyIntervalMs: 100,
+  });
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    fake.hold.add('/containers/json');
+    await until('the periodic listing asked', () => fake.held.length === 1);
+    fake.hold.delete('/containers/json');
+    // The listing is no event: the index has applied every event received.
+    assert.equal(await ownerOf(registry, '172.18.0.2'), 'alice', 'the lookup waited for the periodic listing');
+    // An event received meanwhile is still waited for (it is applied after the listing).
+    fake.containers.get('a1')!.Running = false;
+    fake.emit({ Type: 'container', Action: 'die', Actor: { ID: 'a1' } });
+    await until('the event queued', async () => (await registry.lookup('172.18.0.2', 50)).status === 'unavailable');
+    fake.held[0].release();
+    await until('the event applied', async () => (await ownerOf(registry, '172.18.0.2')) === 'none');
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
+
+test('periodic listings do not pile up behind a slow one', async () => {
+  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
+  const intervalMs = 50;
+  const registry = new DockerRegistry(fake.url, log, {
+    apiTimeoutMs: 5000,
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+    verifyIntervalMs: intervalMs,
+  });
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  const listings = (): number => fake.requests.filter((p) => p === '/containers/json').length;
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    fake.hold.add('/containers/json');
+    await until('the periodic listing asked', () => fake.held.length === 1);
+    fake.hold.delete('/containers/json');
+    // A dozen intervals pass while it is in flight.
+    await new Promise((r) => setTimeout(r, 12 * intervalMs));
+    const before = listings();
+    const t = Date.now();
+    fake.held[0].release();
+    await until('the slow listing applied', () => registry.verifications >= 1);
+    await new Promise((r) => setTimeout(r, 4 * intervalMs));
+    const intervals = Math.floor((Date.now() - t) / intervalMs);
+    const after = listings() - before;
+    // At most one listing per interval since the slow one ended (and one for a tick at the edge).
+    assert.ok(after <= intervals + 1, `${after} listings in ${intervals} intervals after a slow one`);
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
+
+test('a reconnect asks Docker for the events since the last one received', async () => {
+  const { fake, registry } = setup();
+  fake.add(structuredClone(alice));
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    const seconds = Math.floor(Date.now() / 1000);
+    fake.emit({
+      Type: 'container',
+      Action: 'restart',
+      Actor: { ID: 'a1' },
+      time: seconds,
+      timeNano: `${seconds}123456789`,
+    });
+    await until('the event applied', () => fake.requests.includes('/containers/a1/json'));
+    fake.cutEvents();
+    await until('the new session synced', () => registry.resyncs === 2 && registry.state === 'synced');
+    // Whole seconds: Docker replays from there (again the last event itself: applying it twice is harmless).
+    assert.deepEqual(fake.eventsSince, [null, String(seconds)], 'the reconnect did not ask for the events it missed');
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});

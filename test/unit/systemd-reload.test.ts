@@ -36,11 +36,19 @@ test('settings that need a restart are reported and keep their running values', 
     'idle-timeout': 5,
     'docker-host': 'tcp://127.0.0.1:2375',
     'max-per-source': 3,
+    'resync-interval': 5,
   });
   const plan = planReload(args, current, { socketActivated: false, env: {} });
-  assert.ok(plan.ok);
+  assert.ok(plan.ok, plan.ok ? '' : plan.error);
   assert.deepEqual(plan.diff.apply, []);
-  assert.deepEqual(plan.diff.needRestart, ['listen', 'docker-host', 'conntrack', 'idle-timeout', 'max-per-source']);
+  assert.deepEqual(plan.diff.needRestart, [
+    'listen',
+    'docker-host',
+    'conntrack',
+    'idle-timeout',
+    'max-per-source',
+    'resync-interval',
+  ]);
   assert.equal(plan.effective.listen[0].port, 1113);
   assert.equal(plan.effective.conntrack, 'auto');
   assert.equal(plan.effective.idleTimeoutMs, 10_000);
