@@ -4,6 +4,10 @@
  * with the drop-ins), and the installed tree actually serving under
  * systemd-socket-activate as an unprivileged user holding only CAP_NET_ADMIN
  * (as the unit runs it), with READY=1 and STOPPING=1 on a real notify socket.
+ * The unit's ExecStartPre= steps run first, as systemd would run them, and the
+ * daemon sees /proc as the unit shows it (ProcSubset=pid: no /proc/sys). The
+ * file runs in a network namespace of its own (test/helpers/own-netns.ts), so
+ * the sysctls those steps set are that namespace's, not the host's.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -13,12 +17,17 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 
 import { loadConfig } from '../../src/config';
+import { TIMESTAMP_SYSCTL } from '../../src/conntrack/timestamps';
 import { formatCidr } from '../../src/ip';
 import { FakeDocker } from '../helpers/fake-docker';
-import { ActivatedDaemon, CI, freePort, ident, NotifySocket, skipUnless } from './harness';
+import { runInOwnNetns } from '../helpers/own-netns';
+import { ActivatedDaemon, CI, freePort, ident, NotifySocket, runStartPre, skipUnless, UNIT_PROC_VIEW } from './harness';
+
+// The unit's ExecStartPre= sets sysctls: in a namespace of this file's own, not the host's.
+runInOwnNetns();
 
 const repo = path.join(__dirname, '..', '..');
-let skip = skipUnless(['systemd-analyze', 'systemd-socket-activate', 'python3', 'setpriv']);
+let skip = skipUnless(['systemd-analyze', 'systemd-socket-activate', 'python3', 'setpriv', 'unshare']);
 if (!skip && !fs.existsSync(path.join(repo, 'build', 'Release', 'conntrack_netlink.node'))) {
   if (CI) throw new Error('the native addon is missing; install.sh needs it');
   skip = 'the native addon is not built (npm run build:native)';
@@ -108,17 +117,27 @@ test(
       fs.appendFileSync(configFile, '\n');
       assert.match(run('install.sh', ['--root', stage, '--docker-host', docker.url]), /keeping .*config\.json/);
 
-      // The installed tree serves, as the unit runs it: another user, CAP_NET_ADMIN only, inherited socket.
+      // The installed tree serves, as the unit runs it: its ExecStartPre= steps first, then another
+      // user, CAP_NET_ADMIN only, /proc without /proc/sys, inherited socket.
+      // Timestamps start off here, as in a namespace (or after a boot) where nobody turned them on.
+      fs.writeFileSync(TIMESTAMP_SYSCTL, '0\n');
+      fs.mkdirSync(path.join(dir, 'run'));
+      const unitEnv = runStartPre(
+        fs.readFileSync(path.join(units, 'docker-identd.service'), 'utf8'),
+        path.join(dir, 'run'),
+      );
       const notify = new NotifySocket(path.join(dir, 'notify.sock'));
       await notify.ready();
       fs.chmodSync(notify.address, 0o666);
       const port = await freePort();
+      const metricsPort = await freePort();
       const daemon = new ActivatedDaemon({
         port,
         cli: path.join(opt, 'bin', 'docker-identd.js'),
-        args: ['--config', configFile],
-        env: { NOTIFY_SOCKET: notify.address },
+        args: ['--config', configFile, '--metrics', `127.0.0.1:${metricsPort}`],
+        env: { NOTIFY_SOCKET: notify.address, ...unitEnv },
         wrap: [
+          ...UNIT_PROC_VIEW,
           'setpriv',
           '--reuid=65534',
           '--regid=65534',
@@ -140,6 +159,13 @@ test(
         const status = fs.readFileSync(`/proc/${daemon.pid}/status`, 'utf8');
         assert.match(status, /^Uid:\s+65534\s/m);
         assert.match(status, /^CapEff:\s+0000000000001000$/m, 'CAP_NET_ADMIN (bit 12) only');
+
+        // Conntrack start timestamps are on, and the daemon, which cannot read /proc/sys, knows it.
+        const stamps = daemon.lines.find((l) => /conntrack timestamp/.test(l.msg ?? ''));
+        assert.equal(stamps?.msg, 'conntrack timestamps are on', JSON.stringify(stamps));
+        assert.equal(fs.readFileSync(TIMESTAMP_SYSCTL, 'utf8').trim(), '1', 'turned on in the namespace');
+        const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+        assert.match(metrics, /^docker_identd_conntrack_timestamps 1$/m);
         process.kill(daemon.pid, 'SIGTERM');
         assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
         await notify.waitFor('STOPPING=1', 0, 2000);
