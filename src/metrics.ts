@@ -95,6 +95,7 @@ export class Metrics implements MetricsSource {
   private readonly lookupDuration: Histogram<'source'>;
   private readonly lookupErrors: Counter<'source'>;
   private readonly conntrackSource: Gauge<'source'>;
+  private readonly conntrackTimestamps: Gauge;
 
   constructor(opts: { version: string; defaultMetrics?: boolean }) {
     const registers = [this.registry];
@@ -139,6 +140,15 @@ export class Metrics implements MetricsSource {
       aggregator: 'max',
       registers,
     });
+    this.conntrackTimestamps = new Gauge({
+      name: 'docker_identd_conntrack_timestamps',
+      help:
+        '1 when conntrack start timestamps were on at start (nf_conntrack_timestamp=1), else 0 (off or ' +
+        'unknown: queries are answered ERROR for 15 s after an address changes hands).',
+      aggregator: 'min',
+      registers,
+    });
+    this.conntrackTimestamps.set(0);
     // Values read from the registry and the server when scraped.
     const self = this; // eslint-disable-line @typescript-eslint/no-this-alias
     new Gauge({
@@ -219,6 +229,11 @@ export class Metrics implements MetricsSource {
 
   setDocker(view: DockerView): void {
     this.docker = view;
+  }
+
+  /** Whether conntrack start timestamps are on, as found at start (ensureConntrackTimestamps). */
+  setConntrackTimestamps(on: boolean): void {
+    this.conntrackTimestamps.set(on ? 1 : 0);
   }
 
   setServer(view: ServerView): void {

@@ -75,6 +75,15 @@ test('Docker and server values are read when scraped', async () => {
   assert.equal(sample(text, 'docker_identd_docker_containers'), 4);
 });
 
+test('conntrack timestamps: 0 (off or unknown) until the daemon found them on', async () => {
+  const m = new Metrics({ version: '0', defaultMetrics: false });
+  assert.equal(sample(await m.registry.metrics(), 'docker_identd_conntrack_timestamps'), 0);
+  m.setConntrackTimestamps(true);
+  assert.equal(sample(await m.registry.metrics(), 'docker_identd_conntrack_timestamps'), 1);
+  m.setConntrackTimestamps(false);
+  assert.equal(sample(await m.registry.metrics(), 'docker_identd_conntrack_timestamps'), 0);
+});
+
 test('the instrumented conntrack source times lookups and tracks whether the source works', async () => {
   const m = new Metrics({ version: '0', defaultMetrics: false });
   let fail: Error | null = null;
