@@ -193,3 +193,33 @@ test(
     }
   },
 );
+
+test(
+  'install.sh and uninstall.sh refuse a --prefix that is not a directory install.sh made',
+  { skip, timeout: 600_000 },
+  () => {
+    const root = path.join(dir, 'prefix-root');
+    const keep = path.join(root, 'opt', 'other-software', 'keep');
+    fs.mkdirSync(path.dirname(keep), { recursive: true });
+    fs.writeFileSync(keep, 'not docker-identd\n');
+    const script = (name: string, args: string[]): ReturnType<typeof spawnSync> =>
+      spawnSync('bash', [path.join(repo, 'scripts', name), ...args], { encoding: 'utf8', timeout: 300_000 });
+
+    for (const name of ['install.sh', 'uninstall.sh']) {
+      for (const prefix of ['/opt', '/']) {
+        const r = script(name, ['--root', root, '--prefix', prefix]);
+        const out = `${String(r.stdout)}${String(r.stderr)}`;
+        assert.ok(fs.existsSync(keep), `${name} --prefix ${prefix} removed what was there:\n${out}`);
+        assert.notEqual(r.status, 0, `${name} --prefix ${prefix} should refuse:\n${out}`);
+        assert.match(out, /not a docker-identd installation|refus/, out);
+      }
+    }
+    // A file where the program would go is not replaced either.
+    const file = path.join(root, 'srv', 'identd');
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, 'a file\n');
+    const r = script('install.sh', ['--root', root, '--prefix', '/srv/identd']);
+    assert.notEqual(r.status, 0, String(r.stdout) + String(r.stderr));
+    assert.equal(fs.readFileSync(file, 'utf8'), 'a file\n');
+  },
+);
