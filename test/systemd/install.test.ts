@@ -223,3 +223,38 @@ test(
     assert.equal(fs.readFileSync(file, 'utf8'), 'a file\n');
   },
 );
+
+test('install.sh checks --allow in a checkout that is not built yet (no dist/)', { skip, timeout: 600_000 }, () => {
+  // A checkout as cloned, with the addon and dependencies but no compiled TypeScript.
+  const checkout = path.join(dir, 'unbuilt');
+  fs.mkdirSync(path.join(checkout, 'build', 'Release'), { recursive: true });
+  for (const f of ['bin', 'src', 'scripts', 'systemd', 'node_modules']) {
+    fs.cpSync(path.join(repo, f), path.join(checkout, f), { recursive: true, verbatimSymlinks: true });
+  }
+  for (const f of ['package.json', 'package-lock.json', 'README.md', 'tsconfig.json', 'tsconfig.build.json']) {
+    fs.copyFileSync(path.join(repo, f), path.join(checkout, f));
+  }
+  fs.copyFileSync(
+    path.join(repo, 'build', 'Release', 'conntrack_netlink.node'),
+    path.join(checkout, 'build', 'Release', 'conntrack_netlink.node'),
+  );
+  assert.ok(!fs.existsSync(path.join(checkout, 'dist')));
+  const root = path.join(dir, 'unbuilt-root');
+  const r = spawnSync(
+    'bash',
+    [
+      path.join(checkout, 'scripts', 'install.sh'),
+      '--root',
+      root,
+      '--allow',
+      '192.0.2.10',
+      '--allow',
+      'not-an-address',
+    ],
+    { encoding: 'utf8', timeout: 300_000 },
+  );
+  const out = r.stdout + r.stderr;
+  assert.notEqual(r.status, 0, `install.sh took --allow not-an-address:\n${out}`);
+  assert.match(r.stderr, /--allow: "not-an-address" is not an address or CIDR/);
+  assert.ok(!fs.existsSync(path.join(root, 'etc', 'docker-identd', 'config.json')), 'no config written');
+});
