@@ -69,14 +69,6 @@ prefix_is_ours "$ROOT$PREFIX" ||
   die "refusing --prefix $PREFIX: $ROOT$PREFIX exists and is not a docker-identd installation (no $PREFIX_MARKER in it); it would be replaced as a whole. Choose a directory that does not exist yet."
 if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then die "run as root (or use --root DIR to stage the files)"; fi
 
-# Addresses are checked the way the daemon checks them (src/ip.ts).
-for a in "${ALLOW[@]}"; do
-  node -e 'const {parseCidr}=require(process.argv[1]); if(!parseCidr(process.argv[2])) process.exit(1)' \
-    "$REPO/dist/ip.js" "$a" 2>/dev/null || {
-    [ -f "$REPO/dist/ip.js" ] || break
-    die "--allow: \"$a\" is not an address or CIDR"
-  }
-done
 DOCKER_SCHEME=
 if [ -n "$DOCKER_HOST_URL" ]; then
   case "$DOCKER_HOST_URL" in
@@ -104,6 +96,14 @@ fi
 [ -f "$ADDON" ] || die "the native addon ($ADDON) did not build; the service needs it (netlink conntrack, sd_notify). Run scripts/setup.sh"
 "$NODE" -e 'const a=require(process.argv[1]); if (typeof a.notify !== "function") process.exit(1)' "$REPO/$ADDON" ||
   die "$ADDON has no notify(): rebuild it (npm run build:native)"
+
+# Addresses are checked the way the daemon checks them (src/ip.ts, built above),
+# before anything is installed.
+[ -f dist/ip.js ] || die "dist/ip.js is missing after the build; cannot check --allow"
+for a in "${ALLOW[@]}"; do
+  "$NODE" -e 'const {parseCidr}=require(process.argv[1]); if(!parseCidr(process.argv[2])) process.exit(1)' \
+    "$REPO/dist/ip.js" "$a" || die "--allow: \"$a\" is not an address or CIDR"
+done
 
 # --- the program: build and production dependencies ---
 DEST="$ROOT$PREFIX"
