@@ -177,6 +177,17 @@ test(
         notify.close();
       }
 
+      // The config names every Docker API endpoint the daemon called (a filtering proxy is set up from it).
+      const comment = String(
+        (JSON.parse(fs.readFileSync(configFile, 'utf8')) as Record<string, unknown>)['// docker-host'],
+      );
+      const called = new Set(
+        docker.requests.map((p) => p.replace(/^\/containers\/[^/]+\/json$/, '/containers/ID/json')),
+      );
+      assert.ok(called.has('/containers/json') && called.has('/events'), [...called].join(' '));
+      for (const p of called)
+        assert.ok(comment.includes(p), `the config's docker-host comment omits GET ${p}: ${comment}`);
+
       run('uninstall.sh', ['--root', stage]);
       for (const p of [
         opt,
