@@ -165,7 +165,8 @@ const config = {
   allow: allow.length > 0 ? allow : ['127.0.0.1', '::1'],
   '// docker-host':
     'Docker Engine API. docker.sock gives full control of Docker (root on the host); the daemon only ' +
-    'reads (GET /containers/json, /containers/ID/json, /events), so a read-only filtering proxy is safer.',
+    'reads (GET /containers/json, /containers/ID/json, /events, and /networks/docker_gwbridge at every ' +
+    'listing, for swarm tasks), so a read-only filtering proxy that passes only those is safer.',
   'docker-host': dockerHost,
   '// conntrack':
     'netlink: the service runs without root, so the /proc/net/nf_conntrack fallback cannot work.',
