@@ -37,6 +37,8 @@ export interface DockerView {
   readonly resyncs?: number;
   /** Periodic listings that check the index against Docker. */
   readonly verifications?: number;
+  /** Containers that keep NET_RAW on a shared network, and those not known yet (DockerRegistry). */
+  netRawExposure?(): { shared: readonly string[]; unknown: number };
 }
 
 /** What the metrics read of the ident server (IdentServer fits). */
@@ -167,6 +169,28 @@ export class Metrics implements MetricsSource {
       registers,
       collect() {
         this.set(self.docker?.state === 'synced' ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'docker_identd_docker_containers_net_raw_shared',
+      help:
+        'Containers that keep NET_RAW on a network another container has an endpoint on: each can send ' +
+        "from a neighbour's address and be answered with its name (known from Docker's inspect answers).",
+      aggregator: 'max',
+      registers,
+      collect() {
+        this.set(self.docker?.netRawExposure?.().shared.length ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'docker_identd_docker_containers_capabilities_unknown',
+      help:
+        "Containers on such a network whose capabilities are not known yet: Docker's listing does not show " +
+        'them; an inspect (at a start, restart or network change) does.',
+      aggregator: 'max',
+      registers,
+      collect() {
+        this.set(self.docker?.netRawExposure?.().unknown ?? 0);
       },
     });
     new Counter({
