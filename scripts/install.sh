@@ -23,7 +23,10 @@
 #   --docker-host URL      Docker API to use instead of /var/run/docker.sock,
 #                          e.g. a read-only filtering proxy: unix:///path or
 #                          tcp://127.0.0.1:2375 (drops the docker group).
-#   --prefix DIR           install directory (default /opt/docker-identd)
+#   --prefix DIR           install directory (default /opt/docker-identd). It is
+#                          replaced as a whole, so it must not exist yet or be
+#                          one install.sh made (it marks it): --prefix /opt is
+#                          refused.
 #   --root DIR             install into DIR as a file system root (packaging,
 #                          tests); implies --no-start
 #   --no-start             do not enable or start the units
@@ -33,6 +36,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
+# shellcheck source=scripts/prefix.sh
+. scripts/prefix.sh
 
 PREFIX=/opt/docker-identd
 ROOT=
@@ -57,17 +62,13 @@ while [ $# -gt 0 ]; do
     *) die "unknown option $1 (try --help)" ;;
   esac
 done
-case "$PREFIX" in /*) ;; *) die "--prefix must be an absolute path" ;; esac
+PREFIX=$(prefix_normalize "$PREFIX")
+[ -n "$PREFIX" ] || die "--prefix must be an absolute path"
+# The program directory is replaced as a whole: only one this script made.
+prefix_is_ours "$ROOT$PREFIX" ||
+  die "refusing --prefix $PREFIX: $ROOT$PREFIX exists and is not a docker-identd installation (no $PREFIX_MARKER in it); it would be replaced as a whole. Choose a directory that does not exist yet."
 if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then die "run as root (or use --root DIR to stage the files)"; fi
 
-# Addresses are checked the way the daemon checks them (src/ip.ts).
-for a in "${ALLOW[@]}"; do
-  node -e 'const {parseCidr}=require(process.argv[1]); if(!parseCidr(process.argv[2])) process.exit(1)' \
-    "$REPO/dist/ip.js" "$a" 2>/dev/null || {
-    [ -f "$REPO/dist/ip.js" ] || break
-    die "--allow: \"$a\" is not an address or CIDR"
-  }
-done
 DOCKER_SCHEME=
 if [ -n "$DOCKER_HOST_URL" ]; then
   case "$DOCKER_HOST_URL" in
@@ -96,6 +97,14 @@ fi
 "$NODE" -e 'const a=require(process.argv[1]); if (typeof a.notify !== "function") process.exit(1)' "$REPO/$ADDON" ||
   die "$ADDON has no notify(): rebuild it (npm run build:native)"
 
+# Addresses are checked the way the daemon checks them (src/ip.ts, built above),
+# before anything is installed.
+[ -f dist/ip.js ] || die "dist/ip.js is missing after the build; cannot check --allow"
+for a in "${ALLOW[@]}"; do
+  "$NODE" -e 'const {parseCidr}=require(process.argv[1]); if(!parseCidr(process.argv[2])) process.exit(1)' \
+    "$REPO/dist/ip.js" "$a" || die "--allow: \"$a\" is not an address or CIDR"
+done
+
 # --- the program: build and production dependencies ---
 DEST="$ROOT$PREFIX"
 STAGE=$(mktemp -d)
@@ -118,13 +127,20 @@ case "$NODE" in
     echo "install: $NODE is under a home directory the service cannot see; copied to $EXEC_NODE"
     ;;
 esac
-rm -rf "$DEST.new"
+{
+  echo "docker-identd, installed by scripts/install.sh; replaced as a whole by the next install"
+  echo "and removed by scripts/uninstall.sh. Keep nothing else in this directory."
+} >"$STAGE/app/$PREFIX_MARKER"
 mkdir -p "$(dirname "$DEST")"
-cp -r "$STAGE/app" "$DEST.new"
-chown -R 0:0 "$DEST.new" 2>/dev/null || true
-chmod -R u=rwX,go=rX "$DEST.new"
+# Copied next to its place, then swapped in: a name of our own, never one that may exist.
+NEW=$(mktemp -d "$(dirname "$DEST")/.docker-identd-new.XXXXXX")
+trap 'rm -rf "$STAGE" "$NEW"' EXIT
+cp -r "$STAGE/app/." "$NEW"
+chown -R 0:0 "$NEW" 2>/dev/null || true
+chmod -R u=rwX,go=rX "$NEW"
+prefix_is_ours "$DEST" || die "$DEST changed while installing and is not a docker-identd installation; not replaced"
 rm -rf "$DEST"
-mv "$DEST.new" "$DEST"
+mv "$NEW" "$DEST"
 echo "install: program in $DEST"
 
 # --- the config file (kept if it exists) ---
@@ -149,7 +165,8 @@ const config = {
   allow: allow.length > 0 ? allow : ['127.0.0.1', '::1'],
   '// docker-host':
     'Docker Engine API. docker.sock gives full control of Docker (root on the host); the daemon only ' +
-    'reads (GET /containers/json, /containers/ID/json, /events), so a read-only filtering proxy is safer.',
+    'reads (GET /containers/json, /containers/ID/json, /events, and /networks/docker_gwbridge at every ' +
+    'listing, for swarm tasks), so a read-only filtering proxy that passes only those is safer.',
   'docker-host': dockerHost,
   '// conntrack':
     'netlink: the service runs without root, so the /proc/net/nf_conntrack fallback cannot work.',

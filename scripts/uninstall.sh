@@ -5,6 +5,8 @@
 #
 #   bash scripts/uninstall.sh [--keep-config] [--prefix DIR] [--root DIR]
 set -euo pipefail
+# shellcheck source=scripts/prefix.sh
+. "$(dirname "$0")/prefix.sh"
 
 PREFIX=/opt/docker-identd
 ROOT=
@@ -22,8 +24,12 @@ while [ $# -gt 0 ]; do
     *) die "unknown option $1 (try --help)" ;;
   esac
 done
-case "$PREFIX" in /?*) ;; *) die "--prefix must be an absolute path other than /" ;; esac
+PREFIX=$(prefix_normalize "$PREFIX")
+[ -n "$PREFIX" ] || die "--prefix must be an absolute path"
 if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then die "run as root"; fi
+# Checked before anything is changed: the program directory is removed as a whole.
+prefix_is_ours "$ROOT$PREFIX" ||
+  die "refusing --prefix $PREFIX: $ROOT$PREFIX is not a docker-identd installation (no $PREFIX_MARKER in it); nothing was changed"
 
 UNITS="$ROOT/etc/systemd/system"
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
@@ -39,7 +45,7 @@ if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl reset-failed docker-identd.service docker-identd.socket 2>/dev/null || true
 fi
-rm -rf "$ROOT${PREFIX:?}" "$ROOT$PREFIX.new"
+rm -rf "$ROOT${PREFIX:?}"
 if [ "$KEEP_CONFIG" = 0 ]; then
   rm -rf "$ROOT/etc/docker-identd"
 else

@@ -26,7 +26,7 @@ import { VERSION } from './version';
 export const USAGE = `Usage: docker-identd serve [options]
        docker-identd query HOST PORT_SERVER PORT_CLIENT [--from ADDR]
        docker-identd explain PORT_SERVER PORT_CLIENT --querier ADDR [--json]
-       docker-identd squid-helper [--host CIDR]... [--direct]
+       docker-identd squid-helper --host CIDR... | --any-host | --direct
        docker-identd firewall print|apply|remove [--proxy-target T]
        docker-identd COMMAND --help
 

@@ -6,6 +6,7 @@ import type { Config } from './config';
 import { selectConntrackSource } from './conntrack/select';
 import { ensureConntrackTimestamps } from './conntrack/timestamps';
 import type { ConntrackSource } from './conntrack/types';
+import type { NetRawExposure } from './docker/address-index';
 import { DockerRegistry } from './docker/registry';
 import { AddressSet, formatCidr } from './ip';
 import { Metrics, MetricsServer } from './metrics';
@@ -67,6 +68,29 @@ export interface RunningDaemon {
   readonly metrics: Metrics | null;
 }
 
+/**
+ * Once the index is first synced: the containers that could send from a
+ * neighbour's address and be answered with its name (README, "Security
+ * model"), as far as Docker told (its listing shows no capabilities).
+ */
+function logNetRawExposure(log: Logger, e: NetRawExposure): void {
+  if (e.shared.length > 0) {
+    log.warn(
+      { containers: e.shared, capabilitiesUnknown: e.unknown },
+      "containers keep NET_RAW on a network shared with other containers: each can send from a neighbour's " +
+        "address and be answered with the neighbour's name (drop it: --cap-drop NET_RAW; README: Security model)",
+    );
+  } else if (e.unknown > 0) {
+    log.info(
+      { capabilitiesUnknown: e.unknown },
+      "NET_RAW not known yet for containers on networks shared with other containers (Docker's listing does " +
+        'not show capabilities; an inspect at their next start or network change does)',
+    );
+  } else {
+    log.info('no container keeps NET_RAW on a network shared with other containers');
+  }
+}
+
 export async function startDaemon(config: Config, log: Logger, opts: DaemonOptions = {}): Promise<RunningDaemon> {
   const notifier = opts.notifier ?? new SystemdNotifier(log);
   log.info(
@@ -104,7 +128,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   const selected = await selectConntrackSource({ mode: config.conntrack, proxyAddresses, log });
   const conntrack: ConntrackSource = metrics ? metrics.instrumentConntrack(selected) : selected;
   // Conntrack start times tell a former owner's connection from the current owner's.
-  await ensureConntrackTimestamps(log);
+  metrics?.setConntrackTimestamps(await ensureConntrackTimestamps(log));
   log.info({ source: conntrack.name }, 'conntrack source ready');
   notifier.status(`conntrack source ${conntrack.name} ready; connecting to Docker`);
 
@@ -195,6 +219,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
       if (!stopping) notifier.status(`waiting for Docker (${registry.state})`);
     }
     if (stopping) return;
+    logNetRawExposure(log, registry.netRawExposure());
     ready = true;
     notifier.ready(readyStatus());
     log.info({ notify: notifier.enabled }, 'ready');

@@ -37,6 +37,8 @@ export interface DockerView {
   readonly resyncs?: number;
   /** Periodic listings that check the index against Docker. */
   readonly verifications?: number;
+  /** Containers that keep NET_RAW on a shared network, and those not known yet (DockerRegistry). */
+  netRawExposure?(): { shared: readonly string[]; unknown: number };
 }
 
 /** What the metrics read of the ident server (IdentServer fits). */
@@ -95,6 +97,7 @@ export class Metrics implements MetricsSource {
   private readonly lookupDuration: Histogram<'source'>;
   private readonly lookupErrors: Counter<'source'>;
   private readonly conntrackSource: Gauge<'source'>;
+  private readonly conntrackTimestamps: Gauge;
 
   constructor(opts: { version: string; defaultMetrics?: boolean }) {
     const registers = [this.registry];
@@ -139,6 +142,15 @@ export class Metrics implements MetricsSource {
       aggregator: 'max',
       registers,
     });
+    this.conntrackTimestamps = new Gauge({
+      name: 'docker_identd_conntrack_timestamps',
+      help:
+        '1 when conntrack start timestamps were on at start (nf_conntrack_timestamp=1), else 0 (off or ' +
+        'unknown: queries are answered ERROR for 15 s after an address changes hands).',
+      aggregator: 'min',
+      registers,
+    });
+    this.conntrackTimestamps.set(0);
     // Values read from the registry and the server when scraped.
     const self = this; // eslint-disable-line @typescript-eslint/no-this-alias
     new Gauge({
@@ -157,6 +169,28 @@ export class Metrics implements MetricsSource {
       registers,
       collect() {
         this.set(self.docker?.state === 'synced' ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'docker_identd_docker_containers_net_raw_shared',
+      help:
+        'Containers that keep NET_RAW on a network another container has an endpoint on: each can send ' +
+        "from a neighbour's address and be answered with its name (known from Docker's inspect answers).",
+      aggregator: 'max',
+      registers,
+      collect() {
+        this.set(self.docker?.netRawExposure?.().shared.length ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'docker_identd_docker_containers_capabilities_unknown',
+      help:
+        "Containers on such a network whose capabilities are not known yet: Docker's listing does not show " +
+        'them; an inspect (at a start, restart or network change) does.',
+      aggregator: 'max',
+      registers,
+      collect() {
+        this.set(self.docker?.netRawExposure?.().unknown ?? 0);
       },
     });
     new Counter({
@@ -219,6 +253,11 @@ export class Metrics implements MetricsSource {
 
   setDocker(view: DockerView): void {
     this.docker = view;
+  }
+
+  /** Whether conntrack start timestamps are on, as found at start (ensureConntrackTimestamps). */
+  setConntrackTimestamps(on: boolean): void {
+    this.conntrackTimestamps.set(on ? 1 : 0);
   }
 
   setServer(view: ServerView): void {

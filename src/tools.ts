@@ -75,7 +75,11 @@ the connection, and answers "[channel-ID] OK user=NAME" or "[channel-ID] ERR".
 
 Options:
   --host CIDR            Docker hosts that may be asked (the client address is
-                         asked); others get ERR at once; repeatable (default: any)
+                         asked); others get ERR at once; repeatable. Required
+                         (unless --any-host or --direct): a client that is no
+                         Docker host could run an identd that names anyone
+  --any-host             ask every client address instead (only when Squid's
+                         http_access admits nothing but the Docker hosts)
   --ident-port N         docker-identd's port on the Docker hosts (default: 113)
   --timeout SECS         per lookup (default: 3)
   --from ADDR            source address of ident connections when %>la is not
@@ -244,6 +248,7 @@ export async function squidHelperMain(args: string[]): Promise<number> {
     args,
     {
       host: { type: 'string', multiple: true },
+      'any-host': { type: 'boolean' },
       'ident-port': { type: 'string' },
       timeout: { type: 'string' },
       from: { type: 'string' },
@@ -263,6 +268,15 @@ export async function squidHelperMain(args: string[]): Promise<number> {
     const c = parseCidr(h.trim());
     if (!c) return usageError('squid-helper', `--host: "${h}" is not an address or CIDR`);
     hosts.push(c);
+  }
+  const anyHost = v['any-host'] === true;
+  if (anyHost && hosts.length > 0) return usageError('squid-helper', '--host and --any-host exclude each other');
+  // Whoever answers on port 113 of the client address names the user: only Docker hosts may.
+  if (v.direct !== true && !anyHost && hosts.length === 0) {
+    return usageError(
+      'squid-helper',
+      'name the Docker hosts to ask with --host CIDR (repeatable), or ask every client address with --any-host',
+    );
   }
   const identPort = v['ident-port'] === undefined ? 113 : parsePortText(v['ident-port'] as string);
   if (identPort === null) return usageError('squid-helper', '--ident-port must be 1..65535');
@@ -302,7 +316,7 @@ export async function squidHelperMain(args: string[]): Promise<number> {
     }
   } else {
     lookup = remoteLookup({
-      hosts: hosts.length > 0 ? new AddressSet(hosts) : null,
+      hosts: anyHost ? null : new AddressSet(hosts),
       identPort,
       timeoutMs,
       ...(from ? { from } : {}),

@@ -21,6 +21,55 @@ export interface ContainerInfo {
   networks: ContainerNetwork[];
   /** The container's labels (string values only), for naming templates. */
   labels?: Record<string, string>;
+  /**
+   * Whether it keeps CAP_NET_RAW (in Docker's default set): it can then send
+   * from any address. From inspect JSON; undefined when not known (Docker's
+   * listing does not show capabilities).
+   */
+  netRaw?: boolean;
+  /** The container whose network namespace it shares (HostConfig.NetworkMode `container:X`). */
+  netnsOf?: string;
+}
+
+/** The subset of Docker's HostConfig read for capabilities (list JSON has NetworkMode only). */
+export interface DockerHostConfigJson {
+  NetworkMode?: string;
+  Privileged?: boolean;
+  CapAdd?: string[] | null;
+  CapDrop?: string[] | null;
+}
+
+/**
+ * Whether a container keeps NET_RAW, by Docker's rule (moby's
+ * TweakCapabilities): privileged keeps everything; with ALL added, all but
+ * the dropped; with ALL dropped, only the added; otherwise the defaults
+ * (NET_RAW among them) minus the dropped plus the added. Names may be given
+ * with or without CAP_, in any case. Undefined unless `hc` is inspect JSON
+ * (Privileged is a boolean there).
+ */
+export function keepsNetRaw(hc: DockerHostConfigJson | null | undefined): boolean | undefined {
+  if (!hc || typeof hc.Privileged !== 'boolean') return undefined;
+  if (hc.Privileged) return true;
+  const names = (list: unknown): Set<string> =>
+    new Set(
+      (Array.isArray(list) ? list : [])
+        .filter((c): c is string => typeof c === 'string')
+        .map((c) => c.trim().toUpperCase())
+        .map((c) => (c === 'ALL' || c.startsWith('CAP_') ? c : `CAP_${c}`)),
+    );
+  const add = names(hc.CapAdd);
+  const drop = names(hc.CapDrop);
+  if (add.has('ALL')) return !drop.has('CAP_NET_RAW');
+  if (drop.has('ALL')) return add.has('CAP_NET_RAW');
+  return !drop.has('CAP_NET_RAW') || add.has('CAP_NET_RAW');
+}
+
+/** Containers that could send from a neighbour's address (AddressIndex.netRawExposure). */
+export interface NetRawExposure {
+  /** Names of the containers that keep NET_RAW on a network shared with others, sorted. */
+  shared: string[];
+  /** Containers on such a network whose capabilities are not known (listed, not inspected yet). */
+  unknown: number;
 }
 
 export interface IndexedAddress {
@@ -52,6 +101,7 @@ export function containerFromDocker(json: {
   Labels?: Record<string, unknown> | null;
   Config?: { Labels?: Record<string, unknown> | null } | null;
   NetworkSettings?: { Networks?: Record<string, DockerNetworkJson | null> | null } | null;
+  HostConfig?: DockerHostConfigJson | null;
 }): ContainerInfo | null {
   const id = json.Id;
   const rawName = json.Name ?? json.Names?.[0];
@@ -71,7 +121,12 @@ export function containerFromDocker(json: {
   for (const [k, v] of Object.entries(json.Labels ?? json.Config?.Labels ?? {})) {
     if (typeof v === 'string') Object.defineProperty(labels, k, { value: v, enumerable: true, writable: true });
   }
-  return { id, name, networks, labels };
+  const info: ContainerInfo = { id, name, networks, labels };
+  const netRaw = keepsNetRaw(json.HostConfig);
+  if (netRaw !== undefined) info.netRaw = netRaw;
+  const mode = json.HostConfig?.NetworkMode;
+  if (typeof mode === 'string' && mode.startsWith('container:') && mode.length > 10) info.netnsOf = mode.slice(10);
+  return info;
 }
 
 /** Addresses whose release time is remembered; the oldest are forgotten first. */
@@ -115,6 +170,8 @@ export class AddressIndex {
       const o = this.byAddress.get(addr)?.find((x) => x.container.id === info.id);
       if (o) previous.set(addr, o.since);
     }
+    // A container's capabilities never change: an answer that does not show them keeps what was known.
+    if (info.netRaw === undefined && old?.netRaw !== undefined) info = { ...info, netRaw: old.netRaw };
     this.remove(info.id, atNs, new Set(addressesOf(info)));
     this.byId.set(info.id, info);
     const t = this.now();
@@ -178,6 +235,11 @@ export class AddressIndex {
    */
   inheritFrom(previous: AddressIndex, atNs: bigint): number {
     for (const [addr, t] of previous.released) this.markReleased(addr, t);
+    // Capabilities learnt from inspect answers outlive a listing, which does not show them.
+    for (const [id, info] of this.byId) {
+      const known = previous.byId.get(id)?.netRaw;
+      if (info.netRaw === undefined && known !== undefined) info.netRaw = known;
+    }
     const before = previous.owners();
     const after = this.owners();
     let changed = 0;
@@ -197,6 +259,44 @@ export class AddressIndex {
       }
     }
     return changed;
+  }
+
+  /**
+   * The containers that keep NET_RAW on a network on which a container
+   * outside their network namespace has an endpoint (a container sharing
+   * another's namespace is on that one's networks), and how many more on such
+   * a network have capabilities not known yet.
+   */
+  netRawExposure(): NetRawExposure {
+    const nsRoot = (c: ContainerInfo): ContainerInfo => {
+      if (!c.netnsOf) return c;
+      const ref = c.netnsOf;
+      const direct = this.byId.get(ref);
+      if (direct) return direct;
+      for (const o of this.byId.values()) if (o.id.startsWith(ref) || o.name === ref) return o;
+      return c;
+    };
+    const key = (n: ContainerNetwork): string => n.networkId || `name:${n.networkName}`;
+    const members = new Map<string, Set<string>>();
+    for (const c of this.byId.values()) {
+      const root = nsRoot(c).id;
+      for (const n of c.networks) {
+        const m = members.get(key(n));
+        if (m) m.add(root);
+        else members.set(key(n), new Set([root]));
+      }
+    }
+    const shared: string[] = [];
+    let unknown = 0;
+    for (const c of this.byId.values()) {
+      if (c.netRaw === false) continue;
+      const root = nsRoot(c);
+      const neighbours = root.networks.some((n) => [...(members.get(key(n)) ?? [])].some((id) => id !== root.id));
+      if (!neighbours) continue;
+      if (c.netRaw === true) shared.push(c.name);
+      else unknown++;
+    }
+    return { shared: shared.sort(), unknown };
   }
 
   lookup(address: string): IndexLookup {

@@ -29,6 +29,7 @@ import {
   type ContainerInfo,
   type GwbridgeEndpoint,
   type IndexLookup,
+  type NetRawExposure,
 } from './address-index';
 
 export type RegistryState = 'connecting' | 'syncing' | 'synced' | 'closed';
@@ -207,6 +208,11 @@ export class DockerRegistry {
 
   get containers(): number {
     return this.index.containers;
+  }
+
+  /** Containers that keep NET_RAW on a shared network, as far as Docker's inspect answers told. */
+  netRawExposure(): NetRawExposure {
+    return this.index.netRawExposure();
   }
 
   /** Starts the connect/sync loop; returns at once. */

@@ -9,6 +9,12 @@ import type { AddressInfo } from 'node:net';
 export interface FakeContainer {
   Id: string;
   Name: string;
+  /**
+   * Served as is in list and inspect answers alike. Docker's own listing shows
+   * only NetworkMode: a test that needs that leaves the capabilities out until
+   * after the listing.
+   */
+  HostConfig?: { NetworkMode?: string; Privileged?: boolean; CapAdd?: string[] | null; CapDrop?: string[] | null };
   Running: boolean;
   Networks: Record<string, { NetworkID: string; IPAddress: string; GlobalIPv6Address?: string }>;
   Labels?: Record<string, string>;
@@ -91,6 +97,7 @@ export class FakeDocker {
       Labels: c.Labels ?? {},
       Config: { Labels: c.Labels ?? {} },
       NetworkSettings: { Networks: c.Networks },
+      ...(c.HostConfig ? { HostConfig: c.HostConfig } : {}),
     };
   }
 

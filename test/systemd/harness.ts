@@ -4,7 +4,9 @@
  * started by systemd-socket-activate.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 
 import { onLines, sleep, waitFor as pollFor } from '../helpers/daemon';
 
@@ -221,3 +223,129 @@ export function ident(port: number, request: string): Promise<string> {
     });
   });
 }
+
+/** One Exec*= command line of a unit, as systemd reads it (prefixes, then the words). */
+export interface UnitCommand {
+  /** "-": a failure is ignored. */
+  ignoreFailure: boolean;
+  /** "+": run with full privileges (root, none of the unit's sandboxing). */
+  privileged: boolean;
+  argv: string[];
+}
+
+/** The values of every `KEY=` line of a unit file, in order (comments and other keys skipped). */
+export function unitValues(text: string, key: string): string[] {
+  return text
+    .split('\n')
+    .filter((l) => l.startsWith(`${key}=`))
+    .map((l) => l.slice(key.length + 1));
+}
+
+/**
+ * Splits an Exec*= value the way systemd does for what the units here use:
+ * the "-" and "+" prefixes, words separated by blanks, '...' and "..."
+ * quoting, backslash escapes, and "$$" for a literal "$". Anything else
+ * systemd would expand ($VAR, ${VAR}, %-specifiers) is refused, so that the
+ * tests never run a command other than the one systemd would.
+ */
+export function parseUnitCommand(value: string): UnitCommand {
+  let i = 0;
+  let ignoreFailure = false;
+  let privileged = false;
+  for (; i < value.length && '-+'.includes(value[i]); i++) {
+    if (value[i] === '-') ignoreFailure = true;
+    else privileged = true;
+  }
+  const argv: string[] = [];
+  let word: string | null = null;
+  let quote: string | null = null;
+  for (; i < value.length; i++) {
+    const c = value[i];
+    if (quote === null && (c === ' ' || c === '\t')) {
+      if (word !== null) argv.push(word);
+      word = null;
+      continue;
+    }
+    word ??= '';
+    if (c === '$') {
+      if (value[i + 1] !== '$') throw new Error(`unit command: "$" expansion is not emulated: ${value}`);
+      word += '$';
+      i++;
+    } else if (c === '%') {
+      throw new Error(`unit command: %-specifiers are not emulated: ${value}`);
+    } else if (c === '\\' && quote !== "'") {
+      word += value[++i] ?? '';
+    } else if (quote !== null && c === quote) {
+      quote = null;
+    } else if (quote === null && (c === "'" || c === '"')) {
+      quote = c;
+    } else {
+      word += c;
+    }
+  }
+  if (quote !== null) throw new Error(`unit command: unterminated quote: ${value}`);
+  if (word !== null) argv.push(word);
+  return { ignoreFailure, privileged, argv };
+}
+
+const shq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/**
+ * What systemd does for an installed service before ExecStart=, in this
+ * process's network namespace: creates RuntimeDirectory= (under a temporary
+ * directory bound over /run in a mount namespace of its own, so that the real
+ * /run is untouched), runs the privileged ExecStartPre= commands as root
+ * (a failure stops the start unless "-"), then reads EnvironmentFile= (only
+ * files under /run) as ExecStart= would get it. Returns that environment.
+ */
+export function runStartPre(unitText: string, runDir: string): Record<string, string> {
+  const script = ['set -u', `mount --bind ${shq(runDir)} /run`];
+  for (const d of unitValues(unitText, 'RuntimeDirectory')) script.push(`mkdir -p ${shq(`/run/${d}`)}`);
+  for (const value of unitValues(unitText, 'ExecStartPre')) {
+    const cmd = parseUnitCommand(value);
+    if (!cmd.privileged) throw new Error(`ExecStartPre without "+" is not emulated: ${value}`);
+    script.push(`${cmd.argv.map(shq).join(' ')} || ${cmd.ignoreFailure ? 'true' : 'exit 1'}`);
+  }
+  const r = spawnSync('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c', script.join('\n')], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
+  if (r.status !== 0) throw new Error(`ExecStartPre failed (${r.status ?? r.signal}): ${r.stderr}`);
+  const env: Record<string, string> = {};
+  for (const value of unitValues(unitText, 'EnvironmentFile')) {
+    const optional = value.startsWith('-');
+    const file = optional ? value.slice(1) : value;
+    if (!file.startsWith('/run/')) throw new Error(`EnvironmentFile outside /run is not emulated: ${value}`);
+    let text: string;
+    try {
+      text = fs.readFileSync(path.join(runDir, file.slice('/run/'.length)), 'utf8');
+    } catch (err) {
+      if (optional) continue;
+      throw err;
+    }
+    for (const line of text.split('\n')) {
+      const m = /^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
+      if (m) env[m[1]] = m[2].trim();
+    }
+  }
+  return env;
+}
+
+/**
+ * A command prefix that gives the daemon the unit's view of /proc:
+ * ProcSubset=pid and ProtectProc=invisible (a procfs instance of its own with
+ * subset=pid,hidepid=invisible, in a mount namespace of its own), so that
+ * /proc/sys is not there, as under the unit. Execs in place: the pid stays
+ * the one systemd-socket-activate passed in LISTEN_PID.
+ */
+export const UNIT_PROC_VIEW = [
+  'unshare',
+  '--mount',
+  '--propagation',
+  'private',
+  '--',
+  'sh',
+  '-c',
+  'mount -t proc -o hidepid=invisible,subset=pid proc /proc && exec "$@"',
+  'sh',
+];

@@ -4,6 +4,10 @@
  * with the drop-ins), and the installed tree actually serving under
  * systemd-socket-activate as an unprivileged user holding only CAP_NET_ADMIN
  * (as the unit runs it), with READY=1 and STOPPING=1 on a real notify socket.
+ * The unit's ExecStartPre= steps run first, as systemd would run them, and the
+ * daemon sees /proc as the unit shows it (ProcSubset=pid: no /proc/sys). The
+ * file runs in a network namespace of its own (test/helpers/own-netns.ts), so
+ * the sysctls those steps set are that namespace's, not the host's.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -13,12 +17,17 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 
 import { loadConfig } from '../../src/config';
+import { TIMESTAMP_SYSCTL } from '../../src/conntrack/timestamps';
 import { formatCidr } from '../../src/ip';
 import { FakeDocker } from '../helpers/fake-docker';
-import { ActivatedDaemon, CI, freePort, ident, NotifySocket, skipUnless } from './harness';
+import { runInOwnNetns } from '../helpers/own-netns';
+import { ActivatedDaemon, CI, freePort, ident, NotifySocket, runStartPre, skipUnless, UNIT_PROC_VIEW } from './harness';
+
+// The unit's ExecStartPre= sets sysctls: in a namespace of this file's own, not the host's.
+runInOwnNetns();
 
 const repo = path.join(__dirname, '..', '..');
-let skip = skipUnless(['systemd-analyze', 'systemd-socket-activate', 'python3', 'setpriv']);
+let skip = skipUnless(['systemd-analyze', 'systemd-socket-activate', 'python3', 'setpriv', 'unshare']);
 if (!skip && !fs.existsSync(path.join(repo, 'build', 'Release', 'conntrack_netlink.node'))) {
   if (CI) throw new Error('the native addon is missing; install.sh needs it');
   skip = 'the native addon is not built (npm run build:native)';
@@ -108,17 +117,27 @@ test(
       fs.appendFileSync(configFile, '\n');
       assert.match(run('install.sh', ['--root', stage, '--docker-host', docker.url]), /keeping .*config\.json/);
 
-      // The installed tree serves, as the unit runs it: another user, CAP_NET_ADMIN only, inherited socket.
+      // The installed tree serves, as the unit runs it: its ExecStartPre= steps first, then another
+      // user, CAP_NET_ADMIN only, /proc without /proc/sys, inherited socket.
+      // Timestamps start off here, as in a namespace (or after a boot) where nobody turned them on.
+      fs.writeFileSync(TIMESTAMP_SYSCTL, '0\n');
+      fs.mkdirSync(path.join(dir, 'run'));
+      const unitEnv = runStartPre(
+        fs.readFileSync(path.join(units, 'docker-identd.service'), 'utf8'),
+        path.join(dir, 'run'),
+      );
       const notify = new NotifySocket(path.join(dir, 'notify.sock'));
       await notify.ready();
       fs.chmodSync(notify.address, 0o666);
       const port = await freePort();
+      const metricsPort = await freePort();
       const daemon = new ActivatedDaemon({
         port,
         cli: path.join(opt, 'bin', 'docker-identd.js'),
-        args: ['--config', configFile],
-        env: { NOTIFY_SOCKET: notify.address },
+        args: ['--config', configFile, '--metrics', `127.0.0.1:${metricsPort}`],
+        env: { NOTIFY_SOCKET: notify.address, ...unitEnv },
         wrap: [
+          ...UNIT_PROC_VIEW,
           'setpriv',
           '--reuid=65534',
           '--regid=65534',
@@ -140,6 +159,13 @@ test(
         const status = fs.readFileSync(`/proc/${daemon.pid}/status`, 'utf8');
         assert.match(status, /^Uid:\s+65534\s/m);
         assert.match(status, /^CapEff:\s+0000000000001000$/m, 'CAP_NET_ADMIN (bit 12) only');
+
+        // Conntrack start timestamps are on, and the daemon, which cannot read /proc/sys, knows it.
+        const stamps = daemon.lines.find((l) => /conntrack timestamp/.test(l.msg ?? ''));
+        assert.equal(stamps?.msg, 'conntrack timestamps are on', JSON.stringify(stamps));
+        assert.equal(fs.readFileSync(TIMESTAMP_SYSCTL, 'utf8').trim(), '1', 'turned on in the namespace');
+        const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+        assert.match(metrics, /^docker_identd_conntrack_timestamps 1$/m);
         process.kill(daemon.pid, 'SIGTERM');
         assert.deepEqual(await daemon.waitExit(), { code: 0, signal: null }, daemon.describe());
         await notify.waitFor('STOPPING=1', 0, 2000);
@@ -150,6 +176,17 @@ test(
         daemon.kill();
         notify.close();
       }
+
+      // The config names every Docker API endpoint the daemon called (a filtering proxy is set up from it).
+      const comment = String(
+        (JSON.parse(fs.readFileSync(configFile, 'utf8')) as Record<string, unknown>)['// docker-host'],
+      );
+      const called = new Set(
+        docker.requests.map((p) => p.replace(/^\/containers\/[^/]+\/json$/, '/containers/ID/json')),
+      );
+      assert.ok(called.has('/containers/json') && called.has('/events'), [...called].join(' '));
+      for (const p of called)
+        assert.ok(comment.includes(p), `the config's docker-host comment omits GET ${p}: ${comment}`);
 
       run('uninstall.sh', ['--root', stage]);
       for (const p of [
@@ -167,3 +204,68 @@ test(
     }
   },
 );
+
+test(
+  'install.sh and uninstall.sh refuse a --prefix that is not a directory install.sh made',
+  { skip, timeout: 600_000 },
+  () => {
+    const root = path.join(dir, 'prefix-root');
+    const keep = path.join(root, 'opt', 'other-software', 'keep');
+    fs.mkdirSync(path.dirname(keep), { recursive: true });
+    fs.writeFileSync(keep, 'not docker-identd\n');
+    const script = (name: string, args: string[]): ReturnType<typeof spawnSync> =>
+      spawnSync('bash', [path.join(repo, 'scripts', name), ...args], { encoding: 'utf8', timeout: 300_000 });
+
+    for (const name of ['install.sh', 'uninstall.sh']) {
+      for (const prefix of ['/opt', '/']) {
+        const r = script(name, ['--root', root, '--prefix', prefix]);
+        const out = `${String(r.stdout)}${String(r.stderr)}`;
+        assert.ok(fs.existsSync(keep), `${name} --prefix ${prefix} removed what was there:\n${out}`);
+        assert.notEqual(r.status, 0, `${name} --prefix ${prefix} should refuse:\n${out}`);
+        assert.match(out, /not a docker-identd installation|refus/, out);
+      }
+    }
+    // A file where the program would go is not replaced either.
+    const file = path.join(root, 'srv', 'identd');
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, 'a file\n');
+    const r = script('install.sh', ['--root', root, '--prefix', '/srv/identd']);
+    assert.notEqual(r.status, 0, String(r.stdout) + String(r.stderr));
+    assert.equal(fs.readFileSync(file, 'utf8'), 'a file\n');
+  },
+);
+
+test('install.sh checks --allow in a checkout that is not built yet (no dist/)', { skip, timeout: 600_000 }, () => {
+  // A checkout as cloned, with the addon and dependencies but no compiled TypeScript.
+  const checkout = path.join(dir, 'unbuilt');
+  fs.mkdirSync(path.join(checkout, 'build', 'Release'), { recursive: true });
+  for (const f of ['bin', 'src', 'scripts', 'systemd', 'node_modules']) {
+    fs.cpSync(path.join(repo, f), path.join(checkout, f), { recursive: true, verbatimSymlinks: true });
+  }
+  for (const f of ['package.json', 'package-lock.json', 'README.md', 'tsconfig.json', 'tsconfig.build.json']) {
+    fs.copyFileSync(path.join(repo, f), path.join(checkout, f));
+  }
+  fs.copyFileSync(
+    path.join(repo, 'build', 'Release', 'conntrack_netlink.node'),
+    path.join(checkout, 'build', 'Release', 'conntrack_netlink.node'),
+  );
+  assert.ok(!fs.existsSync(path.join(checkout, 'dist')));
+  const root = path.join(dir, 'unbuilt-root');
+  const r = spawnSync(
+    'bash',
+    [
+      path.join(checkout, 'scripts', 'install.sh'),
+      '--root',
+      root,
+      '--allow',
+      '192.0.2.10',
+      '--allow',
+      'not-an-address',
+    ],
+    { encoding: 'utf8', timeout: 300_000 },
+  );
+  const out = r.stdout + r.stderr;
+  assert.notEqual(r.status, 0, `install.sh took --allow not-an-address:\n${out}`);
+  assert.match(r.stderr, /--allow: "not-an-address" is not an address or CIDR/);
+  assert.ok(!fs.existsSync(path.join(root, 'etc', 'docker-identd', 'config.json')), 'no config written');
+});

@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { AddressIndex, containerFromDocker } from '../../src/docker/address-index';
+import {
+  AddressIndex,
+  containerFromDocker,
+  keepsNetRaw,
+  type ContainerInfo,
+  type DockerHostConfigJson,
+} from '../../src/docker/address-index';
 
 test('containerFromDocker reads list and inspect JSON, every network, IPv4 and IPv6', () => {
   const fromList = containerFromDocker({
@@ -102,4 +108,64 @@ test('a resync releases every address whose owner changed while unobserved', () 
   assert.equal(after.releasedAt('10.9.0.2'), undefined);
   assert.equal(after.releasedAt('10.9.0.3'), 50n);
   assert.equal(after.releasedAt('10.9.0.7'), 3n);
+});
+
+test('NET_RAW by Docker’s rule, from inspect JSON only', () => {
+  const inspect = { NetworkMode: 'bridge', Privileged: false, CapAdd: null, CapDrop: null };
+  for (const [hc, want] of [
+    [undefined, undefined],
+    [{ NetworkMode: 'bridge' }, undefined], // the listing's HostConfig
+    [inspect, true], // Docker's defaults include NET_RAW
+    [{ ...inspect, CapDrop: ['NET_RAW'] }, false],
+    [{ ...inspect, CapDrop: ['cap_net_raw'] }, false],
+    [{ ...inspect, CapDrop: ['NET_ADMIN'] }, true],
+    [{ ...inspect, CapDrop: ['ALL'] }, false],
+    [{ ...inspect, CapDrop: ['ALL'], CapAdd: ['NET_RAW'] }, true],
+    [{ ...inspect, CapAdd: ['ALL'], CapDrop: ['NET_RAW'] }, false],
+    [{ ...inspect, CapAdd: ['ALL'], CapDrop: ['ALL'] }, true], // moby: ALL added wins, only named drops apply
+    [{ ...inspect, Privileged: true, CapDrop: ['NET_RAW'] }, true],
+  ] as [DockerHostConfigJson | undefined, boolean | undefined][]) {
+    assert.equal(keepsNetRaw(hc), want, JSON.stringify(hc));
+  }
+  const listed = containerFromDocker({ Id: 'a', Names: ['/a'], HostConfig: { NetworkMode: 'bridge' } });
+  assert.equal(listed?.netRaw, undefined);
+  const inspected = containerFromDocker({
+    Id: 'a',
+    Name: '/a',
+    HostConfig: { ...inspect, NetworkMode: 'container:b1' },
+  });
+  assert.equal(inspected?.netRaw, true);
+  assert.equal(inspected?.netnsOf, 'b1');
+});
+
+test('NET_RAW exposure: shared networks, shared namespaces, and what a listing cannot tell', () => {
+  let host = 0;
+  const c = (id: string, nets: string[], netRaw?: boolean, netnsOf?: string): ContainerInfo => ({
+    id,
+    name: id,
+    networks: nets.map((n) => ({ networkId: n, networkName: n, ipv4: `10.0.0.${++host}` })),
+    ...(netRaw === undefined ? {} : { netRaw }),
+    ...(netnsOf ? { netnsOf } : {}),
+  });
+  const index = new AddressIndex();
+  index.set(c('web', ['front'], true));
+  index.set(c('db', ['front'], false));
+  index.set(c('solo', ['back'], true)); // alone on its network
+  index.set(c('side', [], true, 'db')); // in db's namespace: on front
+  index.set(c('own', [], true, 'solo')); // in solo's: still no neighbour
+  index.set(c('old', ['front'])); // not inspected
+  assert.deepEqual(index.netRawExposure(), { shared: ['side', 'web'], unknown: 1 });
+
+  // A listing (no capabilities) keeps what inspects told; set() without them too.
+  const listed = new AddressIndex();
+  for (const id of ['web', 'db', 'solo', 'old']) {
+    listed.set(c(id, id === 'solo' ? ['back'] : ['front']));
+  }
+  listed.set(c('side', [], undefined, 'db'));
+  listed.inheritFrom(index, 0n);
+  assert.deepEqual(listed.netRawExposure(), { shared: ['side', 'web'], unknown: 1 });
+  listed.set(c('web', ['front', 'back']));
+  assert.deepEqual(listed.netRawExposure(), { shared: ['side', 'solo', 'web'], unknown: 1 });
+  listed.set(c('old', ['front'], false));
+  assert.equal(listed.netRawExposure().unknown, 0);
 });

@@ -53,7 +53,15 @@ test('answers are counted by result, with every result present from the start', 
 
 test('Docker and server values are read when scraped', async () => {
   const m = new Metrics({ version: '0', defaultMetrics: false });
-  const docker = { state: 'syncing', containers: 3, reconnects: 2, resyncs: 1, verifications: 6 };
+  const exposure = { shared: ['web'], unknown: 2 };
+  const docker = {
+    state: 'syncing',
+    containers: 3,
+    reconnects: 2,
+    resyncs: 1,
+    verifications: 6,
+    netRawExposure: () => exposure,
+  };
   const server = { connections: 5, refused: 7, notAllowed: 4 };
   m.setDocker(docker);
   m.setServer(server);
@@ -63,6 +71,8 @@ test('Docker and server values are read when scraped', async () => {
   assert.equal(sample(text, 'docker_identd_docker_reconnects_total'), 2);
   assert.equal(sample(text, 'docker_identd_docker_resyncs_total'), 1);
   assert.equal(sample(text, 'docker_identd_docker_verifications_total'), 6);
+  assert.equal(sample(text, 'docker_identd_docker_containers_net_raw_shared'), 1);
+  assert.equal(sample(text, 'docker_identd_docker_containers_capabilities_unknown'), 2);
   assert.equal(sample(text, 'docker_identd_connections_open'), 5);
   assert.equal(sample(text, 'docker_identd_connections_refused_total{reason="cap"}'), 7);
   assert.equal(sample(text, 'docker_identd_connections_refused_total{reason="not-allowed"}'), 4);
@@ -73,6 +83,20 @@ test('Docker and server values are read when scraped', async () => {
   assert.equal(sample(text, 'docker_identd_docker_synced'), 1);
   assert.equal(sample(text, 'docker_identd_docker_reconnects_total'), 3);
   assert.equal(sample(text, 'docker_identd_docker_containers'), 4);
+  exposure.shared = [];
+  exposure.unknown = 0;
+  text = await m.registry.metrics();
+  assert.equal(sample(text, 'docker_identd_docker_containers_net_raw_shared'), 0);
+  assert.equal(sample(text, 'docker_identd_docker_containers_capabilities_unknown'), 0);
+});
+
+test('conntrack timestamps: 0 (off or unknown) until the daemon found them on', async () => {
+  const m = new Metrics({ version: '0', defaultMetrics: false });
+  assert.equal(sample(await m.registry.metrics(), 'docker_identd_conntrack_timestamps'), 0);
+  m.setConntrackTimestamps(true);
+  assert.equal(sample(await m.registry.metrics(), 'docker_identd_conntrack_timestamps'), 1);
+  m.setConntrackTimestamps(false);
+  assert.equal(sample(await m.registry.metrics(), 'docker_identd_conntrack_timestamps'), 0);
 });
 
 test('the instrumented conntrack source times lookups and tracks whether the source works', async () => {

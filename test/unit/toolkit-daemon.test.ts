@@ -259,7 +259,7 @@ if (!isRoot && !inCI) {
       daemon.child.kill('SIGHUP');
       await waitFor('reload', () => daemon.lines.filter((l) => l.msg === 'config reloaded').length > n, 10_000);
       const again = await cli(
-        ['squid-helper', '--ident-port', String(PORT)],
+        ['squid-helper', '--any-host', '--ident-port', String(PORT)],
         `127.0.0.1 ${conn.clientPort} ${conn.serverPort}\n`,
       );
       assert.equal(again.stdout, 'OK user=loopy\n');
