@@ -22,6 +22,7 @@ import {
   MasqLab,
   NetNs,
   netnsUnavailableReason,
+  replaceBigInt,
   REPO,
   runChild,
   type ChildSourceSpec,
@@ -231,17 +232,30 @@ describe(
       ns.sysctl('net.netfilter.nf_conntrack_timestamp', 1);
     });
 
-    it('looks in zone 0 only with the exact GET; the proxy dump sees every zone', async () => {
+    it('looks in zone 0 only with the exact GET; a second-try candidate in another zone is an error', async () => {
+      // Z is in zone 7; ZR's reply direction alone is in zone 8.
       const Z = {
         orig: { src: '192.0.2.13', dst: '198.51.100.1', sport: 40000, dport: 80 },
         reply: { src: '198.51.100.1', dst: '203.0.113.5', sport: 80, dport: 50004 },
       };
+      const ZR = {
+        orig: { src: '192.0.2.14', dst: '198.51.100.1', sport: 40000, dport: 80 },
+        reply: { src: '198.51.100.1', dst: '203.0.113.5', sport: 80, dport: 50005 },
+      };
       ns.run('conntrack', conntrackInsertArgs(4, Z.orig, Z.reply, ['--state', 'ESTABLISHED', '--zone', '7']));
-      const key: ReplyTuple = { family: 4, ...Z.reply };
-      const [exact] = await lookup([key]);
-      assert.equal(entryOf(exact), null);
-      const [proxied] = await lookup([key], ['198.51.100.1/32']);
-      assert.equal(entryOf(proxied)?.zone, 7);
+      ns.run('conntrack', conntrackInsertArgs(4, ZR.orig, ZR.reply, ['--state', 'ESTABLISHED', '--reply-zone', '8']));
+      const keys: ReplyTuple[] = [Z, ZR].map((e) => ({ family: 4, ...e.reply }));
+      for (const o of await lookup(keys)) assert.equal(entryOf(o), null, 'the exact GET sees zone 0 only');
+      // The second try's dump sees every zone: such a candidate is never named.
+      const proxied = await lookup(
+        keys.map((k) => ({ ...k, src: '198.51.100.2' })),
+        ['198.51.100.1/32'],
+      );
+      proxied.forEach((o, i) => {
+        assert.ok('error' in o, `candidate in another zone answered: ${JSON.stringify(o, replaceBigInt)}`);
+        assert.equal(o.error.code, 'ERR_CONNTRACK_ZONE', `query ${i}`);
+        assert.match(o.error.message, i === 0 ? /zone 7/ : /zone 8/);
+      });
     });
 
     it('rejects malformed tuples with ERR_INVALID_ARG_VALUE', async () => {
