@@ -120,8 +120,16 @@ int parseEntry(const nlmsghdr* nlh, Entry* e) {
     e->tcpState = nfct_get_attr_u8(c.get(), ATTR_TCP_STATE);
   if ((e->hasStatus = nfct_attr_is_set(c.get(), ATTR_STATUS) > 0))
     e->status = nfct_get_attr_u32(c.get(), ATTR_STATUS);
-  // The kernel leaves CTA_ZONE out for zone 0.
-  e->zone = nfct_attr_is_set(c.get(), ATTR_ZONE) > 0 ? nfct_get_attr_u16(c.get(), ATTR_ZONE) : 0;
+  // The zone of the reply direction. The kernel leaves CTA_ZONE out for zone
+  // 0 and for a zone set per direction, which it reports inside that
+  // direction's tuple (CTA_TUPLE_ZONE): a zone for the original direction
+  // only leaves the reply direction in zone 0.
+  if (nfct_attr_is_set(c.get(), ATTR_ZONE) > 0)
+    e->zone = nfct_get_attr_u16(c.get(), ATTR_ZONE);
+  else if (nfct_attr_is_set(c.get(), ATTR_REPL_ZONE) > 0)
+    e->zone = nfct_get_attr_u16(c.get(), ATTR_REPL_ZONE);
+  else
+    e->zone = 0;
   if ((e->hasMark = nfct_attr_is_set(c.get(), ATTR_MARK) > 0))
     e->mark = nfct_get_attr_u32(c.get(), ATTR_MARK);
   if ((e->hasStart = nfct_attr_is_set(c.get(), ATTR_TIMESTAMP_START) > 0))
@@ -375,8 +383,11 @@ int Handle::get(int family, const Tuple& reply, Entry* out, bool* found) {
   // The entry found may be the one whose ORIGINAL tuple equals the key: a
   // different connection. Only an equal reply tuple answers. (The table never
   // holds two entries sharing a tuple in either direction, so no other entry
-  // can have this reply tuple in this zone.)
-  if (e.family == family && e.l4proto == IPPROTO_TCP && sameTuple(family, e.reply, reply)) {
+  // can have this reply tuple in this zone.) The GET searches zone 0 (no
+  // CTA_ZONE in the request); an entry reporting another zone is refused all
+  // the same.
+  if (e.family == family && e.l4proto == IPPROTO_TCP && e.zone == 0 &&
+      sameTuple(family, e.reply, reply)) {
     *out = e;
     *found = true;
   }

@@ -40,7 +40,7 @@ struct Entry {
   int tcpState = -1;  // -1: not reported
   bool hasStatus = false;
   uint32_t status = 0;
-  uint16_t zone = 0;  // 0 also when the kernel does not say
+  uint16_t zone = 0;  // of the reply direction; 0 also when the kernel does not say
   bool hasMark = false;
   uint32_t mark = 0;
   bool hasStart = false;
@@ -81,8 +81,9 @@ class Handle {
   Handle(const Handle&) = delete;
   Handle& operator=(const Handle&) = delete;
 
-  // Exact lookup: IPCTNL_MSG_CT_GET keyed by the reply tuple (TCP). Sets
-  // *found only when the returned entry's reply tuple equals `reply`.
+  // Exact lookup: IPCTNL_MSG_CT_GET keyed by the reply tuple (TCP), in zone
+  // 0. Sets *found only when the returned entry's reply tuple equals `reply`
+  // and its reply direction is in zone 0.
   int get(int family, const Tuple& reply, Entry* out, bool* found);
 
   // Dump of TCP entries whose reply ports are (sport, dport) and whose reply

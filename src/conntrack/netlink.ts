@@ -8,7 +8,9 @@
  * finds nothing and proxy addresses are configured, a second try: a dump
  * filtered in the kernel on the reply ports (CTA_FILTER) and in C on the
  * reply source being one of the proxy addresses. One match answers, several
- * reject with code EAMBIGUOUS.
+ * reject with code EAMBIGUOUS. The GET searches conntrack zone 0 only; the
+ * dump sees every zone, and a match outside zone 0 rejects with code
+ * ERR_CONNTRACK_ZONE rather than answer from a zone no other lookup sees.
  *
  * Nothing blocks the JavaScript thread: GETs run on a thread of the addon's
  * own (which polls briefly for the next GET before it sleeps), dumps on the
@@ -30,6 +32,7 @@ import {
   type Tuple,
   closedError,
   formatTuple,
+  inZoneZero,
   replyPortsMatch,
 } from './types';
 
@@ -310,7 +313,18 @@ export class NetlinkSource implements ConntrackSource {
     const r = await turn;
     const matches = r.matches.filter((e) => replyPortsMatch(e, tuple) && proxies.has(e.reply.src));
     if (r.total === 0) return null;
-    if (r.total === 1 && matches.length === 1) return { ...matches[0], matchedBy: 'proxy-ports' };
+    if (r.total === 1 && matches.length === 1) {
+      const only = matches[0];
+      // The dump sees every zone; the exact GET, and so every answer, zone 0 only.
+      if (!inZoneZero(only)) {
+        throw conntrackError(
+          `the one connection from a proxy address matching reply ports ${tuple.sport} -> ${tuple.dport} ` +
+            `(query ${formatTuple(tuple)}), ${formatTuple(only.orig)}, is in conntrack zone ${only.zone}: not answered`,
+          'ERR_CONNTRACK_ZONE',
+        );
+      }
+      return { ...only, matchedBy: 'proxy-ports' };
+    }
     const listed = matches.map((e) => formatTuple(e.orig)).join(', ');
     throw conntrackError(
       `${r.total} connections from proxy addresses match reply ports ${tuple.sport} -> ${tuple.dport} ` +

@@ -8,6 +8,10 @@
  * as soon as the current one ends. A scan stops as soon as all of its queries
  * are answered. The file is read in chunks, so the event loop is never held
  * for more than one chunk's worth of lines.
+ *
+ * The file lists every conntrack zone; only entries whose reply direction is
+ * in zone 0 answer (replyMatches), as with the netlink GET, which searches
+ * zone 0 only.
  */
 import { createReadStream, type ReadStream } from 'node:fs';
 
