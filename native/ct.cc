@@ -394,8 +394,9 @@ int Handle::get(int family, const Tuple& reply, Entry* out, bool* found) {
   return 0;
 }
 
-int Handle::dumpOnce(int family, uint16_t sport, uint16_t dport, const std::vector<Cidr>& cidrs,
-                     size_t limit, bool useFilter, DumpResult* out) {
+int Handle::dumpOnce(int family, const uint8_t replyDst[16], uint16_t sport, uint16_t dport,
+                     const std::vector<Cidr>& cidrs, size_t limit, bool useFilter,
+                     DumpResult* out) {
   *out = DumpResult();
   alignas(nlmsghdr) uint8_t req[kReqBufSize] = {};  // zeroed: attribute padding
   uint32_t seq = ++seq_;
@@ -427,8 +428,10 @@ int Handle::dumpOnce(int family, uint16_t sport, uint16_t dport, const std::vect
       Entry e;
       int pr = parseEntry(m, &e);
       if (pr < 0) return pr;
+      // Both ports and our own address: a connection to another address of
+      // this host is not the one a query to this address is about.
       if (e.family != family || e.l4proto != IPPROTO_TCP || e.reply.sport != sport ||
-          e.reply.dport != dport)
+          e.reply.dport != dport || std::memcmp(e.reply.dst, replyDst, addrLen(family)) != 0)
         return 0;
       bool inSet = cidrs.empty();
       for (const Cidr& c : cidrs)
@@ -445,12 +448,12 @@ int Handle::dumpOnce(int family, uint16_t sport, uint16_t dport, const std::vect
   return kernelErr;
 }
 
-int Handle::dumpByReplyPorts(int family, uint16_t sport, uint16_t dport,
+int Handle::dumpByReplyPorts(int family, const uint8_t replyDst[16], uint16_t sport, uint16_t dport,
                              const std::vector<Cidr>& cidrs, size_t limit, DumpResult* out) {
-  int r = dumpOnce(family, sport, dport, cidrs, limit, true, out);
+  int r = dumpOnce(family, replyDst, sport, dport, cidrs, limit, true, out);
   // A kernel that knows CTA_FILTER but rejects this one: filter here only.
   if (r == -EINVAL || r == -EOPNOTSUPP)
-    r = dumpOnce(family, sport, dport, cidrs, limit, false, out);
+    r = dumpOnce(family, replyDst, sport, dport, cidrs, limit, false, out);
   // A hash resize interrupted the dump: the rest of it is still queued on
   // this socket, so the retry needs a fresh one.
   if (r == -EINTR) {
@@ -459,7 +462,7 @@ int Handle::dumpByReplyPorts(int family, uint16_t sport, uint16_t dport,
       std::swap(nl_, fresh->nl_);
       std::swap(portid_, fresh->portid_);
       clean_ = true;
-      r = dumpOnce(family, sport, dport, cidrs, limit, true, out);
+      r = dumpOnce(family, replyDst, sport, dport, cidrs, limit, true, out);
     }
   }
   return r;

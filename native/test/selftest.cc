@@ -131,20 +131,25 @@ void testNetlink(int family) {
   check(r == 0 && !found && h->reusable(), "original tuple is not a reply tuple");
 
   ct::DumpResult d;
+  uint8_t ours[16], elsewhere[16];
+  ct::parseAddr(family, local, ours);
+  ct::parseAddr(family, family == 4 ? "203.0.113.10" : "2001:db8:f::10", elsewhere);
   std::vector<ct::Cidr> cidrs(1);
   cidrs[0].family = family;
   ct::parseAddr(family, proxy, cidrs[0].addr);
   cidrs[0].prefix = family == 4 ? 24 : 64;
-  r = h->dumpByReplyPorts(family, 80, 20042, cidrs, 4, &d);
+  r = h->dumpByReplyPorts(family, ours, 80, 20042, cidrs, 4, &d);
   check(r == 0 && d.total == 1 && d.matches.size() == 1 && d.matches[0].orig.sport == 1042,
         "filtered dump finds one");
   check(d.kernelFiltered, "kernel applied CTA_FILTER");
-  r = h->dumpByReplyPorts(family, 80, 7, cidrs, 4, &d);
+  r = h->dumpByReplyPorts(family, elsewhere, 80, 20042, cidrs, 4, &d);
+  check(r == 0 && d.total == 0, "filtered dump: reply destination not ours");
+  r = h->dumpByReplyPorts(family, ours, 80, 7, cidrs, 4, &d);
   check(r == 0 && d.total == 0, "filtered dump finds none");
   ct::parseAddr(family, family == 4 ? "192.0.2.0" : "2001:db8:9::", cidrs[0].addr);
-  r = h->dumpByReplyPorts(family, 80, 20042, cidrs, 4, &d);
+  r = h->dumpByReplyPorts(family, ours, 80, 20042, cidrs, 4, &d);
   check(r == 0 && d.total == 0, "filtered dump: reply source not a proxy");
-  r = h->dumpByReplyPorts(family, 80, 20042, {}, 0, &d);
+  r = h->dumpByReplyPorts(family, ours, 80, 20042, {}, 0, &d);
   check(r == 0 && d.total == 1 && d.matches.empty(), "dump limit 0 still counts");
   check(h->reusable(), "handle reusable after dumps");
 }

@@ -49,8 +49,9 @@ export interface ConntrackEntry {
   status?: string[];
   /**
    * How the entry was found: by the exact reply tuple (the default), or by the
-   * netlink source's second try, the reply ports from one of the configured
-   * proxy addresses (then reply.src is that proxy, not the querier).
+   * netlink source's second try (`--proxy-address`): the query's reply ports
+   * and local address, from one of the configured proxy addresses (then
+   * reply.src is that proxy, not the querier), as the only candidate.
    */
   matchedBy?: 'reply-tuple' | 'proxy-ports';
 }
@@ -110,10 +111,13 @@ export function inZoneZero(entry: ConntrackEntry): boolean {
   return (entry.zone ?? 0) === 0;
 }
 
-/** True when the entry answers `tuple`: its reply ports (second try) or its whole reply tuple, in zone 0. */
+/**
+ * True when the entry answers `tuple`: its whole reply tuple, or (second try)
+ * everything but the reply source, which is then a proxy address; in zone 0.
+ */
 export function answersTuple(entry: ConntrackEntry, tuple: ReplyTuple): boolean {
   if (entry.matchedBy !== 'proxy-ports') return replyMatches(entry, tuple);
-  return replyPortsMatch(entry, tuple) && inZoneZero(entry);
+  return replyPortsMatch(entry, tuple) && entry.reply.dst === tuple.dst && inZoneZero(entry);
 }
 
 /**
