@@ -7,9 +7,11 @@
 #include <libmnl/libmnl.h>
 #include <libnetfilter_conntrack/libnetfilter_conntrack.h>
 #include <libnetfilter_conntrack/libnetfilter_conntrack_tcp.h>
+#include <linux/netlink.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include <chrono>
@@ -293,16 +295,29 @@ int Handle::send(const void* buf, size_t len) {
 
 int Handle::recv(ssize_t* len) {
   for (;;) {
-    ssize_t n = mnl_socket_recvfrom(nl_, buf_.get(), kRecvBufSize);
-    if (n >= 0) {
-      *len = n;
-      return 0;
+    sockaddr_nl from = {};
+    iovec iov = {buf_.get(), kRecvBufSize};
+    msghdr msg = {};
+    msg.msg_name = &from;
+    msg.msg_namelen = sizeof from;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    ssize_t n = recvmsg(mnl_socket_get_fd(nl_), &msg, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return -ETIMEDOUT;
+      return -errno;
     }
-    if (errno == EINTR) continue;
-    // ENOSPC: a message larger than the buffer (libmnl reports MSG_TRUNC so).
-    if (errno == ENOSPC) return -EMSGSIZE;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return -ETIMEDOUT;
-    return -errno;
+    // Only the kernel (port id 0) answers our requests. Any socket with
+    // CAP_NET_ADMIN in the namespace may send us a datagram, made to look
+    // like the answer (our port id is in /proc/net/netlink): drop it unread
+    // and wait on for the kernel's.
+    if (msg.msg_namelen != sizeof from || from.nl_family != AF_NETLINK || from.nl_pid != 0)
+      continue;
+    // A message larger than the buffer.
+    if (msg.msg_flags & MSG_TRUNC) return -EMSGSIZE;
+    *len = n;
+    return 0;
   }
 }
 
@@ -315,7 +330,8 @@ int walk(const uint8_t* buf, ssize_t n, uint32_t portid, uint32_t seq, int* kern
   int len = static_cast<int>(n);
   for (auto* nlh = reinterpret_cast<const nlmsghdr*>(buf); mnl_nlmsg_ok(nlh, len);
        nlh = mnl_nlmsg_next(nlh, &len)) {
-    if ((nlh->nlmsg_pid != 0 && nlh->nlmsg_pid != portid) || nlh->nlmsg_seq != seq)
+    // The kernel addresses every answer to a request of ours to our port id.
+    if (nlh->nlmsg_pid != portid || nlh->nlmsg_seq != seq)
       return -EPROTO;  // not ours: stale data on the socket
     if (nlh->nlmsg_flags & NLM_F_DUMP_INTR) return -EINTR;
     switch (nlh->nlmsg_type) {
@@ -518,8 +534,8 @@ int Handle::insert(int family, const uint8_t* records, size_t count, uint32_t ti
       int left = static_cast<int>(len);
       for (auto* nlh = reinterpret_cast<const nlmsghdr*>(buf_.get()); mnl_nlmsg_ok(nlh, left);
            nlh = mnl_nlmsg_next(nlh, &left)) {
-        if (nlh->nlmsg_type != NLMSG_ERROR || nlh->nlmsg_seq - firstSeq >= n ||
-            mnl_nlmsg_get_payload_len(nlh) < sizeof(nlmsgerr))
+        if (nlh->nlmsg_type != NLMSG_ERROR || nlh->nlmsg_pid != portid_ ||
+            nlh->nlmsg_seq - firstSeq >= n || mnl_nlmsg_get_payload_len(nlh) < sizeof(nlmsgerr))
           return -EPROTO;
         int e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(nlh))->error;
         acked++;
