@@ -55,7 +55,8 @@ Options of serve:
                          without dashes in front (e.g. "docker-host"); flags win
   --log-level LEVEL      fatal | error | warn | info | debug | trace | silent
                          (default: info)
-  --idle-timeout SECS    close a connection idle this long (default: 10)
+  --idle-timeout SECS    close a connection idle this long, or open twice this
+                         long (default: 10)
   --max-connections N    connections open at once (default: 1024, lowered to
                          fit the open file limit)
   --max-per-source N     connections open at once from one address (default: 256)

@@ -13,7 +13,7 @@ import { applyNameTemplate } from './naming';
 import { Resolver } from './resolver';
 import { planReload } from './reload';
 import { originalDestination } from './routed';
-import { formatListenAddress, IdentServer, type ListenAddress } from './server';
+import { CONNECTION_IDLE_PERIODS, formatListenAddress, IdentServer, type ListenAddress } from './server';
 import { SystemdNotifier, Watchdog, type Notifier } from './systemd';
 import { VERSION } from './version';
 
@@ -132,7 +132,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     listen: config.listen,
     allow,
     idleTimeoutMs: config.idleTimeoutMs,
-    connectionTimeoutMs: config.idleTimeoutMs * 3,
+    connectionTimeoutMs: config.idleTimeoutMs * CONNECTION_IDLE_PERIODS,
     maxRequestBytes: MAX_REQUEST_BYTES,
     maxConnections,
     maxPerSource,
