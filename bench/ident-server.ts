@@ -22,7 +22,7 @@ import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../src/conntra
 import { DockerRegistry } from '../src/docker/registry';
 import { AddressSet, parseCidr } from '../src/ip';
 import { Resolver } from '../src/resolver';
-import { IdentServer } from '../src/server';
+import { CONNECTION_IDLE_PERIODS, IdentServer } from '../src/server';
 import { FakeDocker } from '../test/helpers/fake-docker';
 
 export const CONTAINERS = 200;
@@ -70,7 +70,7 @@ async function main(): Promise<void> {
     listen: [{ host: '127.0.0.1', port: 0 }],
     allow,
     idleTimeoutMs: 10_000,
-    connectionTimeoutMs: 30_000,
+    connectionTimeoutMs: 10_000 * CONNECTION_IDLE_PERIODS,
     maxRequestBytes: 1000,
     maxConnections: 4096,
     maxPerSource: 4096,

@@ -9,7 +9,7 @@
 //   new Conntrack({ spinMicros? })
 //   .probe(cb)
 //   .get(family, src, dst, sport, dport, cb)              cb(err, Entry | null)
-//   .findByReplyPorts(family, sport, dport, [[addr, prefix], ...], limit, cb)
+//   .findByReplyPorts(family, replyDst, sport, dport, [[addr, prefix], ...], limit, cb)
 //                                      cb(err, { total, matches, kernelFiltered })
 //   .insert(family, records: Buffer, timeoutSec, cb)    cb(err, { inserted, existed })
 //   .close()
@@ -21,6 +21,7 @@
 #include <napi.h>
 
 #include <cerrno>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <string>
@@ -32,7 +33,7 @@
 
 namespace {
 
-constexpr int kAbiVersion = 1;
+constexpr int kAbiVersion = 2;  // 2: findByReplyPorts takes the reply destination
 constexpr size_t kMaxMatches = 16;
 
 constexpr unsigned kDefaultSpinMicros = 100;
@@ -187,18 +188,21 @@ using GetTsfn = Napi::TypedThreadSafeFunction<Conntrack, GetJob, DeliverGet>;
 
 class DumpWorker : public Worker {
  public:
-  DumpWorker(const Napi::Function& cb, std::shared_ptr<ct::Pool> pool, int family, uint16_t sport,
-             uint16_t dport, std::vector<ct::Cidr> cidrs, size_t limit)
+  DumpWorker(const Napi::Function& cb, std::shared_ptr<ct::Pool> pool, int family,
+             const uint8_t replyDst[16], uint16_t sport, uint16_t dport,
+             std::vector<ct::Cidr> cidrs, size_t limit)
       : Worker(cb, std::move(pool), "conntrack dump"),
         family_(family),
         sport_(sport),
         dport_(dport),
         cidrs_(std::move(cidrs)),
-        limit_(limit) {}
+        limit_(limit) {
+    std::memcpy(replyDst_, replyDst, sizeof replyDst_);
+  }
 
  protected:
   int Run(ct::Handle& h) override {
-    return h.dumpByReplyPorts(family_, sport_, dport_, cidrs_, limit_, &result_);
+    return h.dumpByReplyPorts(family_, replyDst_, sport_, dport_, cidrs_, limit_, &result_);
   }
   Napi::Value Result(Napi::Env env) override {
     Napi::Object o = Napi::Object::New(env);
@@ -213,6 +217,7 @@ class DumpWorker : public Worker {
 
  private:
   int family_;
+  uint8_t replyDst_[16];
   uint16_t sport_, dport_;
   std::vector<ct::Cidr> cidrs_;
   size_t limit_;
@@ -397,10 +402,12 @@ class Conntrack : public Napi::ObjectWrap<Conntrack> {
   void FindByReplyPorts(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int family = FamilyArg(info, 0);
-    uint16_t sport = PortArg(info, 1);
-    uint16_t dport = PortArg(info, 2);
-    if (!info[3].IsArray()) throw Napi::TypeError::New(env, "cidrs must be an array");
-    Napi::Array list = info[3].As<Napi::Array>();
+    uint8_t replyDst[16];
+    AddrArg(info, 1, family, replyDst);
+    uint16_t sport = PortArg(info, 2);
+    uint16_t dport = PortArg(info, 3);
+    if (!info[4].IsArray()) throw Napi::TypeError::New(env, "cidrs must be an array");
+    Napi::Array list = info[4].As<Napi::Array>();
     std::vector<ct::Cidr> cidrs;
     for (uint32_t i = 0; i < list.Length(); i++) {
       Napi::Value item = list.Get(i);
@@ -420,12 +427,12 @@ class Conntrack : public Napi::ObjectWrap<Conntrack> {
       cidrs.push_back(c);
     }
     size_t limit = kMaxMatches;
-    if (info[4].IsNumber()) {
-      int l = info[4].As<Napi::Number>().Int32Value();
+    if (info[5].IsNumber()) {
+      int l = info[5].As<Napi::Number>().Int32Value();
       if (l >= 0 && static_cast<size_t>(l) < kMaxMatches) limit = static_cast<size_t>(l);
     }
-    Napi::Function cb = CallbackArg(info, 5);
-    (new DumpWorker(cb, pool_, family, sport, dport, std::move(cidrs), limit))->Start();
+    Napi::Function cb = CallbackArg(info, 6);
+    (new DumpWorker(cb, pool_, family, replyDst, sport, dport, std::move(cidrs), limit))->Start();
   }
 
   void Insert(const Napi::CallbackInfo& info) {

@@ -7,9 +7,11 @@
 #include <libmnl/libmnl.h>
 #include <libnetfilter_conntrack/libnetfilter_conntrack.h>
 #include <libnetfilter_conntrack/libnetfilter_conntrack_tcp.h>
+#include <linux/netlink.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include <chrono>
@@ -120,8 +122,16 @@ int parseEntry(const nlmsghdr* nlh, Entry* e) {
     e->tcpState = nfct_get_attr_u8(c.get(), ATTR_TCP_STATE);
   if ((e->hasStatus = nfct_attr_is_set(c.get(), ATTR_STATUS) > 0))
     e->status = nfct_get_attr_u32(c.get(), ATTR_STATUS);
-  // The kernel leaves CTA_ZONE out for zone 0.
-  e->zone = nfct_attr_is_set(c.get(), ATTR_ZONE) > 0 ? nfct_get_attr_u16(c.get(), ATTR_ZONE) : 0;
+  // The zone of the reply direction. The kernel leaves CTA_ZONE out for zone
+  // 0 and for a zone set per direction, which it reports inside that
+  // direction's tuple (CTA_TUPLE_ZONE): a zone for the original direction
+  // only leaves the reply direction in zone 0.
+  if (nfct_attr_is_set(c.get(), ATTR_ZONE) > 0)
+    e->zone = nfct_get_attr_u16(c.get(), ATTR_ZONE);
+  else if (nfct_attr_is_set(c.get(), ATTR_REPL_ZONE) > 0)
+    e->zone = nfct_get_attr_u16(c.get(), ATTR_REPL_ZONE);
+  else
+    e->zone = 0;
   if ((e->hasMark = nfct_attr_is_set(c.get(), ATTR_MARK) > 0))
     e->mark = nfct_get_attr_u32(c.get(), ATTR_MARK);
   if ((e->hasStart = nfct_attr_is_set(c.get(), ATTR_TIMESTAMP_START) > 0))
@@ -285,16 +295,29 @@ int Handle::send(const void* buf, size_t len) {
 
 int Handle::recv(ssize_t* len) {
   for (;;) {
-    ssize_t n = mnl_socket_recvfrom(nl_, buf_.get(), kRecvBufSize);
-    if (n >= 0) {
-      *len = n;
-      return 0;
+    sockaddr_nl from = {};
+    iovec iov = {buf_.get(), kRecvBufSize};
+    msghdr msg = {};
+    msg.msg_name = &from;
+    msg.msg_namelen = sizeof from;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    ssize_t n = recvmsg(mnl_socket_get_fd(nl_), &msg, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return -ETIMEDOUT;
+      return -errno;
     }
-    if (errno == EINTR) continue;
-    // ENOSPC: a message larger than the buffer (libmnl reports MSG_TRUNC so).
-    if (errno == ENOSPC) return -EMSGSIZE;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return -ETIMEDOUT;
-    return -errno;
+    // Only the kernel (port id 0) answers our requests. Any socket with
+    // CAP_NET_ADMIN in the namespace may send us a datagram, made to look
+    // like the answer (our port id is in /proc/net/netlink): drop it unread
+    // and wait on for the kernel's.
+    if (msg.msg_namelen != sizeof from || from.nl_family != AF_NETLINK || from.nl_pid != 0)
+      continue;
+    // A message larger than the buffer.
+    if (msg.msg_flags & MSG_TRUNC) return -EMSGSIZE;
+    *len = n;
+    return 0;
   }
 }
 
@@ -307,7 +330,8 @@ int walk(const uint8_t* buf, ssize_t n, uint32_t portid, uint32_t seq, int* kern
   int len = static_cast<int>(n);
   for (auto* nlh = reinterpret_cast<const nlmsghdr*>(buf); mnl_nlmsg_ok(nlh, len);
        nlh = mnl_nlmsg_next(nlh, &len)) {
-    if ((nlh->nlmsg_pid != 0 && nlh->nlmsg_pid != portid) || nlh->nlmsg_seq != seq)
+    // The kernel addresses every answer to a request of ours to our port id.
+    if (nlh->nlmsg_pid != portid || nlh->nlmsg_seq != seq)
       return -EPROTO;  // not ours: stale data on the socket
     if (nlh->nlmsg_flags & NLM_F_DUMP_INTR) return -EINTR;
     switch (nlh->nlmsg_type) {
@@ -375,16 +399,20 @@ int Handle::get(int family, const Tuple& reply, Entry* out, bool* found) {
   // The entry found may be the one whose ORIGINAL tuple equals the key: a
   // different connection. Only an equal reply tuple answers. (The table never
   // holds two entries sharing a tuple in either direction, so no other entry
-  // can have this reply tuple in this zone.)
-  if (e.family == family && e.l4proto == IPPROTO_TCP && sameTuple(family, e.reply, reply)) {
+  // can have this reply tuple in this zone.) The GET searches zone 0 (no
+  // CTA_ZONE in the request); an entry reporting another zone is refused all
+  // the same.
+  if (e.family == family && e.l4proto == IPPROTO_TCP && e.zone == 0 &&
+      sameTuple(family, e.reply, reply)) {
     *out = e;
     *found = true;
   }
   return 0;
 }
 
-int Handle::dumpOnce(int family, uint16_t sport, uint16_t dport, const std::vector<Cidr>& cidrs,
-                     size_t limit, bool useFilter, DumpResult* out) {
+int Handle::dumpOnce(int family, const uint8_t replyDst[16], uint16_t sport, uint16_t dport,
+                     const std::vector<Cidr>& cidrs, size_t limit, bool useFilter,
+                     DumpResult* out) {
   *out = DumpResult();
   alignas(nlmsghdr) uint8_t req[kReqBufSize] = {};  // zeroed: attribute padding
   uint32_t seq = ++seq_;
@@ -416,8 +444,10 @@ int Handle::dumpOnce(int family, uint16_t sport, uint16_t dport, const std::vect
       Entry e;
       int pr = parseEntry(m, &e);
       if (pr < 0) return pr;
+      // Both ports and our own address: a connection to another address of
+      // this host is not the one a query to this address is about.
       if (e.family != family || e.l4proto != IPPROTO_TCP || e.reply.sport != sport ||
-          e.reply.dport != dport)
+          e.reply.dport != dport || std::memcmp(e.reply.dst, replyDst, addrLen(family)) != 0)
         return 0;
       bool inSet = cidrs.empty();
       for (const Cidr& c : cidrs)
@@ -434,12 +464,12 @@ int Handle::dumpOnce(int family, uint16_t sport, uint16_t dport, const std::vect
   return kernelErr;
 }
 
-int Handle::dumpByReplyPorts(int family, uint16_t sport, uint16_t dport,
+int Handle::dumpByReplyPorts(int family, const uint8_t replyDst[16], uint16_t sport, uint16_t dport,
                              const std::vector<Cidr>& cidrs, size_t limit, DumpResult* out) {
-  int r = dumpOnce(family, sport, dport, cidrs, limit, true, out);
+  int r = dumpOnce(family, replyDst, sport, dport, cidrs, limit, true, out);
   // A kernel that knows CTA_FILTER but rejects this one: filter here only.
   if (r == -EINVAL || r == -EOPNOTSUPP)
-    r = dumpOnce(family, sport, dport, cidrs, limit, false, out);
+    r = dumpOnce(family, replyDst, sport, dport, cidrs, limit, false, out);
   // A hash resize interrupted the dump: the rest of it is still queued on
   // this socket, so the retry needs a fresh one.
   if (r == -EINTR) {
@@ -448,7 +478,7 @@ int Handle::dumpByReplyPorts(int family, uint16_t sport, uint16_t dport,
       std::swap(nl_, fresh->nl_);
       std::swap(portid_, fresh->portid_);
       clean_ = true;
-      r = dumpOnce(family, sport, dport, cidrs, limit, true, out);
+      r = dumpOnce(family, replyDst, sport, dport, cidrs, limit, true, out);
     }
   }
   return r;
@@ -504,8 +534,8 @@ int Handle::insert(int family, const uint8_t* records, size_t count, uint32_t ti
       int left = static_cast<int>(len);
       for (auto* nlh = reinterpret_cast<const nlmsghdr*>(buf_.get()); mnl_nlmsg_ok(nlh, left);
            nlh = mnl_nlmsg_next(nlh, &left)) {
-        if (nlh->nlmsg_type != NLMSG_ERROR || nlh->nlmsg_seq - firstSeq >= n ||
-            mnl_nlmsg_get_payload_len(nlh) < sizeof(nlmsgerr))
+        if (nlh->nlmsg_type != NLMSG_ERROR || nlh->nlmsg_pid != portid_ ||
+            nlh->nlmsg_seq - firstSeq >= n || mnl_nlmsg_get_payload_len(nlh) < sizeof(nlmsgerr))
           return -EPROTO;
         int e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(nlh))->error;
         acked++;

@@ -40,7 +40,7 @@ struct Entry {
   int tcpState = -1;  // -1: not reported
   bool hasStatus = false;
   uint32_t status = 0;
-  uint16_t zone = 0;  // 0 also when the kernel does not say
+  uint16_t zone = 0;  // of the reply direction; 0 also when the kernel does not say
   bool hasMark = false;
   uint32_t mark = 0;
   bool hasStart = false;
@@ -81,15 +81,17 @@ class Handle {
   Handle(const Handle&) = delete;
   Handle& operator=(const Handle&) = delete;
 
-  // Exact lookup: IPCTNL_MSG_CT_GET keyed by the reply tuple (TCP). Sets
-  // *found only when the returned entry's reply tuple equals `reply`.
+  // Exact lookup: IPCTNL_MSG_CT_GET keyed by the reply tuple (TCP), in zone
+  // 0. Sets *found only when the returned entry's reply tuple equals `reply`
+  // and its reply direction is in zone 0.
   int get(int family, const Tuple& reply, Entry* out, bool* found);
 
-  // Dump of TCP entries whose reply ports are (sport, dport) and whose reply
-  // source lies in one of `cidrs`: ports filtered by the kernel (CTA_FILTER)
-  // where supported, everything re-checked here.
-  int dumpByReplyPorts(int family, uint16_t sport, uint16_t dport, const std::vector<Cidr>& cidrs,
-                       size_t limit, DumpResult* out);
+  // Dump of TCP entries whose reply ports are (sport, dport), whose reply
+  // destination is `replyDst` (our address, where the query came to) and
+  // whose reply source lies in one of `cidrs`, in every zone: ports filtered
+  // by the kernel (CTA_FILTER) where supported, everything checked here.
+  int dumpByReplyPorts(int family, const uint8_t replyDst[16], uint16_t sport, uint16_t dport,
+                       const std::vector<Cidr>& cidrs, size_t limit, DumpResult* out);
 
   // Bulk insert of ESTABLISHED TCP entries (benchmarks and tests). `records`
   // holds `count` records of orig src, orig dst, reply src, reply dst
@@ -106,8 +108,8 @@ class Handle {
   Handle() = default;
   int send(const void* buf, size_t len);
   int recv(ssize_t* len);
-  int dumpOnce(int family, uint16_t sport, uint16_t dport, const std::vector<Cidr>& cidrs,
-               size_t limit, bool useFilter, DumpResult* out);
+  int dumpOnce(int family, const uint8_t replyDst[16], uint16_t sport, uint16_t dport,
+               const std::vector<Cidr>& cidrs, size_t limit, bool useFilter, DumpResult* out);
 
   mnl_socket* nl_ = nullptr;
   uint32_t portid_ = 0;

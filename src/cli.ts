@@ -41,8 +41,9 @@ Options of serve:
                          (default: port 113 on every IPv4 and IPv6 address)
   --allow CIDR           source address or network whose queries are answered;
                          repeatable (default: loopback only)
-  --proxy-address CIDR   further proxy source address for the netlink second
-                         try (a proxy behind a load balancer); repeatable
+  --proxy-address CIDR   address the proxy's connections go to when it queries
+                         from another (behind a load balancer): enables the
+                         netlink second try; repeatable (default: none)
   --docker-host URL      Docker Engine API (default: $DOCKER_HOST, else
                          unix:///var/run/docker.sock)
   --docker-tls-ca FILE   CA that verifies a tcp:// Docker host over TLS; with
@@ -54,7 +55,8 @@ Options of serve:
                          without dashes in front (e.g. "docker-host"); flags win
   --log-level LEVEL      fatal | error | warn | info | debug | trace | silent
                          (default: info)
-  --idle-timeout SECS    close a connection idle this long (default: 10)
+  --idle-timeout SECS    close a connection idle this long, or open twice this
+                         long (default: 10)
   --resync-interval SECS compare the Docker index with a full listing this
                          often: the longest that an owner change whose events
                          Docker dropped goes unseen (default: 10)

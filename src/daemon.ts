@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 
 import type { Config } from './config';
-import { selectConntrackSource } from './conntrack/select';
+import { secondTryAddresses, selectConntrackSource } from './conntrack/select';
 import { ensureConntrackTimestamps } from './conntrack/timestamps';
 import type { ConntrackSource } from './conntrack/types';
 import type { NetRawExposure } from './docker/address-index';
@@ -14,7 +14,7 @@ import { applyNameTemplate } from './naming';
 import { Resolver } from './resolver';
 import { planReload } from './reload';
 import { originalDestination } from './routed';
-import { formatListenAddress, IdentServer, type ListenAddress } from './server';
+import { CONNECTION_IDLE_PERIODS, formatListenAddress, IdentServer, type ListenAddress } from './server';
 import { SystemdNotifier, Watchdog, type Notifier } from './systemd';
 import { VERSION } from './version';
 
@@ -122,8 +122,8 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     log.warn('no --allow given: answering queries from loopback only; name your proxy with --allow CIDR');
   }
   const allow = new AddressSet(config.allow);
-  // The netlink source's second try looks for the connection among these proxies' entries.
-  const proxyAddresses = new AddressSet([...config.allow, ...config.proxyAddress]);
+  // The netlink source's second try, only with --proxy-address, looks among these proxies' entries.
+  const proxyAddresses = secondTryAddresses(config.allow, config.proxyAddress);
   const metrics = config.metrics ? new Metrics({ version: VERSION }) : null;
   const selected = await selectConntrackSource({ mode: config.conntrack, proxyAddresses, log });
   const conntrack: ConntrackSource = metrics ? metrics.instrumentConntrack(selected) : selected;
@@ -160,7 +160,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     listen: config.listen,
     allow,
     idleTimeoutMs: config.idleTimeoutMs,
-    connectionTimeoutMs: config.idleTimeoutMs * 3,
+    connectionTimeoutMs: config.idleTimeoutMs * CONNECTION_IDLE_PERIODS,
     maxRequestBytes: MAX_REQUEST_BYTES,
     maxConnections,
     maxPerSource,

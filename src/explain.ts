@@ -16,11 +16,11 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 
 import type { Config } from './config';
-import { selectConntrackSource } from './conntrack/select';
+import { secondTryAddresses, selectConntrackSource } from './conntrack/select';
 import { formatTuple, type ConntrackEntry, type ConntrackSource, type ReplyTuple, type Tuple } from './conntrack/types';
 import { nowNs, type ContainerInfo } from './docker/address-index';
 import { DockerRegistry, type RegistryLookup } from './docker/registry';
-import { AddressSet, canonicalIp, ipFamily } from './ip';
+import { canonicalIp, ipFamily } from './ip';
 import { applyNameTemplate } from './naming';
 import { formatReply } from './protocol';
 import { Resolver, type Resolution } from './resolver';
@@ -252,11 +252,8 @@ export async function explain(input: ExplainInput, deps: ExplainDeps): Promise<E
   try {
     const c0 = performance.now();
     try {
-      const proxyAddresses = new AddressSet([
-        { address: input.querier, prefix: ipFamily(input.querier) === 4 ? 32 : 128, family: ipFamily(input.querier) },
-        ...config.allow,
-        ...config.proxyAddress,
-      ]);
+      // As the daemon has it: a second try only with --proxy-address.
+      const proxyAddresses = secondTryAddresses(config.allow, config.proxyAddress);
       conntrack = deps.openConntrack
         ? await deps.openConntrack()
         : await selectConntrackSource({ mode: config.conntrack, proxyAddresses, log: deps.log });

@@ -63,8 +63,11 @@ export interface Readiness {
   checks: ReadyCheck[];
 }
 
-/** Conntrack failures that say nothing about the source working (an ambiguous second try). */
-const NOT_SOURCE_FAILURES = new Set(['EAMBIGUOUS', 'ERR_INVALID_ARG_VALUE']);
+/**
+ * Conntrack failures that say nothing about the source working: an
+ * ambiguous second try, or its one candidate in another conntrack zone.
+ */
+const NOT_SOURCE_FAILURES = new Set(['EAMBIGUOUS', 'ERR_CONNTRACK_ZONE', 'ERR_INVALID_ARG_VALUE']);
 
 const LOOKUP_BUCKETS = [
   0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,

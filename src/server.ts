@@ -46,6 +46,16 @@ export interface IdentConnection {
 /** How long a connection may stay open after the reply, waiting for the client to close. */
 const LINGER_MS = 2000;
 
+/**
+ * A connection may stay open for this many idle timeouts in all
+ * (`connectionTimeoutMs`). The idle timer bounds both the wait for the query
+ * and its lookup (nothing is read or written meanwhile), so a client that
+ * sends its query within one idle timeout has its answer within two; only a
+ * client that keeps trickling bytes without finishing a query meets this
+ * deadline, and the shorter it is, the less such clients hold.
+ */
+export const CONNECTION_IDLE_PERIODS = 2;
+
 export function formatListenAddress(a: ListenAddress): string {
   return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }

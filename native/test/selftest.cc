@@ -3,6 +3,12 @@
 // of its own: it inserts conntrack entries. Prints "N passed, N failed".
 #include <arpa/inet.h>
 #include <errno.h>
+#include <libmnl/libmnl.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
+#include <linux/netlink.h>
+#include <sys/socket.h>
+#include <time.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -131,22 +137,125 @@ void testNetlink(int family) {
   check(r == 0 && !found && h->reusable(), "original tuple is not a reply tuple");
 
   ct::DumpResult d;
+  uint8_t ours[16], elsewhere[16];
+  ct::parseAddr(family, local, ours);
+  ct::parseAddr(family, family == 4 ? "203.0.113.10" : "2001:db8:f::10", elsewhere);
   std::vector<ct::Cidr> cidrs(1);
   cidrs[0].family = family;
   ct::parseAddr(family, proxy, cidrs[0].addr);
   cidrs[0].prefix = family == 4 ? 24 : 64;
-  r = h->dumpByReplyPorts(family, 80, 20042, cidrs, 4, &d);
+  r = h->dumpByReplyPorts(family, ours, 80, 20042, cidrs, 4, &d);
   check(r == 0 && d.total == 1 && d.matches.size() == 1 && d.matches[0].orig.sport == 1042,
         "filtered dump finds one");
   check(d.kernelFiltered, "kernel applied CTA_FILTER");
-  r = h->dumpByReplyPorts(family, 80, 7, cidrs, 4, &d);
+  r = h->dumpByReplyPorts(family, elsewhere, 80, 20042, cidrs, 4, &d);
+  check(r == 0 && d.total == 0, "filtered dump: reply destination not ours");
+  r = h->dumpByReplyPorts(family, ours, 80, 7, cidrs, 4, &d);
   check(r == 0 && d.total == 0, "filtered dump finds none");
   ct::parseAddr(family, family == 4 ? "192.0.2.0" : "2001:db8:9::", cidrs[0].addr);
-  r = h->dumpByReplyPorts(family, 80, 20042, cidrs, 4, &d);
+  r = h->dumpByReplyPorts(family, ours, 80, 20042, cidrs, 4, &d);
   check(r == 0 && d.total == 0, "filtered dump: reply source not a proxy");
-  r = h->dumpByReplyPorts(family, 80, 20042, {}, 0, &d);
+  r = h->dumpByReplyPorts(family, ours, 80, 20042, {}, 0, &d);
   check(r == 0 && d.total == 1 && d.matches.empty(), "dump limit 0 still counts");
   check(h->reusable(), "handle reusable after dumps");
+}
+
+// Port ids of this network namespace's NETLINK_NETFILTER sockets other than
+// the kernel's and `except` (/proc/net/netlink, as anyone may read it).
+std::vector<uint32_t> netfilterPortIds(uint32_t except) {
+  std::vector<uint32_t> out;
+  FILE* f = std::fopen("/proc/net/netlink", "r");
+  if (f == nullptr) return out;
+  char line[512];
+  if (std::fgets(line, sizeof line, f) != nullptr) {  // header
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+      char sk[64];
+      int eth;
+      unsigned long pid;
+      if (std::sscanf(line, "%63s %d %lu", sk, &eth, &pid) == 3 && eth == NETLINK_NETFILTER &&
+          pid != 0 && pid != except)
+        out.push_back(static_cast<uint32_t>(pid));
+    }
+  }
+  std::fclose(f);
+  return out;
+}
+
+void putTuple(nlmsghdr* nlh, uint16_t type, const char* src, const char* dst, uint16_t sport,
+              uint16_t dport) {
+  uint8_t a[16];
+  nlattr* tuple = mnl_attr_nest_start(nlh, type);
+  nlattr* ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
+  ct::parseAddr(4, src, a);
+  mnl_attr_put(nlh, CTA_IP_V4_SRC, 4, a);
+  ct::parseAddr(4, dst, a);
+  mnl_attr_put(nlh, CTA_IP_V4_DST, 4, a);
+  mnl_attr_nest_end(nlh, ip);
+  nlattr* proto = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
+  mnl_attr_put_u8(nlh, CTA_PROTO_NUM, IPPROTO_TCP);
+  mnl_attr_put_u16(nlh, CTA_PROTO_SRC_PORT, htons(sport));
+  mnl_attr_put_u16(nlh, CTA_PROTO_DST_PORT, htons(dport));
+  mnl_attr_nest_end(nlh, proto);
+  mnl_attr_nest_end(nlh, tuple);
+}
+
+// Another netlink socket sends the handle a datagram made to look like the
+// kernel's answer to its next GET. That needs CAP_NET_ADMIN, the port id
+// (in /proc/net/netlink) and the sequence number (seeded from the clock):
+// all within reach. The handle must take answers from the kernel only.
+void testForgedReply(bool claimKernelPid) {
+  const char* what = claimKernelPid ? "forged reply (nlmsg_pid 0) ignored"
+                                    : "forged reply (nlmsg_pid ours) ignored";
+  mnl_socket* inj = mnl_socket_open(NETLINK_NETFILTER);
+  if (inj == nullptr || mnl_socket_bind(inj, 0, MNL_SOCKET_AUTOPID) < 0) {
+    check(false, "open the forging socket");
+    if (inj != nullptr) mnl_socket_close(inj);
+    return;
+  }
+  // Handle::open seeds the sequence number with time(): open it within one second.
+  std::unique_ptr<ct::Handle> h;
+  time_t before, after;
+  int r;
+  do {
+    h.reset();
+    before = time(nullptr);
+    r = ct::Handle::open(&h);
+    after = time(nullptr);
+  } while (r == 0 && before != after);
+  std::vector<uint32_t> ports = netfilterPortIds(mnl_socket_get_portid(inj));
+  check(r == 0 && ports.size() == 1, "find the handle's port id");
+  if (r != 0 || ports.size() != 1) {
+    mnl_socket_close(inj);
+    return;
+  }
+  // No connection has this reply tuple; the forgery claims one from 10.66.6.6.
+  ct::Tuple key = tuple(4, "198.51.100.66", "203.0.113.66", 80, 60666);
+  alignas(nlmsghdr) uint8_t buf[512] = {};
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buf);
+  nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW;
+  nlh->nlmsg_seq = static_cast<uint32_t>(before) + 1;  // the handle's first request
+  nlh->nlmsg_pid = claimKernelPid ? 0 : ports[0];
+  auto* nfg = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
+  nfg->nfgen_family = AF_INET;
+  nfg->version = NFNETLINK_V0;
+  putTuple(nlh, CTA_TUPLE_ORIG, "10.66.6.6", "198.51.100.66", 40666, 80);
+  putTuple(nlh, CTA_TUPLE_REPLY, "198.51.100.66", "203.0.113.66", 80, 60666);
+  sockaddr_nl to = {};
+  to.nl_family = AF_NETLINK;
+  to.nl_pid = ports[0];
+  ssize_t sent = sendto(mnl_socket_get_fd(inj), buf, nlh->nlmsg_len, 0,
+                        reinterpret_cast<sockaddr*>(&to), sizeof to);
+  check(sent == static_cast<ssize_t>(nlh->nlmsg_len), "send the forged reply");
+  ct::Entry e;
+  bool found = false;
+  r = h->get(4, key, &e, &found);
+  check(r == 0 && !found, what);
+  if (found) std::printf("  (answered with the forged entry from %s)\n", ct::formatAddr(4, e.orig.src).c_str());
+  if (r != 0) std::printf("  (get failed: %s)\n", std::strerror(-r));
+  check(h->reusable(), "handle reusable after a forged reply");
+  r = h->get(4, key, &e, &found);
+  check(r == 0 && !found, "next GET after a forged reply");
+  mnl_socket_close(inj);
 }
 
 void testPoolAndLane() {
@@ -241,6 +350,8 @@ int main() {
   testAddresses();
   testNetlink(4);
   testNetlink(6);
+  testForgedReply(true);
+  testForgedReply(false);
   testPoolAndLane();
   std::printf("selftest: %d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

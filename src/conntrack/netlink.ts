@@ -4,11 +4,17 @@
  * Nothing outside this module touches the raw binding.
  *
  * lookup(): one IPCTNL_MSG_CT_GET keyed by the reply tuple (a kernel hash
- * lookup, verified in C and here to have that exact reply tuple); when it
- * finds nothing and proxy addresses are configured, a second try: a dump
- * filtered in the kernel on the reply ports (CTA_FILTER) and in C on the
- * reply source being one of the proxy addresses. One match answers, several
- * reject with code EAMBIGUOUS.
+ * lookup, verified in C and here to have that exact reply tuple). Without
+ * proxy addresses that is all: a miss is null. With them (`--proxy-address`)
+ * comes the second try, for a proxy behind a load balancer: a dump filtered
+ * in the kernel on the reply ports (CTA_FILTER) and in C on the reply
+ * destination being the query's (our address) and the reply source one of
+ * the proxy addresses. The GET's entry and the dump's are candidates
+ * together, since the query may be about any of them: exactly one answers,
+ * several reject with code EAMBIGUOUS. The GET searches conntrack zone 0
+ * only; the dump sees every zone, and a sole candidate outside zone 0
+ * rejects with code ERR_CONNTRACK_ZONE rather than answer from a zone no
+ * other lookup sees.
  *
  * Nothing blocks the JavaScript thread: GETs run on a thread of the addon's
  * own (which polls briefly for the next GET before it sleeps), dumps on the
@@ -30,11 +36,12 @@ import {
   type Tuple,
   closedError,
   formatTuple,
+  inZoneZero,
   replyPortsMatch,
 } from './types';
 
 /** Must equal kAbiVersion in native/addon.cc: a stale build is refused. */
-export const ADDON_ABI_VERSION = 1;
+export const ADDON_ABI_VERSION = 2;
 /** Environment variable naming another addon file (e.g. a sanitizer build). */
 export const ADDON_PATH_ENV = 'DOCKER_IDENTD_CONNTRACK_ADDON';
 const ADDON_FILE = 'conntrack_netlink.node';
@@ -64,6 +71,7 @@ interface RawConntrack {
   ): void;
   findByReplyPorts(
     family: Family,
+    replyDst: string,
     sport: number,
     dport: number,
     cidrs: [string, number][],
@@ -151,7 +159,10 @@ export function loadNetlinkAddon(): AddonLoadResult {
 }
 
 export interface NetlinkSourceOptions {
-  /** Proxies / load balancers whose connections the second try may answer for. */
+  /**
+   * Proxies / load balancers whose connections the second try may answer
+   * for; without any (of a query's family), a lookup is the exact GET alone.
+   */
   proxyAddresses?: AddressSet;
   /**
    * How long (µs) the lookup thread polls for the next lookup before it
@@ -185,7 +196,10 @@ const POLL_BACKOFF = 32;
 
 const MAX_LISTED_CANDIDATES = 8;
 
-/** Same code as the procfs source's. */
+/** One connection, however it was found: its tuples and zone never change while it lives. */
+function identity(e: ConntrackEntry): string {
+  return `${formatTuple(e.orig)} ${formatTuple(e.reply)} ${e.zone ?? 0}`;
+}
 
 function checkTuple(t: ReplyTuple): void {
   const ok =
@@ -255,8 +269,8 @@ export class NetlinkSource implements ConntrackSource {
             this.raw.get(tuple.family, tuple.src, tuple.dst, tuple.sport, tuple.dport, cb),
           );
       // The addon already refused an entry whose ORIGINAL tuple equals the key.
-      if (exact && replyMatches(exact, tuple)) return exact;
-      return await this.secondTry(tuple);
+      const hit = exact && replyMatches(exact, tuple) ? exact : null;
+      return await this.secondTry(tuple, hit);
     } catch (e) {
       // Lookups still queued when close() ran fail with EBADF in the addon.
       if (this.closed && (e as ConntrackError).code === 'EBADF') throw closedError('netlink');
@@ -289,15 +303,21 @@ export class NetlinkSource implements ConntrackSource {
     setImmediate(tick);
   }
 
-  /** A reply-port dump restricted to the proxy addresses of the tuple's family. */
-  private async secondTry(tuple: ReplyTuple): Promise<ConntrackEntry | null> {
+  /**
+   * With proxy addresses of the tuple's family: the exact GET's entry (`hit`)
+   * and the dump's entries with the tuple's ports and local address whose
+   * reply source is a proxy address, taken together; exactly one answers.
+   * Without them, `hit` as it is.
+   */
+  private async secondTry(tuple: ReplyTuple, hit: ConntrackEntry | null): Promise<ConntrackEntry | null> {
     const proxies = this.proxyAddresses;
     const cidrs = proxies?.cidrs.filter((c) => c.family === tuple.family) ?? [];
-    if (!proxies || cidrs.length === 0) return null;
+    if (!proxies || cidrs.length === 0) return hit;
     const dump = (): Promise<DumpResult> =>
       promised<DumpResult>((cb) =>
         this.raw.findByReplyPorts(
           tuple.family,
+          tuple.dst,
           tuple.sport,
           tuple.dport,
           cidrs.map((c) => [c.address, c.prefix]),
@@ -308,13 +328,34 @@ export class NetlinkSource implements ConntrackSource {
     const turn = this.dumpQueue.then(dump, dump);
     this.dumpQueue = turn.catch(() => undefined);
     const r = await turn;
-    const matches = r.matches.filter((e) => replyPortsMatch(e, tuple) && proxies.has(e.reply.src));
-    if (r.total === 0) return null;
-    if (r.total === 1 && matches.length === 1) return { ...matches[0], matchedBy: 'proxy-ports' };
-    const listed = matches.map((e) => formatTuple(e.orig)).join(', ');
+    // The C side checked all of this already; an entry it should not have sent still counts in r.total.
+    const found = r.matches.filter(
+      (e) => replyPortsMatch(e, tuple) && e.reply.dst === tuple.dst && proxies.has(e.reply.src),
+    );
+    // One connection seen by both the GET and the dump (the querier is often a proxy address) is one candidate.
+    const candidates = new Map(found.map((e) => [identity(e), e]));
+    let total = r.total;
+    if (hit && !candidates.has(identity(hit))) {
+      candidates.set(identity(hit), hit);
+      total++;
+    }
+    if (total === 0) return null;
+    if (total === 1 && candidates.size === 1) {
+      const [only] = candidates.values();
+      // The dump sees every zone; the exact GET, and so every answer, zone 0 only.
+      if (!inZoneZero(only)) {
+        throw conntrackError(
+          `the one connection matching query ${formatTuple(tuple)} exactly or through a proxy address, ` +
+            `${formatTuple(only.orig)}, is in conntrack zone ${only.zone}: not answered`,
+          'ERR_CONNTRACK_ZONE',
+        );
+      }
+      return replyMatches(only, tuple) ? only : { ...only, matchedBy: 'proxy-ports' };
+    }
+    const listed = [...candidates.values()].map((e) => formatTuple(e.orig)).join(', ');
     throw conntrackError(
-      `${r.total} connections from proxy addresses match reply ports ${tuple.sport} -> ${tuple.dport} ` +
-        `(query ${formatTuple(tuple)}): ${listed}${r.total > matches.length ? ', ...' : ''}`,
+      `${total} connections match query ${formatTuple(tuple)} exactly or through a proxy address ` +
+        `(reply ports ${tuple.sport} -> ${tuple.dport}): ${listed}${total > candidates.size ? ', ...' : ''}`,
       'EAMBIGUOUS',
     );
   }

@@ -9,7 +9,9 @@
  *   packets=2 bytes=112 [ASSURED] mark=0 zone=0 use=2
  *
  * IPv6 addresses are printed fully expanded (`fd00:0000:...:0002`); they are
- * returned in canonical form.
+ * returned in canonical form. A zone set for one direction only is printed
+ * after that direction's tuple (`zone-orig=N`, `zone-reply=N`) instead of
+ * `zone=N` at the end.
  */
 import { canonicalIp } from '../ip';
 import type { ConntrackEntry, Family, Tuple } from './types';
@@ -72,6 +74,7 @@ export function parseConntrackLine(line: string, nowNs?: bigint): ConntrackEntry
   const status: string[] = [];
   let state: string | undefined;
   let zone: number | undefined;
+  let replyZone: number | undefined;
   let mark: number | undefined;
   let deltaTime: number | undefined;
   for (let i = 5; i < tokens.length; i++) {
@@ -112,7 +115,15 @@ export function parseConntrackLine(line: string, nowNs?: bigint): ConntrackEntry
         mark = Number(value);
         break;
       case 'zone':
+        // A zone decides whether the entry can be an answer: one that cannot
+        // be read makes the line unusable, never zone 0.
+        if (!/^\d{1,5}$/.test(value)) return null;
         zone = Number(value);
+        break;
+      case 'zone-reply':
+        // The reply direction's own zone; `zone-orig` leaves it in zone 0.
+        if (!/^\d{1,5}$/.test(value)) return null;
+        replyZone = Number(value);
         break;
       case 'delta-time':
         // Whole seconds since the entry started (only with nf_conntrack_timestamp=1).
@@ -126,7 +137,9 @@ export function parseConntrackLine(line: string, nowNs?: bigint): ConntrackEntry
   const entry: ConntrackEntry = { family, protocol, orig: tuples[0], reply: tuples[1] };
   if (state !== undefined) entry.state = state;
   if (status.length > 0) entry.status = status;
-  if (zone !== undefined && Number.isInteger(zone)) entry.zone = zone;
+  // The zone of the reply direction (ConntrackEntry.zone).
+  const replyDirZone = zone ?? replyZone;
+  if (replyDirZone !== undefined) entry.zone = replyDirZone;
   if (mark !== undefined && Number.isInteger(mark)) entry.mark = mark;
   if (deltaTime !== undefined && nowNs !== undefined) {
     // The start lies within the second before now - delta; take its earliest

@@ -8,8 +8,12 @@
  * as soon as the current one ends. A scan stops as soon as all of its queries
  * are answered. The file is read in chunks, so the event loop is never held
  * for more than one chunk's worth of lines.
+ *
+ * The file lists every conntrack zone; only entries whose reply direction is
+ * in zone 0 answer (replyMatches), as with the netlink GET, which searches
+ * zone 0 only.
  */
-import { createReadStream, type ReadStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 
 import { closedError, conntrackError, replyMatches } from './types';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from './types';
@@ -46,7 +50,6 @@ export class ProcfsSource implements ConntrackSource {
   private readonly chunkSize: number;
   private queued: Waiter[] = [];
   private active: Map<string, Waiter[]> | null = null;
-  private stream: ReadStream | null = null;
   private closed = false;
   private startPending = false;
   readonly stats: ProcfsStats = { scans: 0, linesRead: 0 };
@@ -78,8 +81,8 @@ export class ProcfsSource implements ConntrackSource {
   }
 
   async close(): Promise<void> {
+    // A scan in progress stops after its current read.
     this.closed = true;
-    this.stream?.destroy();
     const err = closedError('procfs');
     for (const w of this.queued) w.reject(err);
     this.queued = [];
@@ -94,35 +97,18 @@ export class ProcfsSource implements ConntrackSource {
     this.queued = [];
     this.active = active;
     this.stats.scans++;
+    void this.scan(active);
+  }
 
-    const stream = createReadStream(this.path, { encoding: 'latin1', highWaterMark: this.chunkSize });
-    this.stream = stream;
-    let rest = '';
-    let finished = false;
-    const finish = (err: Error | null): void => {
-      if (finished) return;
-      finished = true;
-      this.stream = null;
-      this.active = null;
-      stream.destroy();
-      for (const list of active.values()) {
-        for (const w of list) {
-          if (err) w.reject(err);
-          else if (w.late) {
-            w.late = false;
-            this.queued.push(w);
-          } else w.resolve(null);
-        }
-      }
-      if (!this.closed) this.startScan();
-    };
-    const onLine = (line: string): void => {
+  /** One pass over the file for the waiters in `active`; settles each of them (or hands it to the next scan). */
+  private async scan(active: Map<string, Waiter[]>): Promise<void> {
+    const onLine = (line: string, readNs: bigint): void => {
       this.stats.linesRead++;
       const key = replyPortsKey(line);
       if (key === null) return;
       const list = active.get(key);
       if (!list) return;
-      const entry = parseConntrackLine(line, BigInt(Date.now()) * 1_000_000n);
+      const entry = parseConntrackLine(line, readNs);
       if (!entry) return;
       for (let i = list.length - 1; i >= 0; i--) {
         if (replyMatches(entry, list[i].tuple)) {
@@ -132,27 +118,62 @@ export class ProcfsSource implements ConntrackSource {
       }
       if (list.length === 0) active.delete(key);
     };
-    stream.on('data', (chunk: string | Buffer) => {
-      const text = rest + (typeof chunk === 'string' ? chunk : chunk.toString('latin1'));
-      let start = 0;
-      for (;;) {
-        const nl = text.indexOf('\n', start);
-        if (nl < 0) break;
-        if (nl - start <= MAX_LINE) onLine(text.slice(start, nl));
-        start = nl + 1;
-        if (active.size === 0) return finish(null);
+    let failure: Error | null = null;
+    let fh: FileHandle | null = null;
+    try {
+      fh = await open(this.path, 'r');
+      const buf = Buffer.allocUnsafe(this.chunkSize);
+      // The start of a line the last read cut off, and the clock of the read it began in.
+      let rest = '';
+      let restNs = 0n;
+      while (active.size > 0 && !this.closed) {
+        // The kernel prints delta-time (seconds since the entry started) while
+        // it serves the read that returns the line's first byte. A clock taken
+        // before that read is never later, so the start time derived from it
+        // (procfs-parse.ts) is never later than the true start; one taken when
+        // the line is parsed can be, by however long the event loop was busy.
+        const readNs = BigInt(Date.now()) * 1_000_000n;
+        const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+        if (bytesRead === 0) {
+          if (rest.length > 0 && rest.length <= MAX_LINE) onLine(rest, restNs);
+          break;
+        }
+        const text = rest + buf.toString('latin1', 0, bytesRead);
+        let start = 0;
+        let lineNs = rest.length > 0 ? restNs : readNs;
+        for (;;) {
+          const nl = text.indexOf('\n', start);
+          if (nl < 0) break;
+          if (nl - start <= MAX_LINE) onLine(text.slice(start, nl), lineNs);
+          start = nl + 1;
+          lineNs = readNs;
+          if (active.size === 0) break;
+        }
+        if (active.size === 0) break;
+        rest = text.slice(start);
+        restNs = lineNs;
+        // A line longer than MAX_LINE is dropped; keep only a marker so its tail is skipped too.
+        if (rest.length > MAX_LINE) rest = ' '.repeat(MAX_LINE + 1);
       }
-      rest = text.slice(start);
-      // A line longer than MAX_LINE is dropped; keep only a marker so its tail is skipped too.
-      if (rest.length > MAX_LINE) rest = ' '.repeat(MAX_LINE + 1);
-    });
-    stream.on('end', () => {
-      if (rest.length > 0 && rest.length <= MAX_LINE) onLine(rest);
-      finish(null);
-    });
-    stream.on('error', (e: NodeJS.ErrnoException) => {
-      finish(conntrackError(`cannot read ${this.path}: ${e.message}`, e.code ?? 'EIO', e.errno, 'read'));
-    });
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      failure = conntrackError(`cannot read ${this.path}: ${e.message}`, e.code ?? 'EIO', e.errno, 'read');
+    } finally {
+      await fh?.close().catch(() => undefined);
+    }
+    this.active = null;
+    // After close() every waiter has been rejected already.
+    if (this.closed) return;
+    for (const list of active.values()) {
+      for (const w of list) {
+        if (failure) w.reject(failure);
+        else if (w.late) {
+          w.late = false;
+          this.queued.push(w);
+        } else w.resolve(null);
+      }
+    }
+    this.startScan();
   }
 }
 

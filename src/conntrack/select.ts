@@ -8,14 +8,14 @@ import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 
 import type { ConntrackMode } from '../config';
-import type { AddressSet } from '../ip';
+import { AddressSet, type Cidr } from '../ip';
 import { DEFAULT_PROCFS_PATH, ProcfsSource } from './procfs';
 import type { ConntrackSource } from './types';
 
 export interface SelectOptions {
   mode: ConntrackMode;
-  /** Proxy addresses for the netlink source's second try (filtered dump). */
-  proxyAddresses: AddressSet;
+  /** Proxy addresses for the netlink source's second try (filtered dump); none: no second try. */
+  proxyAddresses?: AddressSet;
   procfsPath?: string;
   log: Logger;
 }
@@ -36,7 +36,16 @@ async function openProcfs(path: string): Promise<ConntrackSource> {
   return new ProcfsSource({ path });
 }
 
-async function openNetlink(proxyAddresses: AddressSet): Promise<ConntrackSource> {
+/**
+ * The netlink source's proxy set for `--allow` and `--proxy-address`: none
+ * (no second try: a miss of the exact lookup is a miss) unless
+ * `--proxy-address` is given; then those addresses and the `--allow` ones.
+ */
+export function secondTryAddresses(allow: readonly Cidr[], proxyAddress: readonly Cidr[]): AddressSet | undefined {
+  return proxyAddress.length > 0 ? new AddressSet([...allow, ...proxyAddress]) : undefined;
+}
+
+async function openNetlink(proxyAddresses: AddressSet | undefined): Promise<ConntrackSource> {
   const { NetlinkSource } = await import('./netlink');
   // Spinning the lookup thread for the next request pays off only with cores
   // to spare; on two or fewer it competes with the event loop (bench/conntrack.ts).

@@ -20,6 +20,8 @@ export interface Tuple {
  * The reply tuple of the NATed connection, as seen from the ident connection:
  * src = the querier (proxy) address and its port (port-on-client),
  * dst = our local address of the ident connection and port-on-server.
+ * Always in conntrack zone 0: the ident connection says nothing of zones, so
+ * the daemon looks nowhere else (see replyMatches).
  */
 export interface ReplyTuple extends Tuple {
   family: Family;
@@ -33,6 +35,12 @@ export interface ConntrackEntry {
   reply: Tuple;
   /** TCP state ("ESTABLISHED", "TIME_WAIT", ...) where known. */
   state?: string;
+  /**
+   * The conntrack zone of the reply direction: the entry's zone, or the zone
+   * of its reply tuple alone when the zone was set per direction (`zone-reply=`
+   * in /proc). Absent means 0. A zone set for the original direction only
+   * leaves the reply direction in zone 0.
+   */
   zone?: number;
   mark?: number;
   /** Entry start, nanoseconds since the epoch, where the kernel keeps timestamps. */
@@ -41,8 +49,9 @@ export interface ConntrackEntry {
   status?: string[];
   /**
    * How the entry was found: by the exact reply tuple (the default), or by the
-   * netlink source's second try, the reply ports from one of the configured
-   * proxy addresses (then reply.src is that proxy, not the querier).
+   * netlink source's second try (`--proxy-address`): the query's reply ports
+   * and local address, from one of the configured proxy addresses (then
+   * reply.src is that proxy, not the querier), as the only candidate.
    */
   matchedBy?: 'reply-tuple' | 'proxy-ports';
 }
@@ -97,13 +106,29 @@ export function replyPortsMatch(entry: ConntrackEntry, tuple: ReplyTuple): boole
   );
 }
 
-/** True when the entry answers `tuple`: its reply ports (second try) or its whole reply tuple. */
-export function answersTuple(entry: ConntrackEntry, tuple: ReplyTuple): boolean {
-  if (entry.matchedBy !== 'proxy-ports') return replyMatches(entry, tuple);
-  return replyPortsMatch(entry, tuple);
+/** True when the entry's reply direction lies in conntrack zone 0. */
+export function inZoneZero(entry: ConntrackEntry): boolean {
+  return (entry.zone ?? 0) === 0;
 }
 
-/** True when the entry's reply direction is exactly `tuple` (TCP, same family). */
+/**
+ * True when the entry answers `tuple`: its whole reply tuple, or (second try)
+ * everything but the reply source, which is then a proxy address; in zone 0.
+ */
+export function answersTuple(entry: ConntrackEntry, tuple: ReplyTuple): boolean {
+  if (entry.matchedBy !== 'proxy-ports') return replyMatches(entry, tuple);
+  return replyPortsMatch(entry, tuple) && entry.reply.dst === tuple.dst && inZoneZero(entry);
+}
+
+/**
+ * True when the entry's reply direction is exactly `tuple` (TCP, same family)
+ * in zone 0. The same reply tuple may exist once per zone, and nothing in an
+ * ident query says which zone it is about: the netlink GET searches zone 0
+ * only, so every source looks there only, and an entry in another zone is
+ * never an answer (issue 12).
+ */
 export function replyMatches(entry: ConntrackEntry, tuple: ReplyTuple): boolean {
-  return replyPortsMatch(entry, tuple) && entry.reply.src === tuple.src && entry.reply.dst === tuple.dst;
+  return (
+    replyPortsMatch(entry, tuple) && entry.reply.src === tuple.src && entry.reply.dst === tuple.dst && inZoneZero(entry)
+  );
 }

@@ -198,6 +198,38 @@ if (!isRoot && !inCI) {
       }
     });
   });
+
+  describe('a client that keeps its connection busy and never finishes the query', { timeout: 60_000 }, () => {
+    it('is closed at twice --idle-timeout, as the README says', async () => {
+      const port = PORT + 3;
+      const fake = new FakeDocker(path.join(dir, 'trickle.sock'));
+      fake.add(structuredClone(loopy));
+      await fake.start();
+      const d = await startDaemon(
+        [
+          ...['--listen', `127.0.0.1:${port}`, '--allow', '127.0.0.1', '--conntrack', 'procfs'],
+          ...['--docker-host', fake.url, '--idle-timeout', '1'],
+        ],
+        path.join(dir, 'trickle.log'),
+      );
+      try {
+        const s = net.connect(port, '127.0.0.1');
+        s.on('error', () => undefined);
+        await new Promise((r) => s.once('connect', r));
+        const t0 = Date.now();
+        // A digit every 300 ms: never idle for a second, and 1,000 bytes (the
+        // read limit) would take five minutes.
+        const drip = setInterval(() => s.write('1'), 300);
+        await new Promise((r) => s.once('close', r));
+        clearInterval(drip);
+        const ms = Date.now() - t0;
+        assert.ok(ms >= 1900 && ms < 2600, `closed after ${ms} ms with --idle-timeout 1`);
+      } finally {
+        await d.stop();
+        await fake.stop();
+      }
+    });
+  });
 }
 
 describe('running short of file descriptors', { timeout: 60_000 }, () => {

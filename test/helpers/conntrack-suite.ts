@@ -13,6 +13,7 @@ import {
   LAB,
   MasqLab,
   netnsUnavailableReason,
+  replaceBigInt,
   SERVER_PORT,
   type LabConnection,
   type Outcome,
@@ -131,6 +132,32 @@ export function conntrackSuite(factory: SourceFactory): void {
       if (syn?.status) assert.ok(syn.status.includes('UNREPLIED'), `status ${syn.status.join(',')}`);
       assert.equal(cw?.state, 'CLOSE_WAIT');
       assert.equal(cw?.family, 6);
+    });
+
+    it('looks in zone 0 only: an entry whose reply direction lies in another zone is never the answer', async () => {
+      // The netlink GET searches zone 0; /proc lists every zone. Both must
+      // answer alike, and never with an entry from another zone.
+      const show = (v: unknown): string => JSON.stringify(v, replaceBigInt);
+      const mk = (n: number, client: number, extra: string[]): ReplyTuple => {
+        const orig = { src: LAB[4].client(client), dst: LAB[4].remote, sport: 52000 + n, dport: 9100 };
+        const reply = { src: LAB[4].remote, dst: LAB[4].hostExt, sport: 9100, dport: 53000 + n };
+        lab.conntrack(conntrackInsertArgs(4, orig, reply, ['--state', 'ESTABLISHED', ...extra]));
+        return { family: 4, ...reply };
+      };
+      const zoneOnly = mk(1, 4, ['--zone', '1']);
+      const replyZoneOnly = mk(2, 4, ['--reply-zone', '3']);
+      // A zone for the original direction only: the reply direction is in zone 0.
+      const origZone = mk(3, 5, ['--orig-zone', '4']);
+      // One reply tuple twice: carol's entry in zone 0, alice's in zone 1.
+      const twice = mk(4, 6, []);
+      assert.deepEqual(mk(4, 7, ['--zone', '1']), twice);
+      const [z1, zr, zo, both] = (await lookup([zoneOnly, replyZoneOnly, origZone, twice])).map(entryOf);
+      assert.equal(z1, null, `an entry in zone 1 only: ${show(z1)}`);
+      assert.equal(zr, null, `an entry whose reply direction is in zone 3: ${show(zr)}`);
+      assert.equal(zo?.orig.src, LAB[4].client(5), 'an entry zoned in its original direction only');
+      assert.equal(zo?.zone ?? 0, 0);
+      assert.equal(both?.orig.src, LAB[4].client(6), `the zone-0 entry, not the zone-1 one: ${show(both)}`);
+      assert.equal(both?.zone ?? 0, 0);
     });
 
     it('serves concurrent lookups with the same answers as sequential ones', async () => {

@@ -111,7 +111,15 @@ async function stress(): Promise<void> {
       family: 4 as const,
       ...synthetic((i * 7 + round) % n).reply,
     }));
-    for (const r of await Promise.all(keys.map((k) => source.lookup(k)))) counts[r ? 'hit' : 'miss']++;
+    // With proxy addresses every lookup is a GET and a dump; entry 7's exact
+    // lookup sees the proxied duplicate too and is ambiguous.
+    const ambiguous = (e: NodeJS.ErrnoException): 'ambiguous' => {
+      if (e.code !== 'EAMBIGUOUS') throw e;
+      return 'ambiguous';
+    };
+    for (const r of await Promise.all(keys.map((k) => source.lookup(k).catch(ambiguous)))) {
+      counts[r === 'ambiguous' ? 'ambiguous' : r ? 'hit' : 'miss']++;
+    }
     for (const k of keys.slice(0, 50)) counts[(await source.lookup({ ...k, sport: 1 })) ? 'hit' : 'miss']++;
     for (const i of [3, 5, 11]) {
       if (await source.lookup({ family: 4, ...synthetic(i).reply, src: '198.51.100.250' })) counts.second++;

@@ -130,8 +130,12 @@ test('the instrumented conntrack source times lookups and tracks whether the sou
   fail = conntrackError('two match', 'EAMBIGUOUS');
   await assert.rejects(src.lookup(tuple));
   assert.equal(m.readinessNow().ready, true);
+  // Nor is a second-try candidate in another conntrack zone.
+  fail = conntrackError('in zone 7', 'ERR_CONNTRACK_ZONE');
+  await assert.rejects(src.lookup(tuple));
+  assert.equal(m.readinessNow().ready, true, 'a candidate in another zone is not a broken source');
   const text = await m.registry.metrics();
-  assert.equal(sample(text, 'docker_identd_conntrack_lookup_seconds_count{source="netlink"}'), 5);
+  assert.equal(sample(text, 'docker_identd_conntrack_lookup_seconds_count{source="netlink"}'), 6);
   assert.equal(sample(text, 'docker_identd_conntrack_lookup_errors_total{source="netlink"}'), 1);
   assert.equal(sample(text, 'docker_identd_conntrack_source{source="netlink"}'), 1);
   m.setStopping();

@@ -52,6 +52,19 @@ test('TIME_WAIT, zone and mark; timestamps do not confuse the parser', () => {
   assert.equal(parseConntrackLine(lines[5])!.orig.src, '172.17.0.7');
 });
 
+test('directional zones: zone-reply is the zone of the reply direction, zone-orig is not', () => {
+  // As /proc prints entries made with conntrack -I --reply-zone 3 / --orig-zone 4.
+  const replyZone =
+    'ipv4     2 tcp      6 599 ESTABLISHED src=192.0.2.22 dst=198.51.100.1 sport=40000 dport=80 [UNREPLIED] ' +
+    'src=198.51.100.1 dst=203.0.113.5 sport=80 dport=50011 zone-reply=3 mark=0 use=2';
+  const origZone =
+    'ipv4     2 tcp      6 599 ESTABLISHED src=192.0.2.23 dst=198.51.100.1 sport=40000 dport=80 zone-orig=4 ' +
+    '[UNREPLIED] src=198.51.100.1 dst=203.0.113.5 sport=80 dport=50012 mark=0 use=2';
+  assert.equal(parseConntrackLine(replyZone)!.zone, 3);
+  assert.equal(parseConntrackLine(origZone)!.zone ?? 0, 0);
+  assert.equal(parseConntrackLine(origZone)!.reply.dport, 50012);
+});
+
 test('UDP parses with its protocol; ICMP has no ports and is skipped', () => {
   assert.equal(parseConntrackLine(lines[6])!.protocol, 'udp');
   assert.equal(parseConntrackLine(lines[7]), null);

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
@@ -93,4 +95,33 @@ test('an unreadable table rejects with the system error code', async () => {
   await assert.rejects(s.lookup(t4(1)), (err: Error & { code?: string }) => err.code === 'ENOENT');
   await s.close();
   await assert.rejects(s.lookup(t4(1)), (err: Error & { code?: string }) => err.code === 'ERR_CLOSED');
+});
+
+test('a start time from delta-time is never later than the true start, however late the line is parsed', async () => {
+  // A FIFO stands for /proc/net/nf_conntrack: the line is "generated" when it
+  // is written, as the kernel computes delta-time while it serves the read.
+  const fifo = path.join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
+  const s = new ProcfsSource({ path: fifo });
+  const answer = s.lookup(t4(40000));
+  const writer = await open(fifo, 'w'); // returns once the source has opened its end
+  await new Promise((r) => setTimeout(r, 100)); // and is waiting in its read
+  const writtenAt = Date.now();
+  // delta-time=0: the entry started within the second before writtenAt, at writtenAt at the latest.
+  writeSync(
+    writer.fd,
+    'ipv4     2 tcp      6 431999 ESTABLISHED src=172.17.0.2 dst=10.213.0.2 sport=40000 dport=3128 ' +
+      'src=10.213.0.2 dst=10.213.0.1 sport=3128 dport=40000 [ASSURED] mark=0 delta-time=0 zone=0 use=2\n',
+  );
+  // The event loop is busy for a while before the data is handled, as in a loaded daemon.
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1500);
+  await writer.close();
+  const e = await answer;
+  await s.close();
+  assert.equal(typeof e?.startNs, 'bigint');
+  const latestNs = BigInt(writtenAt) * 1_000_000n;
+  assert.ok(
+    e!.startNs! <= latestNs,
+    `estimated start ${e!.startNs} is ${Number(e!.startNs! - latestNs) / 1e6} ms after the latest true start`,
+  );
 });

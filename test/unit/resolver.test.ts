@@ -268,6 +268,34 @@ test('an entry found by the second try (proxy reply ports) answers; an unexplain
   );
 });
 
+test('an entry outside conntrack zone 0 is never named, found exactly or by the second try', async () => {
+  const viaLb = { ...query, querier: '10.213.0.9' };
+  for (const [e, q] of [
+    [{ ...entry, zone: 1 }, query],
+    [{ ...entry, zone: 3, matchedBy: 'proxy-ports' }, viaLb],
+  ] as const) {
+    const res = await new Resolver(
+      source(async () => e),
+      registry(owner('web')),
+    ).resolve(q);
+    assert.deepEqual(res.answer, { kind: 'ERROR', code: 'UNKNOWN-ERROR' }, `zone ${e.zone}: ${res.reason}`);
+  }
+});
+
+test('a second-try entry must be a connection to the local address the query came to', async () => {
+  const viaLb = { ...query, querier: '10.213.0.9' };
+  const elsewhere: ConntrackEntry = {
+    ...entry,
+    reply: { ...entry.reply, dst: '10.213.0.7' },
+    matchedBy: 'proxy-ports',
+  };
+  const res = await new Resolver(
+    source(async () => elsewhere),
+    registry(owner('web')),
+  ).resolve(viaLb);
+  assert.deepEqual(res.answer, { kind: 'ERROR', code: 'UNKNOWN-ERROR' }, res.reason);
+});
+
 test('an address claimed by several containers names none of them: NO-USER', async () => {
   const res = await new Resolver(
     source(async () => entry),
