@@ -128,7 +128,9 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   const selected = await selectConntrackSource({ mode: config.conntrack, proxyAddresses, log });
   const conntrack: ConntrackSource = metrics ? metrics.instrumentConntrack(selected) : selected;
   // Conntrack start times tell a former owner's connection from the current owner's.
-  metrics?.setConntrackTimestamps(await ensureConntrackTimestamps(log));
+  // Not inside metrics?.…(): with no metrics, optional chaining would skip the call itself.
+  const timestamps = await ensureConntrackTimestamps(log);
+  metrics?.setConntrackTimestamps(timestamps);
   log.info({ source: conntrack.name }, 'conntrack source ready');
   notifier.status(`conntrack source ${conntrack.name} ready; connecting to Docker`);
 
