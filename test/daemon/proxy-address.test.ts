@@ -152,6 +152,27 @@ describe(
       }
     });
 
+    it('the second try takes only the --proxy-address addresses, not the other --allow ones', async () => {
+      // Another proxy that may query too (in --allow), with its own connection on the same ports:
+      // a query from PROXY is not about it.
+      const OTHER_PROXY = '198.51.100.3';
+      const theirs = {
+        orig: { src: '192.0.2.11', dst: OTHER_PROXY, sport: 40002, dport: 80 },
+        reply: { src: OTHER_PROXY, dst: LOCAL, sport: 80, dport: 50000 },
+      };
+      const d = await daemon('other-allowed', ['--allow', PROXY, '--allow', OTHER_PROXY, '--proxy-address', LB]);
+      try {
+        insert(theirs);
+        assert.equal(
+          await query(d, LOCAL, theirs),
+          '50000 , 80 : ERROR : NO-USER (no conntrack entry with this reply tuple)',
+        );
+      } finally {
+        await d.stop();
+        remove(theirs);
+      }
+    });
+
     describe('with --proxy-address', () => {
       let d: Daemon;
       before(async () => {
