@@ -18,7 +18,7 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export interface Config {
   listen: ListenAddress[];
   allow: Cidr[];
-  /** Extra proxy source addresses for the netlink source's second try (besides --allow). */
+  /** The proxy addresses for the netlink source's second try (the --allow ones are not among them). */
   proxyAddress: Cidr[];
   /** True when --allow was not given: loopback only, and a warning at start. */
   allowDefaulted: boolean;

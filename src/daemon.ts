@@ -123,7 +123,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   }
   const allow = new AddressSet(config.allow);
   // The netlink source's second try, only with --proxy-address, looks among these proxies' entries.
-  const proxyAddresses = secondTryAddresses(config.allow, config.proxyAddress);
+  const proxyAddresses = secondTryAddresses(config.proxyAddress);
   const metrics = config.metrics ? new Metrics({ version: VERSION }) : null;
   const selected = await selectConntrackSource({ mode: config.conntrack, proxyAddresses, log });
   const conntrack: ConntrackSource = metrics ? metrics.instrumentConntrack(selected) : selected;

@@ -253,7 +253,7 @@ export async function explain(input: ExplainInput, deps: ExplainDeps): Promise<E
     const c0 = performance.now();
     try {
       // As the daemon has it: a second try only with --proxy-address.
-      const proxyAddresses = secondTryAddresses(config.allow, config.proxyAddress);
+      const proxyAddresses = secondTryAddresses(config.proxyAddress);
       conntrack = deps.openConntrack
         ? await deps.openConntrack()
         : await selectConntrackSource({ mode: config.conntrack, proxyAddresses, log: deps.log });

@@ -37,12 +37,13 @@ async function openProcfs(path: string): Promise<ConntrackSource> {
 }
 
 /**
- * The netlink source's proxy set for `--allow` and `--proxy-address`: none
- * (no second try: a miss of the exact lookup is a miss) unless
- * `--proxy-address` is given; then those addresses and the `--allow` ones.
+ * The netlink source's proxy set: the `--proxy-address` addresses, or none
+ * (no second try: a miss of the exact lookup is a miss). Not the `--allow`
+ * ones: the querier is the exact lookup's, and another allowed querier's
+ * connections are not this one's to ask about.
  */
-export function secondTryAddresses(allow: readonly Cidr[], proxyAddress: readonly Cidr[]): AddressSet | undefined {
-  return proxyAddress.length > 0 ? new AddressSet([...allow, ...proxyAddress]) : undefined;
+export function secondTryAddresses(proxyAddress: readonly Cidr[]): AddressSet | undefined {
+  return proxyAddress.length > 0 ? new AddressSet([...proxyAddress]) : undefined;
 }
 
 async function openNetlink(proxyAddresses: AddressSet | undefined): Promise<ConntrackSource> {
