@@ -33,19 +33,11 @@ else
   echo "setup: native addon not built; the daemon will read /proc/net/nf_conntrack"
 fi
 
-# The docker-identd command, starting at once: a link on root's PATH to this
-# checkout's bin/docker-identd.js (replaced if it is a link, as from another
-# checkout; left alone if it is anything else).
-cmd=/usr/local/bin/docker-identd
+# The docker-identd command, starting at once: a link on root's PATH.
 if [ "$(id -u)" = 0 ]; then
-  if [ -L "$cmd" ] || [ ! -e "$cmd" ]; then
-    ln -sfn "$PWD/bin/docker-identd.js" "$cmd"
-    echo "setup: $cmd -> $PWD/bin/docker-identd.js"
-  else
-    echo "setup: $cmd exists and is not a link, so it was left alone; run node $PWD/bin/docker-identd.js" >&2
-  fi
+  bash scripts/link-command.sh
 else
-  echo "setup: not root, so no $cmd link; run node $PWD/bin/docker-identd.js"
+  echo "setup: not root, so no /usr/local/bin/docker-identd link; run node $PWD/bin/docker-identd.js"
 fi
 
 # `npx docker-identd` in this checkout installs the checkout into npm's npx
