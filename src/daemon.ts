@@ -7,7 +7,7 @@ import { secondTryAddresses, selectConntrackSource } from './conntrack/select';
 import { ensureConntrackTimestamps } from './conntrack/timestamps';
 import type { ConntrackSource } from './conntrack/types';
 import type { NetRawExposure } from './docker/address-index';
-import { DockerRegistry } from './docker/registry';
+import { DockerRegistry, type CapabilitySweep } from './docker/registry';
 import { AddressSet, formatCidr } from './ip';
 import { Metrics, MetricsServer } from './metrics';
 import { applyNameTemplate } from './naming';
@@ -69,25 +69,26 @@ export interface RunningDaemon {
 }
 
 /**
- * Once the index is first synced: the containers that could send from a
+ * Once the containers listed at the first sync have been inspected (Docker's
+ * listing shows no capabilities): the containers that could send from a
  * neighbour's address and be answered with its name (README, "Security
- * model"), as far as Docker told (its listing shows no capabilities).
+ * model"), as far as Docker told.
  */
-function logNetRawExposure(log: Logger, e: NetRawExposure): void {
+function logNetRawExposure(log: Logger, e: NetRawExposure, sweep: CapabilitySweep): void {
   if (e.shared.length > 0) {
     log.warn(
-      { containers: e.shared, capabilitiesUnknown: e.unknown },
+      { containers: e.shared, capabilitiesUnknown: e.unknown, sweep },
       "containers keep NET_RAW on a network shared with other containers: each can send from a neighbour's " +
         "address and be answered with the neighbour's name (drop it: --cap-drop NET_RAW; README: Security model)",
     );
   } else if (e.unknown > 0) {
     log.info(
-      { capabilitiesUnknown: e.unknown },
-      "NET_RAW not known yet for containers on networks shared with other containers (Docker's listing does " +
-        'not show capabilities; an inspect at their next start or network change does)',
+      { capabilitiesUnknown: e.unknown, sweep },
+      'NET_RAW not known for containers on networks shared with other containers (their inspect failed or ' +
+        'was not made; an inspect at their next start or network change tells)',
     );
   } else {
-    log.info('no container keeps NET_RAW on a network shared with other containers');
+    log.info({ sweep }, 'no container keeps NET_RAW on a network shared with other containers');
   }
 }
 
@@ -221,7 +222,10 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
       if (!stopping) notifier.status(`waiting for Docker (${registry.state})`);
     }
     if (stopping) return;
-    logNetRawExposure(log, registry.netRawExposure());
+    // The NET_RAW report once the containers listed have been inspected: readiness does not wait for it.
+    void registry.capabilitySweep.then((sweep) => {
+      if (!stopping) logNetRawExposure(log, registry.netRawExposure(), sweep);
+    });
     ready = true;
     notifier.ready(readyStatus());
     log.info({ notify: notifier.enabled }, 'ready');

@@ -189,7 +189,7 @@ export class Metrics implements MetricsSource {
       name: 'docker_identd_docker_containers_capabilities_unknown',
       help:
         "Containers on such a network whose capabilities are not known yet: Docker's listing does not show " +
-        'them; an inspect (at a start, restart or network change) does.',
+        'them; an inspect (after the first sync, or at a start, restart or network change) does.',
       aggregator: 'max',
       registers,
       collect() {

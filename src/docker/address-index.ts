@@ -261,6 +261,27 @@ export class AddressIndex {
     return changed;
   }
 
+  /** The ids of the containers whose capabilities are not known (listed, not inspected yet). */
+  netRawUnknown(): string[] {
+    return [...this.byId.values()].filter((c) => c.netRaw === undefined).map((c) => c.id);
+  }
+
+  /** Whether container `id` is indexed and its capabilities are not known. */
+  netRawUnknownOf(id: string): boolean {
+    const info = this.byId.get(id);
+    return !!info && info.netRaw === undefined;
+  }
+
+  /**
+   * Records what an inspect told of container `id`'s NET_RAW, as a listing
+   * inherits it: its addresses stay as they are (a container's capabilities
+   * never change, so the answer's age does not matter).
+   */
+  learnNetRaw(id: string, netRaw: boolean): void {
+    const info = this.byId.get(id);
+    if (info && info.netRaw === undefined) info.netRaw = netRaw;
+  }
+
   /**
    * The containers that keep NET_RAW on a network on which a container
    * outside their network namespace has an endpoint (a container sharing

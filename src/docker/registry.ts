@@ -62,6 +62,19 @@ interface DockerEvent {
   Actor?: { ID?: string; Attributes?: Record<string, string> };
 }
 
+/** Inspects in flight at once while the capabilities of the containers listed at start are read. */
+const SWEEP_CONCURRENCY = 4;
+
+/** How the capability sweep after the first sync ended (`DockerRegistry.capabilitySweep`). */
+export interface CapabilitySweep {
+  /** Containers inspected, and those whose inspect failed (still unknown). */
+  inspected: number;
+  failed: number;
+  /** Its session ended first: some containers were not inspected. */
+  gaveUp: boolean;
+  ms: number;
+}
+
 const CONTAINER_ACTIONS = new Set(['start', 'die', 'destroy', 'rename', 'restart', 'unpause']);
 const NETWORK_ACTIONS = new Set(['connect', 'disconnect']);
 
@@ -186,6 +199,15 @@ export class DockerRegistry {
    * events since then, which Docker replays while it still has them.
    */
   private lastEventNs: bigint | null = null;
+  /** Whether a capability sweep has run to its end (a session's sync starts one until then). */
+  private swept = false;
+  private sweepEnded!: (r: CapabilitySweep) => void;
+  /**
+   * Settles when the first capability sweep ends, done or given up with its
+   * session: Docker's listing shows no capabilities, so after the first sync
+   * every container not known yet is inspected once, in the background.
+   */
+  readonly capabilitySweep: Promise<CapabilitySweep>;
 
   constructor(
     dockerHost: string,
@@ -200,6 +222,7 @@ export class DockerRegistry {
     const base = dockerOptions(dockerHost, opts.tls);
     this.api = new Docker({ ...base, timeout: this.apiTimeoutMs });
     this.stream = new Docker(base);
+    this.capabilitySweep = new Promise((resolve) => (this.sweepEnded = resolve));
   }
 
   get state(): RegistryState {
@@ -403,6 +426,7 @@ export class DockerRegistry {
     this.resyncs++;
     this.setState('synced', 'synced');
     this.log.info({ containers: this.index.containers, addresses: this.index.addresses }, 'Docker index synced');
+    if (!this.swept) void this.sweepCapabilities(s);
     // Docker drops events for a subscriber that falls behind, without a word:
     // compare with a full listing now and then, in line with the events. It
     // is no event: lookups meanwhile are answered from the index as it was
@@ -568,6 +592,55 @@ export class DockerRegistry {
         'docker inspect',
       ),
     );
+  }
+
+  /**
+   * Inspects each container of the index whose capabilities are not known,
+   * once, at most SWEEP_CONCURRENCY at a time, beside the session's queue
+   * (lookups do not wait for it). Only capabilities are written, and only
+   * while `s` is live; a failed inspect leaves the container unknown and
+   * ends nothing; the session's end cancels the calls in flight.
+   */
+  private async sweepCapabilities(s: Session): Promise<void> {
+    const started = Date.now();
+    const ids = this.index.netRawUnknown();
+    const r: CapabilitySweep = { inspected: 0, failed: 0, gaveUp: false, ms: 0 };
+    if (ids.length > 0) {
+      this.log.info(
+        { containers: ids.length, concurrency: SWEEP_CONCURRENCY },
+        "inspecting the containers whose capabilities Docker's listing does not show, in the background " +
+          '(NET_RAW report when done)',
+      );
+    }
+    let next = 0;
+    let settled = 0;
+    const worker = async (): Promise<void> => {
+      while (next < ids.length && this.isLive(s)) {
+        const id = ids[next++];
+        try {
+          // Known meanwhile (an event's inspect) or gone: nothing to ask.
+          if (this.index.netRawUnknownOf(id)) {
+            const json = await this.inspect(id, AbortSignal.any([s.signal, AbortSignal.timeout(this.apiTimeoutMs)]));
+            const netRaw = containerFromDocker(json)?.netRaw;
+            if (!this.isLive(s)) return;
+            r.inspected++;
+            if (netRaw !== undefined) this.index.learnNetRaw(id, netRaw);
+          }
+        } catch (err) {
+          if (!this.isLive(s)) return;
+          if ((err as { statusCode?: number }).statusCode !== 404) {
+            r.failed++;
+            this.log.debug({ container: id, err: (err as Error).message }, 'capability inspect failed');
+          }
+        }
+        settled++;
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(SWEEP_CONCURRENCY, ids.length) }, worker));
+    r.gaveUp = settled < ids.length;
+    r.ms = Date.now() - started;
+    if (!r.gaveUp) this.swept = true;
+    this.sweepEnded(r);
   }
 
   /**

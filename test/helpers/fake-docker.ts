@@ -44,6 +44,11 @@ export class FakeDocker {
   /** Requests for these paths are answered only when released (a slow Docker), in `held`. */
   readonly hold = new Set<string>();
   readonly held: HeldRequest[] = [];
+  /**
+   * false: the listing shows of HostConfig only NetworkMode, as Docker's does
+   * (inspect answers show all of it).
+   */
+  listCapabilities = true;
   /** `GET /networks/NAME` answers (docker network inspect); other names are 404. */
   readonly networks = new Map<string, object>();
 
@@ -87,7 +92,9 @@ export class FakeDocker {
     this.streams.clear();
   }
 
-  private json(c: FakeContainer): object {
+  private json(c: FakeContainer, listed = false): object {
+    const hc =
+      c.HostConfig && listed && !this.listCapabilities ? { NetworkMode: c.HostConfig.NetworkMode } : c.HostConfig;
     return {
       Id: c.Id,
       Name: `/${c.Name}`,
@@ -97,7 +104,7 @@ export class FakeDocker {
       Labels: c.Labels ?? {},
       Config: { Labels: c.Labels ?? {} },
       NetworkSettings: { Networks: c.Networks },
-      ...(c.HostConfig ? { HostConfig: c.HostConfig } : {}),
+      ...(hc ? { HostConfig: hc } : {}),
     };
   }
 
@@ -144,7 +151,7 @@ export class FakeDocker {
   /** Status and body of an API call (not the event stream), from the state now. */
   private answer(pathname: string): [number, string] {
     if (pathname === '/containers/json') {
-      const list = [...this.containers.values()].filter((c) => c.Running).map((c) => this.json(c));
+      const list = [...this.containers.values()].filter((c) => c.Running).map((c) => this.json(c, true));
       return [200, JSON.stringify(list)];
     }
     const m = /^\/containers\/([^/]+)\/json$/.exec(pathname);

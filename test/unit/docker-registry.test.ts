@@ -285,6 +285,8 @@ test('a failing task of a finished session does not abort the new session', asyn
   registry.start();
   try {
     assert.equal(await registry.waitSynced(3000), true);
+    // The capability sweep's inspect of a1 is not the one held below.
+    await registry.capabilitySweep;
     // An event's inspect is slow, and will fail.
     fake.hold.add('/containers/a1/json');
     fake.inspectFailWith = 500;
@@ -423,6 +425,42 @@ test('a reconnect asks Docker for the events since the last one received', async
     await until('the new session synced', () => registry.resyncs === 2 && registry.state === 'synced');
     // Whole seconds: Docker replays from there (again the last event itself: applying it twice is harmless).
     assert.deepEqual(fake.eventsSince, [null, String(seconds)], 'the reconnect did not ask for the events it missed');
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
+});
+
+test('the capability sweep after the first sync: lookups do not wait for it, and a session end cancels it', async () => {
+  const { fake, registry } = setup();
+  fake.listCapabilities = false;
+  const hc = { NetworkMode: 'bridge', Privileged: false, CapAdd: null, CapDrop: null };
+  for (let i = 0; i < 6; i++) {
+    fake.add({ ...structuredClone(web), Id: `k${i}`, Name: `k${i}`, HostConfig: hc });
+    fake.containers.get(`k${i}`)!.Networks.bridge.IPAddress = `172.17.0.${i + 2}`;
+    fake.hold.add(`/containers/k${i}/json`);
+  }
+  await fake.start();
+  registry.start();
+  try {
+    assert.equal(await registry.waitSynced(3000), true);
+    await until('4 inspects in flight', () => fake.held.length === 4);
+    // Synced and answering while the sweep's inspects are held.
+    assert.equal((await registry.lookup('172.17.0.2', 100)).status, 'found');
+    assert.equal(registry.netRawExposure().unknown, 6);
+    // The stream breaks: the session's inspects are cancelled, nothing is written, the sweep gives up.
+    fake.cutEvents();
+    const sweep = await registry.capabilitySweep;
+    assert.equal(sweep.gaveUp, true);
+    assert.equal(sweep.inspected, 0);
+    const first = fake.held.splice(0);
+    assert.deepEqual(await Promise.all(first.map((h) => h.settled)), ['aborted', 'aborted', 'aborted', 'aborted']);
+    // The next session sweeps again, once per container.
+    for (let i = 0; i < 6; i++) fake.hold.delete(`/containers/k${i}/json`);
+    await until('capabilities known', () => registry.state === 'synced' && registry.netRawExposure().unknown === 0);
+    assert.deepEqual(registry.netRawExposure().shared, ['k0', 'k1', 'k2', 'k3', 'k4', 'k5']);
+    const late = fake.requests.filter((p) => /^\/containers\/k\d\/json$/.test(p)).length;
+    assert.equal(late, 4 + 6);
   } finally {
     await registry.close();
     await fake.stop();
