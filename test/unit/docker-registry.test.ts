@@ -5,7 +5,7 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import pino from 'pino';
 
-import { DockerRegistry, dockerOptions } from '../../src/docker/registry';
+import { DockerRegistry, dockerOptions, type RegistryOptions } from '../../src/docker/registry';
 import { FakeDocker } from '../helpers/fake-docker';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-docker-'));
@@ -13,11 +13,28 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 const log = pino({ level: 'silent' });
 let n = 0;
 
-function setup(): { fake: FakeDocker; registry: DockerRegistry } {
+/**
+ * A registry against a new Docker stand-in (options: the defaults below, or
+ * `opts`): `body` fills and starts them; both are stopped afterwards, whatever
+ * happens.
+ */
+async function withRegistry(...args: [body: Body] | [opts: RegistryOptions, body: Body]): Promise<void> {
+  const [opts, body] = args.length === 1 ? [{}, args[0]] : args;
   const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
-  const registry = new DockerRegistry(fake.url, log, { apiTimeoutMs: 500, backoffMinMs: 10, backoffMaxMs: 50 });
-  return { fake, registry };
+  const registry = new DockerRegistry(fake.url, log, {
+    apiTimeoutMs: 500,
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+    ...opts,
+  });
+  try {
+    await body(fake, registry);
+  } finally {
+    await registry.close();
+    await fake.stop();
+  }
 }
+type Body = (fake: FakeDocker, registry: DockerRegistry) => Promise<void>;
 
 async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 3000): Promise<void> {
   const end = Date.now() + ms;
@@ -41,11 +58,10 @@ test('docker host URLs', () => {
 });
 
 test('full listing at start, then events keep the index current', async () => {
-  const { fake, registry } = setup();
-  fake.add(structuredClone(web));
-  await fake.start();
-  registry.start();
-  try {
+  await withRegistry(async (fake, registry) => {
+    fake.add(structuredClone(web));
+    await fake.start();
+    registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     const r = await registry.lookup('172.17.0.2', 1000);
     assert.ok(r.status === 'found' && r.owner.container.name === 'web');
@@ -69,18 +85,14 @@ test('full listing at start, then events keep the index current', async () => {
     fake.emit({ Type: 'container', Action: 'destroy', Actor: { ID: 'c2' } });
     await until('db removed', async () => (await registry.lookup('172.20.0.5', 1000)).status === 'none');
     assert.equal(registry.state, 'synced');
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 test('a cut event stream fails closed, then reconnects and resyncs', async () => {
-  const { fake, registry } = setup();
-  fake.add(structuredClone(web));
-  await fake.start();
-  registry.start();
-  try {
+  await withRegistry(async (fake, registry) => {
+    fake.add(structuredClone(web));
+    await fake.start();
+    registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     // While disconnected, web stops and its address goes to another container.
     fake.failWith = 503;
@@ -99,16 +111,12 @@ test('a cut event stream fails closed, then reconnects and resyncs', async () =>
     const r = await registry.lookup('172.17.0.2', 1000);
     assert.ok(r.status === 'found' && r.owner.container.name === 'newcomer');
     assert.ok(registry.reconnects >= 1);
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 test('Docker unreachable at start: unavailable, then synced when it appears', async () => {
-  const { fake, registry } = setup();
-  registry.start();
-  try {
+  await withRegistry(async (fake, registry) => {
+    registry.start();
     await new Promise((r) => setTimeout(r, 100));
     const r = await registry.lookup('172.17.0.2', 100);
     assert.equal(r.status, 'unavailable');
@@ -116,18 +124,14 @@ test('Docker unreachable at start: unavailable, then synced when it appears', as
     await fake.start();
     assert.equal(await registry.waitSynced(3000), true);
     assert.equal((await registry.lookup('172.17.0.2', 1000)).status, 'found');
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 test('a failed inspect or garbage on the stream forces a resync', async () => {
-  const { fake, registry } = setup();
-  fake.add(structuredClone(web));
-  await fake.start();
-  registry.start();
-  try {
+  await withRegistry(async (fake, registry) => {
+    fake.add(structuredClone(web));
+    await fake.start();
+    registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     const before = fake.requests.filter((p) => p === '/containers/json').length;
     fake.inspectFailWith = 500;
@@ -143,18 +147,14 @@ test('a failed inspect or garbage on the stream forces a resync', async () => {
     await until('resync after garbage', () => fake.requests.filter((p) => p === '/containers/json').length > mid);
     assert.equal(await registry.waitSynced(3000), true);
     assert.equal((await registry.lookup('172.17.0.2', 1000)).status, 'found');
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 test('an address taken over by a new container carries the time it was released', async () => {
-  const { fake, registry } = setup();
-  fake.add(structuredClone(web));
-  await fake.start();
-  registry.start();
-  try {
+  await withRegistry(async (fake, registry) => {
+    fake.add(structuredClone(web));
+    await fake.start();
+    registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     const t0 = BigInt(Date.now()) * 1_000_000n;
     fake.containers.delete('c1');
@@ -167,24 +167,14 @@ test('an address taken over by a new container carries the time it was released'
     });
     const r = await registry.lookup('172.17.0.2', 1000);
     assert.ok(r.status === 'found' && r.releasedNs !== undefined && r.releasedNs >= t0);
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 test('lost events are caught by the periodic listing, which corrects the index', async () => {
-  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
-  const registry = new DockerRegistry(fake.url, log, {
-    apiTimeoutMs: 500,
-    backoffMinMs: 10,
-    backoffMaxMs: 50,
-    verifyIntervalMs: 100,
-  });
-  fake.add(structuredClone(web));
-  await fake.start();
-  registry.start();
-  try {
+  await withRegistry({ verifyIntervalMs: 100 }, async (fake, registry) => {
+    fake.add(structuredClone(web));
+    await fake.start();
+    registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     // Web stops and a newcomer takes its address, and Docker's events never arrive.
     fake.containers.get('c1')!.Running = false;
@@ -197,20 +187,16 @@ test('lost events are caught by the periodic listing, which corrects the index',
     // The change is dated no earlier than the listing that found it.
     assert.ok(r.status === 'found' && r.releasedNs !== undefined);
     assert.ok(registry.verifications >= 1);
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 for (const misbehave of ['hang', 'garbage'] as const) {
   test(`a Docker API that answers ${misbehave === 'hang' ? 'never' : 'garbage'}: unavailable, then synced when it recovers`, async () => {
-    const { fake, registry } = setup();
-    fake.add(structuredClone(web));
-    fake.misbehave = misbehave;
-    await fake.start();
-    registry.start();
-    try {
+    await withRegistry(async (fake, registry) => {
+      fake.add(structuredClone(web));
+      fake.misbehave = misbehave;
+      await fake.start();
+      registry.start();
       await new Promise((r) => setTimeout(r, 700));
       const t0 = Date.now();
       const r = await registry.lookup('172.17.0.2', 100);
@@ -219,10 +205,7 @@ for (const misbehave of ['hang', 'garbage'] as const) {
       fake.misbehave = null;
       assert.equal(await registry.waitSynced(5000), true);
       assert.equal((await registry.lookup('172.17.0.2', 1000)).status, 'found');
-    } finally {
-      await registry.close();
-      await fake.stop();
-    }
+    });
   });
 }
 
@@ -241,17 +224,10 @@ async function ownerOf(registry: DockerRegistry, address: string): Promise<strin
 }
 
 test("a finished session's slow periodic listing does not overwrite the new session's index", async () => {
-  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
-  const registry = new DockerRegistry(fake.url, log, {
-    apiTimeoutMs: 5000,
-    backoffMinMs: 10,
-    backoffMaxMs: 50,
-    verifyIntervalMs: 300,
-  });
-  fake.add(structuredClone(alice));
-  await fake.start();
-  registry.start();
-  try {
+  await withRegistry({ apiTimeoutMs: 5000, verifyIntervalMs: 300 }, async (fake, registry) => {
+    fake.add(structuredClone(alice));
+    await fake.start();
+    registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     // The periodic listing starts and is slow: Docker answers it with alice, later.
     fake.hold.add('/containers/json');
@@ -272,18 +248,14 @@ test("a finished session's slow periodic listing does not overwrite the new sess
       await new Promise((r) => setTimeout(r, 10));
     }
     assert.equal(outcome, 'aborted', "the old session's listing was not cancelled when the session ended");
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 test('a failing task of a finished session does not abort the new session', async () => {
-  const { fake, registry } = setup();
-  fake.add(structuredClone(alice));
-  await fake.start();
-  registry.start();
-  try {
+  await withRegistry(async (fake, registry) => {
+    fake.add(structuredClone(alice));
+    await fake.start();
+    registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     // The capability sweep's inspect of a1 is not the one held below.
     await registry.capabilitySweep;
@@ -307,20 +279,15 @@ test('a failing task of a finished session does not abort the new session', asyn
       await new Promise((r) => setTimeout(r, 10));
     }
     assert.equal(await ownerOf(registry, '172.18.0.2'), 'alice');
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 test('by default, owners whose events Docker dropped are corrected by a full listing within 10 s', async () => {
-  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
-  // No verifyIntervalMs: the default is under test.
-  const registry = new DockerRegistry(fake.url, log, { apiTimeoutMs: 2000, backoffMinMs: 10, backoffMaxMs: 50 });
-  fake.add(structuredClone(alice));
-  await fake.start();
-  registry.start();
-  try {
+  await withRegistry({ apiTimeoutMs: 2000 }, async (fake, registry) => {
+    // No verifyIntervalMs: the default is under test.
+    fake.add(structuredClone(alice));
+    await fake.start();
+    registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     // Both "alice released 172.18.0.2" and "mallory took it" are lost.
     const t0 = BigInt(Date.now()) * 1_000_000n;
@@ -334,24 +301,14 @@ test('by default, owners whose events Docker dropped are corrected by a full lis
     const r = await registry.lookup('172.18.0.2', 1000);
     // Released when the listing found the change: mallory's earlier connections are not hers.
     assert.ok(r.status === 'found' && r.releasedNs !== undefined && r.releasedNs >= t0);
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 test('a lookup is answered from the index while a periodic listing is in flight, not after it', async () => {
-  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
-  const registry = new DockerRegistry(fake.url, log, {
-    apiTimeoutMs: 5000,
-    backoffMinMs: 10,
-    backoffMaxMs: 50,
-    verifyIntervalMs: 100,
-  });
-  fake.add(structuredClone(alice));
-  await fake.start();
-  registry.start();
-  try {
+  await withRegistry({ apiTimeoutMs: 5000, verifyIntervalMs: 100 }, async (fake, registry) => {
+    fake.add(structuredClone(alice));
+    await fake.start();
+    registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     fake.hold.add('/containers/json');
     await until('the periodic listing asked', () => fake.held.length === 1);
@@ -364,26 +321,16 @@ test('a lookup is answered from the index while a periodic listing is in flight,
     await until('the event queued', async () => (await registry.lookup('172.18.0.2', 50)).status === 'unavailable');
     fake.held[0].release();
     await until('the event applied', async () => (await ownerOf(registry, '172.18.0.2')) === 'none');
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 test('periodic listings do not pile up behind a slow one', async () => {
-  const fake = new FakeDocker(path.join(dir, `d${n++}.sock`));
   const intervalMs = 50;
-  const registry = new DockerRegistry(fake.url, log, {
-    apiTimeoutMs: 5000,
-    backoffMinMs: 10,
-    backoffMaxMs: 50,
-    verifyIntervalMs: intervalMs,
-  });
-  fake.add(structuredClone(alice));
-  await fake.start();
-  registry.start();
-  const listings = (): number => fake.requests.filter((p) => p === '/containers/json').length;
-  try {
+  await withRegistry({ apiTimeoutMs: 5000, verifyIntervalMs: intervalMs }, async (fake, registry) => {
+    fake.add(structuredClone(alice));
+    await fake.start();
+    registry.start();
+    const listings = (): number => fake.requests.filter((p) => p === '/containers/json').length;
     assert.equal(await registry.waitSynced(3000), true);
     fake.hold.add('/containers/json');
     await until('the periodic listing asked', () => fake.held.length === 1);
@@ -399,18 +346,14 @@ test('periodic listings do not pile up behind a slow one', async () => {
     const after = listings() - before;
     // At most one listing per interval since the slow one ended (and one for a tick at the edge).
     assert.ok(after <= intervals + 1, `${after} listings in ${intervals} intervals after a slow one`);
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 test('a reconnect asks Docker for the events since the last one received', async () => {
-  const { fake, registry } = setup();
-  fake.add(structuredClone(alice));
-  await fake.start();
-  registry.start();
-  try {
+  await withRegistry(async (fake, registry) => {
+    fake.add(structuredClone(alice));
+    await fake.start();
+    registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     const seconds = Math.floor(Date.now() / 1000);
     fake.emit({
@@ -425,24 +368,20 @@ test('a reconnect asks Docker for the events since the last one received', async
     await until('the new session synced', () => registry.resyncs === 2 && registry.state === 'synced');
     // Whole seconds: Docker replays from there (again the last event itself: applying it twice is harmless).
     assert.deepEqual(fake.eventsSince, [null, String(seconds)], 'the reconnect did not ask for the events it missed');
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
 
 test('the capability sweep after the first sync: lookups do not wait for it, and a session end cancels it', async () => {
-  const { fake, registry } = setup();
-  fake.listCapabilities = false;
-  const hc = { NetworkMode: 'bridge', Privileged: false, CapAdd: null, CapDrop: null };
-  for (let i = 0; i < 6; i++) {
-    fake.add({ ...structuredClone(web), Id: `k${i}`, Name: `k${i}`, HostConfig: hc });
-    fake.containers.get(`k${i}`)!.Networks.bridge.IPAddress = `172.17.0.${i + 2}`;
-    fake.hold.add(`/containers/k${i}/json`);
-  }
-  await fake.start();
-  registry.start();
-  try {
+  await withRegistry(async (fake, registry) => {
+    fake.listCapabilities = false;
+    const hc = { NetworkMode: 'bridge', Privileged: false, CapAdd: null, CapDrop: null };
+    for (let i = 0; i < 6; i++) {
+      fake.add({ ...structuredClone(web), Id: `k${i}`, Name: `k${i}`, HostConfig: hc });
+      fake.containers.get(`k${i}`)!.Networks.bridge.IPAddress = `172.17.0.${i + 2}`;
+      fake.hold.add(`/containers/k${i}/json`);
+    }
+    await fake.start();
+    registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     await until('4 inspects in flight', () => fake.held.length === 4);
     // Synced and answering while the sweep's inspects are held.
@@ -461,8 +400,5 @@ test('the capability sweep after the first sync: lookups do not wait for it, and
     assert.deepEqual(registry.netRawExposure().shared, ['k0', 'k1', 'k2', 'k3', 'k4', 'k5']);
     const late = fake.requests.filter((p) => /^\/containers\/k\d\/json$/.test(p)).length;
     assert.equal(late, 4 + 6);
-  } finally {
-    await registry.close();
-    await fake.stop();
-  }
+  });
 });
