@@ -147,49 +147,40 @@ function jump(target: RedirectTarget, family: 4 | 6): string[] | null {
 export function iptablesRules(plan: FirewallPlan): { rules: IptablesRule[]; skipped: Cidr[] } {
   const rules: IptablesRule[] = [];
   const skipped: Cidr[] = [];
+  const commandOf = (family: 4 | 6) => (family === 4 ? 'iptables' : 'ip6tables');
+  const comment = ['-m', 'comment', '--comment', RULE_COMMENT];
+  const query = ['-p', 'tcp', '--dport', '113'];
+  /** Redirected ident connections (towards `origdst`, when given) as the nat POSTROUTING exemption matches them. */
+  const redirected = (origdst: string[]) => [
+    ...['-p', 'tcp', '-m', 'conntrack', '--ctstate', 'DNAT', ...origdst, '--ctorigdstport', '113'],
+    ...comment,
+    ...['-j', 'ACCEPT'],
+  ];
   for (const s of plan.subnets) {
     const j = jump(plan.target, s.family);
     if (!j) {
       skipped.push(s);
       continue;
     }
-    const command = s.family === 4 ? 'iptables' : 'ip6tables';
-    const comment = ['-m', 'comment', '--comment', RULE_COMMENT];
+    const command = commandOf(s.family);
     for (const chain of ['PREROUTING', 'OUTPUT'] as const) {
-      const spec = ['-d', formatCidr(s), '-p', 'tcp', '--dport', '113', ...comment, ...j];
-      rules.push({ command, table: 'nat', chain, spec });
+      rules.push({ command, table: 'nat', chain, spec: ['-d', formatCidr(s), ...query, ...comment, ...j] });
     }
-    const exempt = ['-p', 'tcp', '-m', 'conntrack', '--ctstate', 'DNAT', '--ctorigdst', formatCidr(s)];
-    rules.push({
-      command,
-      table: 'nat',
-      chain: 'POSTROUTING',
-      spec: [...exempt, '--ctorigdstport', '113', ...comment, '-j', 'ACCEPT'],
-    });
+    rules.push({ command, table: 'nat', chain: 'POSTROUTING', spec: redirected(['--ctorigdst', formatCidr(s)]) });
   }
   // Every Docker bridge, including networks created later: per family.
   for (const family of [4, 6] as const) {
-    const command = family === 4 ? 'iptables' : 'ip6tables';
-    const comment = ['-m', 'comment', '--comment', RULE_COMMENT];
+    const command = commandOf(family);
     // The fence holds for both families, even where the target leaves one out.
     for (const dev of BRIDGE_INTERFACES.iptables) {
-      const spec = ['-o', dev, '-p', 'tcp', '--dport', '113', ...comment, '-j', 'DROP'];
-      rules.push({ command, table: 'mangle', chain: 'FORWARD', spec });
+      rules.push({ command, table: 'mangle', chain: 'FORWARD', spec: ['-o', dev, ...query, ...comment, '-j', 'DROP'] });
     }
     const j = jump(plan.target, family);
     if (!j) continue;
     for (const dev of BRIDGE_INTERFACES.iptables) {
-      const spec = ['-o', dev, '-p', 'tcp', '--dport', '113', ...comment, ...j];
-      rules.push({ command, table: 'nat', chain: 'OUTPUT', spec });
+      rules.push({ command, table: 'nat', chain: 'OUTPUT', spec: ['-o', dev, ...query, ...comment, ...j] });
     }
-    rules.push({
-      command,
-      table: 'nat',
-      chain: 'POSTROUTING',
-      spec: ['-o', 'lo', '-p', 'tcp', '-m', 'conntrack', '--ctstate', 'DNAT', '--ctorigdstport', '113']
-        .concat(comment)
-        .concat(['-j', 'ACCEPT']),
-    });
+    rules.push({ command, table: 'nat', chain: 'POSTROUTING', spec: ['-o', 'lo', ...redirected([])] });
   }
   return { rules, skipped };
 }
