@@ -209,6 +209,13 @@ for (const misbehave of ['hang', 'garbage'] as const) {
   });
 }
 
+/** Holds the stand-in's answer to the next full listing (a periodic one: the sync is done); resolves once it is asked. */
+async function holdNextListing(fake: FakeDocker): Promise<void> {
+  fake.hold.add('/containers/json');
+  await until('the periodic listing asked', () => fake.held.length === 1);
+  fake.hold.delete('/containers/json');
+}
+
 const alice = {
   Id: 'a1',
   Name: 'alice',
@@ -230,9 +237,7 @@ test("a finished session's slow periodic listing does not overwrite the new sess
     registry.start();
     assert.equal(await registry.waitSynced(3000), true);
     // The periodic listing starts and is slow: Docker answers it with alice, later.
-    fake.hold.add('/containers/json');
-    await until('the periodic listing asked', () => fake.held.length === 1);
-    fake.hold.delete('/containers/json');
+    await holdNextListing(fake);
     const old = fake.held[0];
     // The stream is cut while it is in flight; alice goes and mallory takes her address.
     fake.cutEvents();
@@ -310,9 +315,7 @@ test('a lookup is answered from the index while a periodic listing is in flight,
     await fake.start();
     registry.start();
     assert.equal(await registry.waitSynced(3000), true);
-    fake.hold.add('/containers/json');
-    await until('the periodic listing asked', () => fake.held.length === 1);
-    fake.hold.delete('/containers/json');
+    await holdNextListing(fake);
     // The listing is no event: the index has applied every event received.
     assert.equal(await ownerOf(registry, '172.18.0.2'), 'alice', 'the lookup waited for the periodic listing');
     // An event received meanwhile is still waited for (it is applied after the listing).
@@ -332,9 +335,7 @@ test('periodic listings do not pile up behind a slow one', async () => {
     registry.start();
     const listings = (): number => fake.requests.filter((p) => p === '/containers/json').length;
     assert.equal(await registry.waitSynced(3000), true);
-    fake.hold.add('/containers/json');
-    await until('the periodic listing asked', () => fake.held.length === 1);
-    fake.hold.delete('/containers/json');
+    await holdNextListing(fake);
     // A dozen intervals pass while it is in flight.
     await new Promise((r) => setTimeout(r, 12 * intervalMs));
     const before = listings();
