@@ -25,6 +25,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { canonicalIp, parseIPv6, type AddressSet } from '../ip';
+import { DumpQueue } from './dump-queue';
 import {
   conntrackError,
   replyMatches,
@@ -188,11 +189,19 @@ export interface NetlinkSourceOptions {
    * thread. Dumps (the second try) always run off the JavaScript thread.
    */
   inline?: boolean;
+  /**
+   * How long a query waits for its second-try dump (default 5000 ms, the
+   * resolver's conntrack deadline): a dump still queued when every query
+   * waiting for it has given up is dropped.
+   */
+  dumpDeadlineMs?: number;
 }
 
 const DEFAULT_POLL_MICROS = 100;
 /** Lookups that skip polling after a poll window ran out. */
 const POLL_BACKOFF = 32;
+/** Second-try dumps running or queued at once (see DumpQueue). */
+export const MAX_PENDING_DUMPS = 4;
 
 const MAX_LISTED_CANDIDATES = 8;
 
@@ -223,15 +232,25 @@ export class NetlinkSource implements ConntrackSource {
    * Second-try dumps run one at a time: each walks the kernel's whole
    * conntrack hash (about 10 ms at the default 262144 buckets, more with
    * entries), and several at once would also hold the libuv thread pool.
+   * The ones waiting, in order, by key (queries with the same key share one);
+   * with the running one, at most MAX_PENDING_DUMPS.
    */
-  private dumpQueue: Promise<unknown> = Promise.resolve();
+  readonly dumps: DumpQueue<DumpResult>;
+  /** Whether there are proxy addresses of each family (a lookup of that family has a second try). */
+  private readonly proxies4: boolean;
+  private readonly proxies6: boolean;
 
   private constructor(
     private readonly raw: RawConntrack,
     private readonly proxyAddresses: AddressSet | undefined,
     private readonly pollNs: bigint,
     private readonly inline: boolean,
-  ) {}
+    dumpDeadlineMs: number,
+  ) {
+    this.dumps = new DumpQueue<DumpResult>(MAX_PENDING_DUMPS, dumpDeadlineMs);
+    this.proxies4 = !!proxyAddresses?.cidrs.some((c) => c.family === 4);
+    this.proxies6 = !!proxyAddresses?.cidrs.some((c) => c.family === 6);
+  }
 
   /**
    * Loads the addon and probes netlink conntrack (one GET). Rejects with the
@@ -253,7 +272,21 @@ export class NetlinkSource implements ConntrackSource {
     }
     const pollMicros = opts.pollMicros ?? DEFAULT_POLL_MICROS;
     const pollNs = BigInt(Math.max(0, Math.round(pollMicros))) * 1000n;
-    return new NetlinkSource(raw, opts.proxyAddresses, pollNs, opts.inline ?? true);
+    return new NetlinkSource(raw, opts.proxyAddresses, pollNs, opts.inline ?? true, opts.dumpDeadlineMs ?? 5000);
+  }
+
+  /**
+   * The exact GET on the JavaScript thread (the kernel answers within the
+   * call), when that is the whole lookup: inline, and no proxy addresses of
+   * the tuple's family (no second try). Otherwise undefined.
+   */
+  lookupNow(tuple: ReplyTuple): ConntrackEntry | null | undefined {
+    if (this.closed) throw closedError('netlink');
+    if (!this.inline || (tuple.family === 4 ? this.proxies4 : this.proxies6)) return undefined;
+    checkTuple(tuple);
+    const exact = this.raw.getNow(tuple.family, tuple.src, tuple.dst, tuple.sport, tuple.dport);
+    // The addon already refused an entry whose ORIGINAL tuple equals the key.
+    return exact && replyMatches(exact, tuple) ? exact : null;
   }
 
   async lookup(tuple: ReplyTuple): Promise<ConntrackEntry | null> {
@@ -313,7 +346,7 @@ export class NetlinkSource implements ConntrackSource {
     const proxies = this.proxyAddresses;
     const cidrs = proxies?.cidrs.filter((c) => c.family === tuple.family) ?? [];
     if (!proxies || cidrs.length === 0) return hit;
-    const dump = (): Promise<DumpResult> =>
+    const r = await this.dumps.run(`${tuple.family} ${tuple.dst} ${tuple.sport} ${tuple.dport}`, () =>
       promised<DumpResult>((cb) =>
         this.raw.findByReplyPorts(
           tuple.family,
@@ -324,10 +357,8 @@ export class NetlinkSource implements ConntrackSource {
           MAX_LISTED_CANDIDATES,
           cb,
         ),
-      );
-    const turn = this.dumpQueue.then(dump, dump);
-    this.dumpQueue = turn.catch(() => undefined);
-    const r = await turn;
+      ),
+    );
     // The C side checked all of this already; an entry it should not have sent still counts in r.total.
     const found = r.matches.filter(
       (e) => replyPortsMatch(e, tuple) && e.reply.dst === tuple.dst && proxies.has(e.reply.src),

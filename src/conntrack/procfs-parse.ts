@@ -145,6 +145,7 @@ export function parseConntrackLine(line: string, nowNs?: bigint): ConntrackEntry
     // The start lies within the second before now - delta; take its earliest
     // moment, so that an entry is never thought younger than it is.
     entry.startNs = nowNs - BigInt(deltaTime + 1) * 1_000_000_000n;
+    entry.startSlackNs = 1_000_000_000n;
   }
   return entry;
 }

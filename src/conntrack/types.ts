@@ -45,6 +45,11 @@ export interface ConntrackEntry {
   mark?: number;
   /** Entry start, nanoseconds since the epoch, where the kernel keeps timestamps. */
   startNs?: bigint;
+  /**
+   * How much later than `startNs` the entry may have started (procfs knows
+   * the start to the second and gives the earliest moment); absent means 0.
+   */
+  startSlackNs?: bigint;
   /** Status flags where known (IPS_* bit names such as "ASSURED", "SRC_NAT", "UNREPLIED"). */
   status?: string[];
   /**
@@ -66,6 +71,12 @@ export interface ConntrackSource {
    * rejects with an Error carrying `code` (and `errno` where it applies) on failure.
    */
   lookup(tuple: ReplyTuple): Promise<ConntrackEntry | null>;
+  /**
+   * The same lookup made at once, when the source can (a GET the kernel
+   * answers within the call); undefined when it cannot, and `lookup` is then
+   * the way. Throws (code, errno) on failure.
+   */
+  lookupNow?(tuple: ReplyTuple): ConntrackEntry | null | undefined;
   /** Releases handles; further lookups reject. */
   close(): Promise<void>;
 }
