@@ -32,7 +32,7 @@ export interface ExplainDocker {
   start(): void;
   waitSynced(ms: number): Promise<boolean>;
   lookup(address: string, ms: number): Promise<RegistryLookup>;
-  confirm(id: string, address: string): Promise<boolean>;
+  confirm(id: string, address: string, notBeforeNs: bigint): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -237,7 +237,7 @@ export async function explain(input: ExplainInput, deps: ExplainDeps): Promise<E
     },
     start: () => undefined,
     waitSynced: (ms) => registry.waitSynced(ms),
-    confirm: (id, address) => registry.confirm(id, address),
+    confirm: (id, address, notBeforeNs) => registry.confirm(id, address, notBeforeNs),
     close: () => registry.close(),
     lookup: async (address, ms) => {
       const r = await registry.lookup(address, ms);

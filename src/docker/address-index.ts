@@ -77,6 +77,14 @@ export interface IndexedAddress {
   network: ContainerNetwork;
   /** When this container was indexed under this address (ms since epoch). */
   since: number;
+  /**
+   * The latest time (ns since the epoch, from Date.now) at which a request
+   * was sent to Docker whose answer showed this container running with this
+   * address: a listing or an inspect. Docker's state at that moment or
+   * later, so a connection from the address that started before it started
+   * while the container held the address.
+   */
+  confirmedNs?: bigint;
 }
 
 export type IndexLookup =
@@ -129,12 +137,16 @@ export function containerFromDocker(json: {
   return info;
 }
 
+const latest = (a: bigint | undefined, b: bigint | undefined): bigint | undefined =>
+  a === undefined ? b : b === undefined || a >= b ? a : b;
+
 /** Addresses whose release time is remembered; the oldest are forgotten first. */
 const MAX_RELEASED = 65536;
 
 export const nowNs = (): bigint => BigInt(Date.now()) * 1_000_000n;
 
-function addressesOf(info: ContainerInfo): string[] {
+/** Every address of every network of `info`. */
+export function addressesOf(info: ContainerInfo): string[] {
   return info.networks.flatMap((n) => [n.ipv4, n.ipv6].filter((a): a is string => !!a));
 }
 
@@ -159,16 +171,18 @@ export class AddressIndex {
 
   /**
    * Adds or replaces a container; addresses it keeps keep their `since`, and
-   * addresses it no longer has are released at `atNs`.
+   * addresses it no longer has are released at `atNs`. `confirmedNs`: when
+   * the request whose answer described it was sent (see
+   * IndexedAddress.confirmedNs).
    */
-  set(info: ContainerInfo, atNs: bigint = nowNs()): void {
+  set(info: ContainerInfo, atNs: bigint = nowNs(), confirmedNs?: bigint): void {
     // The container's own addresses (only they can hold its entries), not a
     // scan of the whole index: a listing sets every container in turn.
-    const previous = new Map<string, number>();
+    const previous = new Map<string, IndexedAddress>();
     const old = this.byId.get(info.id);
     for (const addr of old ? addressesOf(old) : []) {
       const o = this.byAddress.get(addr)?.find((x) => x.container.id === info.id);
-      if (o) previous.set(addr, o.since);
+      if (o) previous.set(addr, o);
     }
     // A container's capabilities never change: an answer that does not show them keeps what was known.
     if (info.netRaw === undefined && old?.netRaw !== undefined) info = { ...info, netRaw: old.netRaw };
@@ -178,7 +192,10 @@ export class AddressIndex {
     for (const network of info.networks) {
       for (const addr of [network.ipv4, network.ipv6]) {
         if (!addr) continue;
-        const entry: IndexedAddress = { container: info, network, since: previous.get(addr) ?? t };
+        const was = previous.get(addr);
+        const entry: IndexedAddress = { container: info, network, since: was?.since ?? t };
+        const confirmed = latest(was?.confirmedNs, confirmedNs);
+        if (confirmed !== undefined) entry.confirmedNs = confirmed;
         const list = this.byAddress.get(addr);
         if (list) list.push(entry);
         else this.byAddress.set(addr, [entry]);
@@ -249,16 +266,36 @@ export class AddressIndex {
         changed++;
       }
     }
-    // Same owner, but indexed again: it keeps the time it was first indexed.
+    // Same owner, but indexed again: it keeps the time it was first indexed,
+    // and the later of the two confirmations.
     for (const [addr, list] of this.byAddress) {
       const old = previous.byAddress.get(addr);
       if (!old) continue;
       for (const o of list) {
         const match = old.find((p) => p.container.id === o.container.id);
-        if (match) o.since = match.since;
+        if (!match) continue;
+        o.since = match.since;
+        const confirmed = latest(o.confirmedNs, match.confirmedNs);
+        if (confirmed !== undefined) o.confirmedNs = confirmed;
       }
     }
     return changed;
+  }
+
+  /**
+   * Records that a request sent at `sentNs` found container `id` running
+   * with `addresses`: each of them the index holds for that container is
+   * confirmed at `sentNs` (or later, if it already was).
+   */
+  confirm(id: string, addresses: ReadonlySet<string>, sentNs: bigint): void {
+    const info = this.byId.get(id);
+    if (!info) return;
+    for (const addr of addressesOf(info)) {
+      if (!addresses.has(addr)) continue;
+      for (const o of this.byAddress.get(addr) ?? []) {
+        if (o.container.id === id) o.confirmedNs = latest(o.confirmedNs, sentNs);
+      }
+    }
   }
 
   /** The ids of the containers whose capabilities are not known (listed, not inspected yet). */

@@ -21,6 +21,7 @@ import type { DockerTls } from '../config';
 import { withDeadline, sleep } from '../deadline';
 import {
   AddressIndex,
+  addressesOf,
   containerFromDocker,
   gwbridgeEndpoints,
   GWBRIDGE,
@@ -61,6 +62,26 @@ interface DockerEvent {
   time?: number;
   Actor?: { ID?: string; Attributes?: Record<string, string> };
 }
+
+/**
+ * What one inspect made to confirm an owner found: the container was running
+ * with `addresses` when Docker answered a request sent at `sentNs`.
+ */
+interface Confirmation {
+  sentNs: bigint;
+  running: boolean;
+  addresses: ReadonlySet<string>;
+}
+
+/** The confirm inspects of one container: at most one in flight, and at most one waiting for it. */
+interface ConfirmTurn {
+  current: { sent: boolean; sentNs: bigint; done: Promise<Confirmation | null> } | null;
+  /** Asked for while `current` was in flight, by queries whose connections started after it was sent. */
+  next: Promise<Confirmation | null> | null;
+}
+
+/** Confirm inspects in flight at once, across all containers (a restart must not flood Docker). */
+const CONFIRM_CONCURRENCY = 16;
 
 /** Inspects in flight at once while the capabilities of the containers listed at start are read. */
 const SWEEP_CONCURRENCY = 4;
@@ -199,6 +220,13 @@ export class DockerRegistry {
    * events since then, which Docker replays while it still has them.
    */
   private lastEventNs: bigint | null = null;
+  /** Per container, its confirm inspects in flight or waiting (see `confirm`). */
+  private readonly confirmTurns = new Map<string, ConfirmTurn>();
+  /** Confirm inspects in flight, and the ones waiting for a slot (CONFIRM_CONCURRENCY). */
+  private confirmsInFlight = 0;
+  private readonly confirmSlots: (() => void)[] = [];
+  /** Confirm inspects sent to Docker (metrics, benchmarks). */
+  confirmInspects = 0;
   /** Whether a capability sweep has run to its end (a session's sync starts one until then). */
   private swept = false;
   private sweepEnded!: (r: CapabilitySweep) => void;
@@ -277,19 +305,82 @@ export class DockerRegistry {
     return this.index.lookup(address);
   }
 
+  /** `lookup` at once: undefined while events are pending (then `lookup` waits for them). */
+  lookupNow(address: string): RegistryLookup | undefined {
+    const s = this.live;
+    if (this._state !== 'synced' || !s || !this.isLive(s)) return { status: 'unavailable', reason: this.stateReason };
+    if (s.pending > 0) return undefined;
+    return this.index.lookup(address);
+  }
+
   /**
    * Confirms with the Docker API that container `id` is running and still
-   * has `address`. Used before answering with an owner that changed recently.
+   * has `address`, as Docker saw it after `notBeforeNs` (ns since the epoch):
+   * used before answering with an owner that changed recently, for a
+   * connection that started no later than `notBeforeNs`.
+   *
+   * Coalesced: at most one inspect per container is in flight, and every
+   * query it can serve (its connection started before the inspect was sent)
+   * shares its answer; the others share the one inspect queued behind it.
+   * What an inspect finds running is recorded in the index, so later queries
+   * about connections that started before it need no Docker request at all.
    */
-  async confirm(id: string, address: string): Promise<boolean> {
-    try {
-      const json = await this.inspect(id);
-      if (!json.State?.Running) return false;
-      const info = await this.withGwbridge(null, containerFromDocker(json));
-      return !!info?.networks.some((n) => n.ipv4 === address || n.ipv6 === address);
-    } catch {
-      return false;
+  async confirm(id: string, address: string, notBeforeNs: bigint = nowNs()): Promise<boolean> {
+    let turn = this.confirmTurns.get(id);
+    if (!turn) {
+      turn = { current: null, next: null };
+      this.confirmTurns.set(id, turn);
     }
+    let done: Promise<Confirmation | null>;
+    if (!turn.current) done = this.startConfirm(id, turn);
+    // Not sent yet (waiting for a slot), it will be sent after the connection started.
+    else if (!turn.current.sent || turn.current.sentNs > notBeforeNs) done = turn.current.done;
+    else {
+      const t = turn;
+      const after = t.current!.done;
+      t.next ??= after.then(() => {
+        t.next = null;
+        return this.startConfirm(id, t);
+      });
+      done = t.next;
+    }
+    const c = await done;
+    return !!c && c.running && c.sentNs > notBeforeNs && c.addresses.has(address);
+  }
+
+  /** Sends the confirm inspect of `id` (once a slot is free) as `turn`'s current one. */
+  private startConfirm(id: string, turn: ConfirmTurn): Promise<Confirmation | null> {
+    const current = { sent: false, sentNs: 0n, done: Promise.resolve<Confirmation | null>(null) };
+    turn.current = current;
+    current.done = (async (): Promise<Confirmation | null> => {
+      if (this.confirmsInFlight >= CONFIRM_CONCURRENCY) await new Promise<void>((r) => this.confirmSlots.push(r));
+      this.confirmsInFlight++;
+      try {
+        // Set when the request goes out: the answer shows Docker's state at that moment or later.
+        current.sentNs = nowNs();
+        current.sent = true;
+        this.confirmInspects++;
+        const s = this.live;
+        const json = await this.inspect(id);
+        const info = json.State?.Running ? await this.withGwbridge(null, containerFromDocker(json)) : null;
+        const c: Confirmation = {
+          sentNs: current.sentNs,
+          running: !!info,
+          addresses: new Set(info ? addressesOf(info) : []),
+        };
+        // Only into the index of the session that was live throughout (a resync replaced nothing meanwhile).
+        if (c.running && s && this.isLive(s)) this.index.confirm(id, c.addresses, c.sentNs);
+        return c;
+      } catch {
+        return null;
+      } finally {
+        this.confirmsInFlight--;
+        this.confirmSlots.shift()?.();
+        if (turn.current === current) turn.current = null;
+        if (!turn.current && !turn.next && this.confirmTurns.get(id) === turn) this.confirmTurns.delete(id);
+      }
+    })();
+    return current.done;
   }
 
   async close(): Promise<void> {
@@ -451,6 +542,7 @@ export class DockerRegistry {
    * and releases (now) every address whose owner differs.
    */
   private async listIndex(s: Session): Promise<{ index: AddressIndex; changed: number }> {
+    const sentNs = nowNs();
     const list: unknown = await withDeadline(
       this.api.listContainers({ abortSignal: s.signal }),
       this.apiTimeoutMs,
@@ -465,7 +557,8 @@ export class DockerRegistry {
     const index = new AddressIndex();
     for (const c of list) {
       const info = containerFromDocker(c as Parameters<typeof containerFromDocker>[0]);
-      if (info) index.set(withGwbridge(info, gw.endpoints, gw.id), listedNs);
+      // The listing shows only running containers, each as Docker saw it after the request was sent.
+      if (info) index.set(withGwbridge(info, gw.endpoints, gw.id), listedNs, sentNs);
     }
     const changed = index.inheritFrom(this.index, listedNs);
     return { index, changed };
@@ -651,11 +744,12 @@ export class DockerRegistry {
    */
   private async refresh(s: Session, id: string, atNs: bigint): Promise<void> {
     try {
+      const sentNs = nowNs();
       const json = await this.inspect(id, s.signal);
       const t = maxNs(atNs, nowNs());
       const info = json.State?.Running ? await this.withGwbridge(s, containerFromDocker(json)) : null;
       if (!this.isLive(s)) return;
-      if (info) this.index.set(info, t);
+      if (info) this.index.set(info, t, sentNs);
       else this.index.remove(id, t);
     } catch (err) {
       if ((err as { statusCode?: number }).statusCode === 404) {

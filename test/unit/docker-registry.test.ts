@@ -403,3 +403,81 @@ test('the capability sweep after the first sync: lookups do not wait for it, and
     assert.equal(late, 4 + 6);
   });
 });
+
+const inspectsOf = (fake: FakeDocker, id: string): number =>
+  fake.requests.filter((p) => p === `/containers/${id}/json`).length;
+
+test('the listing confirms its owners: a connection older than it needs no inspect', async () => {
+  await withRegistry(async (fake, registry) => {
+    fake.add(structuredClone(web));
+    await fake.start();
+    const before = BigInt(Date.now() - 1) * 1_000_000n;
+    registry.start();
+    assert.equal(await registry.waitSynced(3000), true);
+    const r = await registry.lookup('172.17.0.2', 1000);
+    assert.ok(r.status === 'found');
+    assert.ok(r.owner.confirmedNs !== undefined && r.owner.confirmedNs > before, 'confirmed by the listing');
+    // Younger than the listing: only an inspect sent after it started can tell.
+    assert.ok(r.owner.confirmedNs <= BigInt(Date.now()) * 1_000_000n);
+  });
+});
+
+test('confirms are coalesced: one inspect per container in flight, shared by every query it can serve', async () => {
+  await withRegistry(async (fake, registry) => {
+    fake.add(structuredClone(web));
+    fake.add({
+      ...structuredClone(web),
+      Id: 'c2',
+      Name: 'db',
+      Networks: { bridge: { NetworkID: 'n1', IPAddress: '172.17.0.9' } },
+    });
+    await fake.start();
+    registry.start();
+    assert.equal(await registry.waitSynced(3000), true);
+    await registry.capabilitySweep; // its inspects are not confirms
+    const base1 = inspectsOf(fake, 'c1');
+    const base2 = inspectsOf(fake, 'c2');
+    const startedNs = BigInt(Date.now()) * 1_000_000n;
+    await new Promise((r) => setTimeout(r, 2));
+    const answers = await Promise.all([
+      ...Array.from({ length: 50 }, () => registry.confirm('c1', '172.17.0.2', startedNs)),
+      ...Array.from({ length: 50 }, () => registry.confirm('c2', '172.17.0.9', startedNs)),
+    ]);
+    assert.ok(answers.every((a) => a === true));
+    assert.equal(inspectsOf(fake, 'c1') - base1, 1, 'one inspect for 50 queries about c1');
+    assert.equal(inspectsOf(fake, 'c2') - base2, 1, 'one inspect for 50 queries about c2');
+    // What it found is in the index: a connection that started before it needs nothing more.
+    const r = await registry.lookup('172.17.0.2', 1000);
+    assert.ok(r.status === 'found' && r.owner.confirmedNs !== undefined && r.owner.confirmedNs > startedNs);
+    // The address it does not have, and a container that stopped, are not confirmed.
+    assert.equal(await registry.confirm('c1', '172.17.0.9', startedNs), false);
+    fake.containers.get('c2')!.Running = false;
+    assert.equal(await registry.confirm('c2', '172.17.0.9', BigInt(Date.now()) * 1_000_000n), false);
+  });
+});
+
+test('a query about a connection younger than the inspect in flight waits for the next one, shared too', async () => {
+  await withRegistry(async (fake, registry) => {
+    fake.add(structuredClone(web));
+    await fake.start();
+    registry.start();
+    assert.equal(await registry.waitSynced(3000), true);
+    await registry.capabilitySweep; // its inspects are not confirms
+    const base = inspectsOf(fake, 'c1');
+    const held: Promise<boolean>[] = [];
+    fake.hold.add('/containers/c1/json');
+    held.push(registry.confirm('c1', '172.17.0.2', BigInt(Date.now() - 5) * 1_000_000n));
+    await until('first inspect sent', () => inspectsOf(fake, 'c1') === base + 1);
+    // These connections started after the first inspect was sent: it cannot vouch for them.
+    await new Promise((r) => setTimeout(r, 3));
+    const later = BigInt(Date.now()) * 1_000_000n;
+    for (let i = 0; i < 20; i++) held.push(registry.confirm('c1', '172.17.0.2', later));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(inspectsOf(fake, 'c1'), base + 1, 'at most one inspect of c1 in flight');
+    fake.hold.clear();
+    await until('first inspect held', () => fake.held.length === 1);
+    fake.held[0].release();
+    assert.deepEqual(await Promise.all(held), Array(21).fill(true));
+    assert.equal(inspectsOf(fake, 'c1'), base + 2, 'the 20 later queries shared one more inspect');
+  });
+});
