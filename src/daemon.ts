@@ -167,9 +167,11 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     maxRequestBytes: MAX_REQUEST_BYTES,
     maxConnections,
     maxPerSource,
-    resolve: async (q, conn) => {
-      const dst = routed ? await originalDestination(conntrack, q, conn, routed, 2000) : null;
-      return resolver.resolve(dst ? { ...q, local: dst } : q);
+    resolve: (q, conn) => {
+      if (!routed) return resolver.resolve(q);
+      return originalDestination(conntrack, q, conn, routed, 2000).then((dst) =>
+        resolver.resolve(dst ? { ...q, local: dst } : q),
+      );
     },
     ...(metrics
       ? {

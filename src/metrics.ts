@@ -37,6 +37,8 @@ export interface DockerView {
   readonly resyncs?: number;
   /** Periodic listings that check the index against Docker. */
   readonly verifications?: number;
+  /** Inspects sent to confirm a recent owner (coalesced: at most one per container at a time). */
+  readonly confirmInspects?: number;
   /** Containers that keep NET_RAW on a shared network, and those not known yet (DockerRegistry). */
   netRawExposure?(): { shared: readonly string[]; unknown: number };
 }
@@ -215,6 +217,15 @@ export class Metrics implements MetricsSource {
       },
     });
     new Counter({
+      name: 'docker_identd_docker_confirm_inspects_total',
+      help: 'Inspects sent to Docker to confirm an owner indexed moments ago (at most one per container at a time).',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(self.docker?.confirmInspects ?? 0);
+      },
+    });
+    new Counter({
       name: 'docker_identd_docker_verifications_total',
       help: 'Periodic full listings that check the index for lost events.',
       registers,
@@ -290,7 +301,14 @@ export class Metrics implements MetricsSource {
     this.conntrackName = name;
     this.conntrackSource.reset();
     this.conntrackSource.set({ source: name }, 1);
-    return {
+    const failed = (err: unknown): void => {
+      const e = err as Error & { code?: string };
+      if (!e.code || !NOT_SOURCE_FAILURES.has(e.code)) {
+        this.lookupErrors.inc({ source: name });
+        this.conntrackError = `${e.code ?? 'error'}: ${e.message}`;
+      }
+    };
+    const wrapped: ConntrackSource = {
       name,
       lookup: async (tuple: ReplyTuple) => {
         const end = this.lookupDuration.startTimer({ source: name });
@@ -301,16 +319,32 @@ export class Metrics implements MetricsSource {
           return entry;
         } catch (err) {
           end();
-          const e = err as Error & { code?: string };
-          if (!e.code || !NOT_SOURCE_FAILURES.has(e.code)) {
-            this.lookupErrors.inc({ source: name });
-            this.conntrackError = `${e.code ?? 'error'}: ${e.message}`;
-          }
+          failed(err);
           throw err;
         }
       },
       close: () => source.close(),
     };
+    if (source.lookupNow) {
+      const now = source.lookupNow.bind(source);
+      wrapped.lookupNow = (tuple: ReplyTuple) => {
+        const t0 = performance.now();
+        try {
+          const entry = now(tuple);
+          // undefined: not looked up here; the promise path measures it.
+          if (entry !== undefined) {
+            this.lookupDuration.observe({ source: name }, (performance.now() - t0) / 1000);
+            this.conntrackError = null;
+          }
+          return entry;
+        } catch (err) {
+          this.lookupDuration.observe({ source: name }, (performance.now() - t0) / 1000);
+          failed(err);
+          throw err;
+        }
+      };
+    }
+    return wrapped;
   }
 
   get contentType(): string {

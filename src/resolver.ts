@@ -40,7 +40,10 @@ export interface Resolution {
 /** What the resolver needs of the Docker registry. */
 export interface OwnerRegistry {
   lookup(address: string, ms: number): Promise<RegistryLookup>;
-  confirm(id: string, address: string): Promise<boolean>;
+  /** The same at once, when nothing needs waiting for (no event pending); undefined otherwise. */
+  lookupNow?(address: string): RegistryLookup | undefined;
+  /** Whether Docker shows `id` running with `address` in an answer to a request sent after `notBeforeNs`. */
+  confirm(id: string, address: string, notBeforeNs: bigint): Promise<boolean>;
 }
 
 export interface ResolverOptions {
@@ -90,46 +93,90 @@ export class Resolver {
 
   /**
    * One conntrack lookup within the deadline. ENOBUFS (the kernel dropped a
-   * netlink message under load) is tried once more; a second failure stands.
+   * netlink message under load) is tried once more (unless `retried`
+   * already); a second failure stands.
    */
-  private async lookupWithRetry(tuple: ReplyTuple): Promise<ConntrackEntry | null> {
+  private async lookupWithRetry(tuple: ReplyTuple, retried = false): Promise<ConntrackEntry | null> {
     const what = `${this.conntrack.name} conntrack lookup`;
     try {
       return await withDeadline(this.conntrack.lookup(tuple), this.conntrackTimeoutMs, what);
     } catch (err) {
-      if ((err as { code?: string }).code !== 'ENOBUFS') throw err;
+      if (retried || (err as { code?: string }).code !== 'ENOBUFS') throw err;
       return withDeadline(this.conntrack.lookup(tuple), this.conntrackTimeoutMs, what);
     }
   }
 
-  async resolve(q: IdentQuery): Promise<Resolution> {
+  /**
+   * The answer to `q`. At once (no promise) when every step can answer at
+   * once: the conntrack source's GET made inside the kernel call, and an
+   * owner in an index with no event pending, known long enough not to need
+   * Docker's word. Otherwise a promise, each wait within its deadline.
+   */
+  resolve(q: IdentQuery): Resolution | Promise<Resolution> {
+    const arrivedMs = this.now();
     const tuple = replyTupleFor(q);
     if (!tuple) return { answer: ERR('UNKNOWN-ERROR'), reason: 'querier and local address families differ' };
-    const source = this.conntrack.name;
     const t0 = performance.now();
-    let entry: ConntrackEntry | null;
-    try {
-      entry = await this.lookupWithRetry(tuple);
-    } catch (err) {
-      const e = err as Error & { code?: string };
-      const lookupUs = Math.round((performance.now() - t0) * 1000);
-      return {
-        answer: ERR('UNKNOWN-ERROR'),
-        reason: `conntrack lookup failed: ${e.code ?? ''} ${e.message}`.trim(),
-        tuple,
-        source,
-        lookupUs,
-      };
+    let retried = false;
+    if (this.conntrack.lookupNow) {
+      let entry: ConntrackEntry | null | undefined;
+      try {
+        entry = this.conntrack.lookupNow(tuple);
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'ENOBUFS') return this.lookupFailed(tuple, t0, err);
+        retried = true;
+      }
+      if (entry !== undefined) return this.withEntry(tuple, t0, entry, arrivedMs);
     }
+    return this.lookupWithRetry(tuple, retried).then(
+      (entry) => this.withEntry(tuple, t0, entry, arrivedMs),
+      (err: unknown) => this.lookupFailed(tuple, t0, err),
+    );
+  }
+
+  private lookupFailed(tuple: ReplyTuple, t0: number, err: unknown): Resolution {
+    const e = err as Error & { code?: string };
+    return {
+      answer: ERR('UNKNOWN-ERROR'),
+      reason: `conntrack lookup failed: ${e.code ?? ''} ${e.message}`.trim(),
+      tuple,
+      source: this.conntrack.name,
+      lookupUs: Math.round((performance.now() - t0) * 1000),
+    };
+  }
+
+  private withEntry(
+    tuple: ReplyTuple,
+    t0: number,
+    entry: ConntrackEntry | null,
+    arrivedMs: number,
+  ): Resolution | Promise<Resolution> {
     const lookupUs = Math.round((performance.now() - t0) * 1000);
-    const base = { tuple, source, lookupUs };
+    const base = { tuple, source: this.conntrack.name, lookupUs };
     if (!entry) return { ...base, answer: ERR('NO-USER'), reason: 'no conntrack entry with this reply tuple' };
     if (!answersTuple(entry, tuple)) {
       return { ...base, answer: ERR('UNKNOWN-ERROR'), reason: 'conntrack source returned a non-matching entry' };
     }
-    const containerAddress = entry.orig.src;
-    const withEntry = { ...base, entry, containerAddress };
-    const owner = await this.registry.lookup(containerAddress, this.dockerTimeoutMs);
+    const withEntry: Resolution = {
+      ...base,
+      answer: ERR('UNKNOWN-ERROR'),
+      reason: '',
+      entry,
+      containerAddress: entry.orig.src,
+    };
+    const owner = this.registry.lookupNow?.(entry.orig.src);
+    if (owner !== undefined) return this.withOwner(withEntry, entry, owner, arrivedMs);
+    return this.registry
+      .lookup(entry.orig.src, this.dockerTimeoutMs)
+      .then((o) => this.withOwner(withEntry, entry, o, arrivedMs));
+  }
+
+  private withOwner(
+    withEntry: Resolution,
+    entry: ConntrackEntry,
+    owner: RegistryLookup,
+    arrivedMs: number,
+  ): Resolution | Promise<Resolution> {
     switch (owner.status) {
       case 'unavailable':
         return { ...withEntry, answer: ERR('UNKNOWN-ERROR'), reason: `Docker index unavailable: ${owner.reason}` };
@@ -145,8 +192,9 @@ export class Resolver {
       case 'found':
         break;
     }
+    const containerAddress = entry.orig.src;
     const { container, since } = owner.owner;
-    const withOwner = { ...withEntry, containerId: container.id, container };
+    const withOwner: Resolution = { ...withEntry, containerId: container.id, container };
     if (owner.releasedNs !== undefined) {
       // The address had another owner before: is this connection the current owner's?
       if (entry.startNs !== undefined) {
@@ -166,20 +214,34 @@ export class Resolver {
       }
     }
     if (this.now() - since < this.recentOwnerMs) {
-      // The address changed hands recently: make sure the index is not behind Docker.
-      const ok = await withDeadline(
-        this.registry.confirm(container.id, containerAddress),
-        this.dockerTimeoutMs,
-        'docker confirm',
-      ).catch(() => false);
-      if (!ok) {
-        return {
-          ...withOwner,
-          answer: ERR('UNKNOWN-ERROR'),
-          reason: 'recent owner could not be confirmed with Docker',
-        };
+      // The address changed hands recently: make sure the index is not behind
+      // Docker. A Docker answer to a request sent after the connection started
+      // (after the query arrived, when its start is not known) shows whose it is.
+      const startedBy =
+        entry.startNs !== undefined ? entry.startNs + (entry.startSlackNs ?? 0n) : BigInt(arrivedMs) * 1_000_000n;
+      const confirmed = owner.owner.confirmedNs;
+      if (confirmed === undefined || confirmed <= startedBy) {
+        return withDeadline(
+          this.registry.confirm(container.id, containerAddress, startedBy),
+          this.dockerTimeoutMs,
+          'docker confirm',
+        )
+          .catch(() => false)
+          .then((ok) =>
+            ok
+              ? this.named(withOwner, container)
+              : {
+                  ...withOwner,
+                  answer: ERR('UNKNOWN-ERROR'),
+                  reason: 'recent owner could not be confirmed with Docker',
+                },
+          );
       }
     }
+    return this.named(withOwner, container);
+  }
+
+  private named(withOwner: Resolution, container: ContainerInfo): Resolution {
     const name = this.nameFor(container);
     if (name === null) {
       return { ...withOwner, answer: ERR('NO-USER'), reason: 'the name template yields nothing for this container' };

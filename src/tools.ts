@@ -305,7 +305,7 @@ export async function squidHelperMain(args: string[]): Promise<number> {
       registry.start();
       const template = config.nameTemplate;
       const resolver = new Resolver(conntrack, registry, { nameFor: (c) => applyNameTemplate(template, c) });
-      lookup = directLookup((q) => resolver.resolve(q));
+      lookup = directLookup(async (q) => resolver.resolve(q));
       cleanup = async () => {
         await registry.close();
         await conntrack.close();

@@ -304,3 +304,88 @@ test('an address claimed by several containers names none of them: NO-USER', asy
   assert.deepEqual(res.answer, { kind: 'ERROR', code: 'NO-USER' });
   assert.match(res.reason, /claimed by/);
 });
+
+test('the whole answer comes at once when the source and the index can answer at once', () => {
+  const src: ConntrackSource = {
+    name: 'netlink',
+    lookup: async () => assert.fail('the promise path is not taken'),
+    lookupNow: () => entry,
+    close: async () => undefined,
+  };
+  const reg: OwnerRegistry = {
+    lookup: async () => assert.fail('the promise path is not taken'),
+    lookupNow: () => owner('web'),
+    confirm: async () => assert.fail('an old owner is not confirmed'),
+  };
+  const res = new Resolver(src, reg).resolve(query);
+  assert.ok(!(res instanceof Promise), 'no promise');
+  assert.deepEqual(res.answer, { kind: 'USERID', name: 'web' });
+  // A source that cannot answer at once (undefined), or an index with events pending, takes the promise path.
+  const later = new Resolver({ ...src, lookupNow: () => undefined, lookup: async () => entry }, reg).resolve(query);
+  assert.ok(later instanceof Promise);
+  const pending = new Resolver(src, { ...reg, lookupNow: () => undefined, lookup: async () => owner('web') }).resolve(
+    query,
+  );
+  assert.ok(pending instanceof Promise);
+});
+
+test('ENOBUFS from the GET made at once is tried once more on the promise path; a second one stands', async () => {
+  let calls = 0;
+  const src: ConntrackSource = {
+    name: 'netlink',
+    lookupNow: () => {
+      throw conntrackError('dropped', 'ENOBUFS');
+    },
+    lookup: async () => {
+      calls++;
+      throw conntrackError('dropped again', 'ENOBUFS');
+    },
+    close: async () => undefined,
+  };
+  const res = await new Resolver(src, registry(owner('web'))).resolve(query);
+  assert.deepEqual(res.answer, { kind: 'ERROR', code: 'UNKNOWN-ERROR' });
+  assert.equal(calls, 1);
+});
+
+test('a recent owner is confirmed for the connection: a confirmation since its start serves, an older one does not', async () => {
+  const startNs = BigInt(Date.now() - 1000) * 1_000_000n;
+  const recent = (confirmedNs?: bigint): RegistryLookup => {
+    const o = owner('web', Date.now());
+    return o.status === 'found' ? { ...o, owner: { ...o.owner, ...(confirmedNs ? { confirmedNs } : {}) } } : o;
+  };
+  const asked: bigint[] = [];
+  const reg = (r: RegistryLookup): OwnerRegistry => ({
+    lookup: async () => r,
+    confirm: async (_id, _addr, notBeforeNs) => {
+      asked.push(notBeforeNs);
+      return true;
+    },
+  });
+  const withStart = source(async () => ({ ...entry, startNs }));
+  // Confirmed (by a listing or an inspect) after the connection started: no Docker request.
+  let res = await new Resolver(withStart, reg(recent(startNs + 1n))).resolve(query);
+  assert.deepEqual(res.answer, { kind: 'USERID', name: 'web' });
+  assert.deepEqual(asked, []);
+  // Confirmed before it started, or at that very moment: Docker is asked about a moment after its start.
+  res = await new Resolver(withStart, reg(recent(startNs))).resolve(query);
+  assert.deepEqual(res.answer, { kind: 'USERID', name: 'web' });
+  assert.deepEqual(asked, [startNs]);
+  // procfs knows the start to the second: the latest moment it could be counts.
+  asked.length = 0;
+  const slack = 1_000_000_000n;
+  res = await new Resolver(
+    source(async () => ({ ...entry, startNs, startSlackNs: slack })),
+    reg(recent(startNs + 1n)),
+  ).resolve(query);
+  assert.deepEqual(asked, [startNs + slack]);
+  // No start known: only an answer to a request sent after the query arrived.
+  asked.length = 0;
+  const now = Date.now();
+  await new Resolver(
+    source(async () => entry),
+    reg(recent(BigInt(now - 5) * 1_000_000n)),
+    {},
+    () => now,
+  ).resolve(query);
+  assert.deepEqual(asked, [BigInt(now) * 1_000_000n]);
+});
