@@ -30,8 +30,13 @@ export interface ServerOptions {
   maxConnections: number;
   /** Connections open at once from one source address. */
   maxPerSource: number;
-  /** `conn`: the ident connection's own ports (for a redirected query's original destination). */
-  resolve: (q: IdentQuery, conn: IdentConnection) => Promise<Resolution>;
+  /**
+   * `conn`: the ident connection's own ports (for a redirected query's
+   * original destination). May answer at once (no promise): the common case,
+   * a GET answered inside the kernel call and an owner known, takes no turn
+   * of the event loop.
+   */
+  resolve: (q: IdentQuery, conn: IdentConnection) => Promise<Resolution> | Resolution;
   /** Called once per answer sent, malformed queries included (metrics). */
   onAnswer?: (answer: Answer, resolution: Resolution | null, seconds: number) => void;
   log: Logger;
@@ -45,6 +50,23 @@ export interface IdentConnection {
 
 /** How long a connection may stay open after the reply, waiting for the client to close. */
 const LINGER_MS = 2000;
+
+/** Canonical remote addresses (and whether --allow has them) remembered at most; then forgotten all at once. */
+const ADDRESS_CACHE_MAX = 4096;
+
+/**
+ * The deadlines of one connection (Date.now() ms): one sweeper serves every
+ * connection's, instead of three timers each, and closes a connection within
+ * one sweep interval after its deadline.
+ */
+interface Deadlines {
+  /** No data for an idle timeout (moved on by each chunk received). */
+  idle: number;
+  /** The whole connection, from accept. */
+  whole: number;
+  /** After the reply: how long the client may take to close. */
+  linger: number;
+}
 
 /**
  * A connection may stay open for this many idle timeouts in all
@@ -78,9 +100,18 @@ export class IdentServer {
   private capIncidentLogged = false;
   private acceptErrorLogged = false;
   private readonly opts: ServerOptions;
+  /** Every open connection's deadlines; the sweeper closes those past one. */
+  private readonly deadlines = new Map<net.Socket, Deadlines>();
+  private sweeper: NodeJS.Timeout | null = null;
+  private readonly sweepMs: number;
+  /** Remote address text -> canonical address and whether --allow has it (null: not an address). */
+  private readonly remoteCache = new Map<string, { address: string; allowed: boolean } | null>();
+  private readonly localCache = new Map<string, string | null>();
 
   constructor(opts: ServerOptions) {
     this.opts = opts;
+    // A tenth of the shortest deadline, within 10..100 ms: the deadlines are kept to within that.
+    this.sweepMs = Math.min(100, Math.max(10, Math.floor(Math.min(opts.idleTimeoutMs, LINGER_MS) / 10)));
   }
 
   get connections(): number {
@@ -171,6 +202,41 @@ export class IdentServer {
   /** Replaces the allowlist (config reload); it applies to connections accepted from now on. */
   setAllow(allow: AddressSet): void {
     this.opts.allow = allow;
+    this.remoteCache.clear();
+  }
+
+  /** The canonical remote address and whether --allow has it, remembered per address text. */
+  private remoteOf(text: string): { address: string; allowed: boolean } | null {
+    let r = this.remoteCache.get(text);
+    if (r === undefined) {
+      const address = canonicalIp(text);
+      r = address ? { address, allowed: this.opts.allow.has(address) } : null;
+      if (this.remoteCache.size >= ADDRESS_CACHE_MAX) this.remoteCache.clear();
+      this.remoteCache.set(text, r);
+    }
+    return r;
+  }
+
+  private localOf(text: string): string | null {
+    let r = this.localCache.get(text);
+    if (r === undefined) {
+      r = canonicalIp(text);
+      if (this.localCache.size >= ADDRESS_CACHE_MAX) this.localCache.clear();
+      this.localCache.set(text, r);
+    }
+    return r;
+  }
+
+  /** Closes every connection past one of its deadlines; runs while any is open. */
+  private sweep(): void {
+    const now = Date.now();
+    for (const [socket, d] of this.deadlines) {
+      if (now >= d.idle || now >= d.whole || now >= d.linger) socket.destroy();
+    }
+    if (this.deadlines.size === 0 && this.sweeper !== null) {
+      clearInterval(this.sweeper);
+      this.sweeper = null;
+    }
   }
 
   /**
@@ -182,7 +248,15 @@ export class IdentServer {
   async close(deadlineMs = 0): Promise<number> {
     const listenersClosed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     this.servers.length = 0;
-    for (const s of this.sockets) if (!this.inflight.has(s)) s.destroy();
+    for (const s of this.sockets) {
+      if (this.inflight.has(s)) continue;
+      if (s.writableEnded && !s.writableFinished) {
+        // Answered, and the reply is still being written: waited for as an answer in flight.
+        this.inflight.add(s);
+        s.once('finish', () => this.answered(s));
+        s.once('close', () => this.answered(s));
+      } else s.destroy();
+    }
     if (this.inflight.size > 0 && deadlineMs > 0) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
@@ -193,26 +267,10 @@ export class IdentServer {
     }
     const cutOff = this.inflight.size;
     for (const s of this.sockets) s.destroy();
+    if (this.sweeper !== null) clearInterval(this.sweeper);
+    this.sweeper = null;
     await listenersClosed;
     return cutOff;
-  }
-
-  /** Counts `socket` as having an answer in flight until the answer is written (or the socket is gone). */
-  private track(socket: net.Socket, answering: Promise<void>): void {
-    this.inflight.add(socket);
-    const done = (): void => {
-      if (!this.inflight.delete(socket) || this.inflight.size > 0) return;
-      const waiters = this.drainWaiters.splice(0);
-      for (const w of waiters) w();
-    };
-    const settled = (): void => {
-      if (socket.destroyed || socket.writableFinished) done();
-      else {
-        socket.once('finish', done);
-        socket.once('close', done);
-      }
-    };
-    answering.then(settled, settled);
   }
 
   // --- end of systemd hooks ---
@@ -240,14 +298,15 @@ export class IdentServer {
   private onConnection(socket: net.Socket): void {
     const log = this.opts.log;
     socket.on('error', (err) => log.debug({ err: err.message }, 'ident connection error'));
-    const remote = canonicalIp(socket.remoteAddress ?? '');
-    const local = canonicalIp(socket.localAddress ?? '');
-    if (!remote || !local || !this.opts.allow.has(remote)) {
+    const peer = this.remoteOf(socket.remoteAddress ?? '');
+    const local = this.localOf(socket.localAddress ?? '');
+    if (!peer || !local || !peer.allowed) {
       this.notAllowed++;
       log.debug({ remote: socket.remoteAddress }, 'connection from outside --allow closed');
       socket.destroy();
       return;
     }
+    const remote = peer.address;
     const fromSource = this.perSource.get(remote) ?? 0;
     if (this.sockets.size >= this.opts.maxConnections || fromSource >= this.opts.maxPerSource) {
       this.refused++;
@@ -269,90 +328,102 @@ export class IdentServer {
     }
     this.sockets.add(socket);
     this.perSource.set(remote, fromSource + 1);
-    const whole = setTimeout(() => socket.destroy(), this.opts.connectionTimeoutMs);
+    if (!this.sweeper) {
+      this.sweeper = setInterval(() => this.sweep(), this.sweepMs);
+      this.sweeper.unref();
+    }
+    const now = Date.now();
+    const deadlines: Deadlines = {
+      idle: now + this.opts.idleTimeoutMs,
+      whole: now + this.opts.connectionTimeoutMs,
+      linger: Infinity,
+    };
+    this.deadlines.set(socket, deadlines);
     socket.on('close', () => {
-      clearTimeout(whole);
+      this.deadlines.delete(socket);
       this.sockets.delete(socket);
       const left = (this.perSource.get(remote) ?? 1) - 1;
       if (left > 0) this.perSource.set(remote, left);
       else this.perSource.delete(remote);
       if (this.sockets.size === 0) this.capIncidentLogged = false;
     });
-    socket.setTimeout(this.opts.idleTimeoutMs, () => socket.destroy());
 
-    const chunks: Buffer[] = [];
+    let chunks: Buffer[] | null = null;
+    let first: Buffer | null = null;
     let received = 0;
     let handled = false;
     const handle = (line: string | null): void => {
       if (handled) return;
       handled = true;
-      socket.off('data', onData);
-      // Keep reading (and discarding, within the byte cap) so the client's FIN is
-      // seen and the socket closes as soon as both sides are done.
-      socket.on('data', (chunk: Buffer) => {
+      first = null;
+      chunks = null;
+      this.answer(socket, remote, local, line, deadlines);
+    };
+    socket.on('data', (chunk: Buffer) => {
+      deadlines.idle = Date.now() + this.opts.idleTimeoutMs;
+      if (handled) {
+        // Keep reading (and discarding, within the byte cap) so the client's FIN is
+        // seen and the socket closes as soon as both sides are done.
         received += chunk.length;
         if (received > this.opts.maxRequestBytes) socket.pause();
-      });
-      this.track(socket, this.answer(socket, remote, local, line));
-    };
-    const onData = (chunk: Buffer): void => {
+        return;
+      }
       const room = this.opts.maxRequestBytes - received;
       const part = chunk.length > room ? chunk.subarray(0, room) : chunk;
       received += part.length;
-      chunks.push(part);
-      const nl = part.indexOf(0x0a);
-      if (nl >= 0) {
-        const all = Buffer.concat(chunks);
-        const end = all.indexOf(0x0a);
-        let line = all.subarray(0, end).toString('latin1');
-        if (line.endsWith('\r')) line = line.slice(0, -1);
-        handle(line);
+      // The common case, the whole query in one chunk, copies nothing.
+      if (first === null && chunks === null) first = part;
+      else {
+        chunks ??= [first!];
+        chunks.push(part);
+      }
+      if (part.indexOf(0x0a) >= 0) {
+        const all = chunks ? Buffer.concat(chunks) : first!;
+        let end = all.indexOf(0x0a);
+        if (end > 0 && all[end - 1] === 0x0d) end--;
+        handle(all.toString('latin1', 0, end));
       } else if (received >= this.opts.maxRequestBytes) {
         handle(null);
       }
-    };
-    socket.on('data', onData);
+    });
     // A query without a line end, followed by the client's half-close, is still answered.
     socket.on('end', () => {
       if (handled) return;
       if (received === 0) socket.destroy();
-      else handle(Buffer.concat(chunks).toString('latin1').replace(/\r$/, ''));
+      else {
+        const all = chunks ? Buffer.concat(chunks) : first!;
+        handle(all.toString('latin1').replace(/\r$/, ''));
+      }
     });
   }
 
-  private async answer(socket: net.Socket, querier: string, local: string, line: string | null): Promise<void> {
-    const log = this.opts.log;
+  /** Counts `socket` as having an answer in flight until the answer is written (or the socket is gone). */
+  private answered(socket: net.Socket): void {
+    if (!this.inflight.delete(socket) || this.inflight.size > 0) return;
+    const waiters = this.drainWaiters.splice(0);
+    for (const w of waiters) w();
+  }
+
+  private answer(socket: net.Socket, querier: string, local: string, line: string | null, deadlines: Deadlines): void {
     const t0 = process.hrtime.bigint();
     const parsed = line === null ? null : parseRequest(line);
-    let reply: string;
-    let fields: Record<string, unknown>;
-    let answer: Answer;
-    let resolution: Resolution | null = null;
     if (!parsed || !parsed.ok) {
       const error = parsed ? parsed.error : 'UNKNOWN-ERROR';
       const ps = parsed ? parsed.portOnServer : 0;
       const pc = parsed ? parsed.portOnClient : 0;
-      answer = { kind: 'ERROR', code: error };
-      reply = formatReply(ps, pc, answer);
-      fields = {
+      const answer: Answer = { kind: 'ERROR', code: error };
+      this.reply(socket, t0, formatReply(ps, pc, answer), answer, null, deadlines, {
         querier,
         portOnServer: ps,
         portOnClient: pc,
         answer: answerText(answer),
         reason: line === null ? 'request over the size limit' : 'malformed request',
-      };
-    } else {
-      const q: IdentQuery = { querier, local, portOnServer: parsed.portOnServer, portOnClient: parsed.portOnClient };
-      let r: Resolution;
-      try {
-        r = await this.opts.resolve(q, { querierPort: socket.remotePort ?? 0, localPort: socket.localPort ?? 0 });
-      } catch (err) {
-        r = { answer: { kind: 'ERROR', code: 'UNKNOWN-ERROR' }, reason: `resolver failed: ${(err as Error).message}` };
-      }
-      answer = r.answer;
-      resolution = r;
-      reply = formatReply(q.portOnServer, q.portOnClient, r.answer);
-      fields = {
+      });
+      return;
+    }
+    const q: IdentQuery = { querier, local, portOnServer: parsed.portOnServer, portOnClient: parsed.portOnClient };
+    const done = (r: Resolution): void => {
+      this.reply(socket, t0, formatReply(q.portOnServer, q.portOnClient, r.answer), r.answer, r, deadlines, {
         querier,
         local,
         portOnServer: q.portOnServer,
@@ -360,13 +431,39 @@ export class IdentServer {
         container: r.containerAddress,
         containerId: r.containerId?.slice(0, 12),
         // A redirected query (--routed) is about the ident connection's original destination.
-        ...(r.tuple && r.tuple.dst !== local ? { originalDestination: r.tuple.dst } : {}),
+        originalDestination: r.tuple && r.tuple.dst !== local ? r.tuple.dst : undefined,
         answer: answerText(r.answer),
         reason: r.reason,
         source: r.source,
         lookupUs: r.lookupUs,
-      };
+      });
+    };
+    const failed = (err: unknown): void =>
+      done({ answer: { kind: 'ERROR', code: 'UNKNOWN-ERROR' }, reason: `resolver failed: ${(err as Error).message}` });
+    let r: Promise<Resolution> | Resolution;
+    try {
+      r = this.opts.resolve(q, { querierPort: socket.remotePort ?? 0, localPort: socket.localPort ?? 0 });
+    } catch (err) {
+      failed(err);
+      return;
     }
+    if (r instanceof Promise) {
+      this.inflight.add(socket);
+      r.then(done, failed);
+    } else done(r);
+  }
+
+  /** Sends the reply (one write), logs the query, and gives the client LINGER_MS to close. */
+  private reply(
+    socket: net.Socket,
+    t0: bigint,
+    reply: string,
+    answer: Answer,
+    resolution: Resolution | null,
+    deadlines: Deadlines,
+    fields: Record<string, unknown>,
+  ): void {
+    const log = this.opts.log;
     const totalUs = Number((process.hrtime.bigint() - t0) / 1000n);
     try {
       this.opts.onAnswer?.(answer, resolution, totalUs / 1e6);
@@ -374,16 +471,22 @@ export class IdentServer {
       log.warn({ err: (err as Error).message }, 'answer hook failed');
     }
     if (socket.destroyed) {
-      log.info({ ...fields, totalUs, delivered: false }, 'query');
+      this.answered(socket);
+      fields.totalUs = totalUs;
+      fields.delivered = false;
+      log.info(fields, 'query');
       return;
     }
-    // One write: Squid reads the reply with a single read.
-    socket.end(reply);
-    // A client that never closes its side is not waited for long. The timer
-    // goes with the socket, so closed sockets are not kept alive by it.
-    const linger = setTimeout(() => socket.destroy(), LINGER_MS);
-    linger.unref();
-    socket.once('close', () => clearTimeout(linger));
-    log.info({ ...fields, totalUs }, 'query');
+    // One write: Squid reads the reply with a single read. Graceful close
+    // waits until it is written.
+    if (this.inflight.has(socket)) {
+      this.inflight.add(socket);
+      socket.end(reply, () => this.answered(socket));
+      socket.once('close', () => this.answered(socket));
+    } else socket.end(reply);
+    // A client that never closes its side is not waited for long.
+    deadlines.linger = Date.now() + LINGER_MS;
+    fields.totalUs = totalUs;
+    log.info(fields, 'query');
   }
 }
