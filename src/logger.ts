@@ -1,15 +1,59 @@
-import pino, { type Logger } from 'pino';
+import pino, { type DestinationStream, type Logger } from 'pino';
 
 import type { LogLevel } from './config';
 
+/** Bytes of log lines held before they are written at once, whatever the turn of the event loop. */
+const BATCH_MAX_BYTES = 256 * 1024;
+
+/**
+ * Log lines gathered during one turn of the event loop and written together
+ * at its end (setImmediate), in one synchronous write: under load one write
+ * serves many queries' lines, and nothing waits in a thread pool, so nothing
+ * is lost at exit. Whatever is still held is written when the process exits
+ * (process.exit, a fatal error, the end of the event loop) and by `flush()`.
+ */
+export class BatchedDestination implements DestinationStream {
+  private pending: string[] = [];
+  private bytes = 0;
+  private scheduled = false;
+  private readonly onExit = (): void => this.flush();
+
+  constructor(private readonly dest: { write(chunk: string): unknown }) {
+    process.on('exit', this.onExit);
+  }
+
+  write(line: string): void {
+    this.pending.push(line);
+    this.bytes += line.length;
+    if (this.bytes >= BATCH_MAX_BYTES) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => {
+        this.scheduled = false;
+        this.flush();
+      });
+    }
+  }
+
+  /** Writes every line held, now. */
+  flush(): void {
+    if (this.pending.length === 0) return;
+    const text = this.pending.length === 1 ? this.pending[0] : this.pending.join('');
+    this.pending = [];
+    this.bytes = 0;
+    this.dest.write(text);
+  }
+}
+
 /**
  * JSON lines on stdout (or `fd`: the Squid helper and `explain` log to
- * stderr), written synchronously so nothing is lost at exit. `bindings` go on
- * every line (a worker's number).
+ * stderr), written synchronously once per turn of the event loop (see
+ * BatchedDestination) so nothing is lost at exit. `bindings` go on every
+ * line (a worker's number).
  */
 export function createLogger(level: LogLevel, fd: 1 | 2 = 1, bindings: Record<string, unknown> = {}): Logger {
   return pino(
     { level, base: { name: 'docker-identd', ...bindings }, timestamp: pino.stdTimeFunctions.isoTime },
-    pino.destination({ dest: fd, sync: true }),
+    new BatchedDestination(pino.destination({ dest: fd, sync: true })),
   );
 }

@@ -1,0 +1,53 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { test } from 'node:test';
+
+import { BatchedDestination } from '../../src/logger';
+
+test('lines of one turn of the event loop are written together, in order, at its end', async () => {
+  const writes: string[] = [];
+  const d = new BatchedDestination({ write: (t: string) => writes.push(t) });
+  d.write('a\n');
+  d.write('b\n');
+  d.write('c\n');
+  assert.deepEqual(writes, [], 'nothing written within the turn');
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(writes, ['a\nb\nc\n']);
+  d.write('d\n');
+  d.flush();
+  assert.deepEqual(writes, ['a\nb\nc\n', 'd\n']);
+});
+
+test('a batch over the size cap is written at once', () => {
+  const writes: string[] = [];
+  const d = new BatchedDestination({ write: (t: string) => writes.push(t) });
+  const line = 'x'.repeat(1000) + '\n';
+  for (let i = 0; i < 300; i++) d.write(line);
+  assert.ok(writes.length >= 1, 'written before the turn ended');
+  d.flush();
+  assert.equal(writes.join(''), line.repeat(300));
+});
+
+const logger = path.join(__dirname, '..', '..', 'src', 'logger.ts');
+const exits: [string, string][] = [
+  ['process.exit() in the same turn', 'process.exit(3)'],
+  ['an uncaught exception', "throw new Error('boom')"],
+  ['the end of the event loop', ''],
+];
+for (const [what, how] of exits) {
+  test(`no line is lost at exit: ${what}`, () => {
+    const script =
+      `const { createLogger } = require(${JSON.stringify(logger)});` +
+      "const log = createLogger('info');" +
+      "for (let i = 0; i < 1000; i++) log.info({ i }, 'query');" +
+      how;
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', script], { encoding: 'utf8' });
+    const lines = r.stdout.split('\n').filter(Boolean);
+    assert.equal(lines.length, 1000, r.stderr);
+    assert.deepEqual(
+      lines.map((l) => (JSON.parse(l) as { i: number }).i),
+      Array.from({ length: 1000 }, (_, i) => i),
+    );
+  });
+}
