@@ -3,10 +3,10 @@
 //
 // It does only what an answer needs: one single-threaded epoll loop; per
 // connection it reads one line (at most 1000 bytes), parses "port , port",
-// makes one netlink conntrack GET by the reply tuple (reply source = the
-// querier's address and its port, reply destination = our local address and
-// port), maps the entry's original source address to a container name, writes
-// the reply and closes. The address -> name map is read ONCE at start from the
+// makes one netlink conntrack GET (nfct_query NFCT_Q_GET) by the reply tuple
+// (reply source = the querier's address and its port, reply destination =
+// our local address and port), maps the entry's original source address to a
+// container name, writes the reply and closes. The address -> name map is read ONCE at start from the
 // Docker API (GET /containers/json over the Docker unix socket), with a
 // minimal scanner for "Names" and "IPAddress" / "GlobalIPv6Address". No
 // logging per query, no timeouts, no access list, no later Docker updates.
@@ -204,14 +204,29 @@ static struct nf_conntrack* request;
 static unsigned char found_key[16];
 static int found;
 
+// The kernel finds an entry by either direction's tuple: only one whose
+// reply tuple is the one asked for counts.
 static int on_entry(enum nf_conntrack_msg_type type, struct nf_conntrack* ct, void* data) {
   (void)type;
   (void)data;
   uint8_t l3 = nfct_get_attr_u8(ct, ATTR_ORIG_L3PROTO);
+  if (nfct_get_attr_u16(ct, ATTR_REPL_PORT_SRC) != nfct_get_attr_u16(request, ATTR_ORIG_PORT_SRC) ||
+      nfct_get_attr_u16(ct, ATTR_REPL_PORT_DST) != nfct_get_attr_u16(request, ATTR_ORIG_PORT_DST))
+    return NFCT_CB_CONTINUE;
   if (l3 == AF_INET) {
+    if (memcmp(nfct_get_attr(ct, ATTR_REPL_IPV4_SRC), nfct_get_attr(request, ATTR_ORIG_IPV4_SRC),
+               4) ||
+        memcmp(nfct_get_attr(ct, ATTR_REPL_IPV4_DST), nfct_get_attr(request, ATTR_ORIG_IPV4_DST),
+               4))
+      return NFCT_CB_CONTINUE;
     key_of4(found_key, nfct_get_attr(ct, ATTR_ORIG_IPV4_SRC));
     found = 1;
   } else if (l3 == AF_INET6) {
+    if (memcmp(nfct_get_attr(ct, ATTR_REPL_IPV6_SRC), nfct_get_attr(request, ATTR_ORIG_IPV6_SRC),
+               16) ||
+        memcmp(nfct_get_attr(ct, ATTR_REPL_IPV6_DST), nfct_get_attr(request, ATTR_ORIG_IPV6_DST),
+               16))
+      return NFCT_CB_CONTINUE;
     memcpy(found_key, nfct_get_attr(ct, ATTR_ORIG_IPV6_SRC), 16);
     found = 1;
   }
@@ -246,19 +261,21 @@ static int lookup(const struct sockaddr_storage* peer, const struct sockaddr_sto
   uint16_t ignored;
   int family = plain_family(peer, &src, &ignored);
   if (plain_family(local, &dst, &ignored) != family) return 0;
+  // nfct_query() always sends the request's tuple as CTA_TUPLE_ORIG (it
+  // needs ATTR_L3PROTO, and that alone makes it build one), and the kernel
+  // looks a GET up in the hash of both directions: the reply tuple is given
+  // as the original attributes, and on_entry() checks the direction.
   nfct_set_attr_u8(request, ATTR_L3PROTO, (uint8_t)family);
-  nfct_set_attr_u8(request, ATTR_REPL_L3PROTO, (uint8_t)family);
   nfct_set_attr_u8(request, ATTR_L4PROTO, IPPROTO_TCP);
-  nfct_set_attr_u8(request, ATTR_REPL_L4PROTO, IPPROTO_TCP);
   if (family == AF_INET) {
-    nfct_set_attr(request, ATTR_REPL_IPV4_SRC, src);
-    nfct_set_attr(request, ATTR_REPL_IPV4_DST, dst);
+    nfct_set_attr(request, ATTR_IPV4_SRC, src);
+    nfct_set_attr(request, ATTR_IPV4_DST, dst);
   } else {
-    nfct_set_attr(request, ATTR_REPL_IPV6_SRC, src);
-    nfct_set_attr(request, ATTR_REPL_IPV6_DST, dst);
+    nfct_set_attr(request, ATTR_IPV6_SRC, src);
+    nfct_set_attr(request, ATTR_IPV6_DST, dst);
   }
-  nfct_set_attr_u16(request, ATTR_REPL_PORT_SRC, htons(port_on_client));
-  nfct_set_attr_u16(request, ATTR_REPL_PORT_DST, htons(port_on_server));
+  nfct_set_attr_u16(request, ATTR_PORT_SRC, htons(port_on_client));
+  nfct_set_attr_u16(request, ATTR_PORT_DST, htons(port_on_server));
   found = 0;
   if (nfct_query(nfct, NFCT_Q_GET, request) < 0) return errno == ENOENT ? 0 : -1;
   if (!found) return 0;
