@@ -6,10 +6,11 @@
 // makes one netlink conntrack GET (nfct_query NFCT_Q_GET) by the reply tuple
 // (reply source = the querier's address and its port, reply destination =
 // our local address and port), maps the entry's original source address to a
-// container name, writes the reply and closes. The address -> name map is read ONCE at start from the
-// Docker API (GET /containers/json over the Docker unix socket), with a
-// minimal scanner for "Names" and "IPAddress" / "GlobalIPv6Address". No
-// logging per query, no timeouts, no access list, no later Docker updates.
+// container name, writes the reply and closes. The address -> name map is
+// read ONCE at start from the Docker API (GET /containers/json over the
+// Docker unix socket), with a minimal scanner for "Names" and "IPAddress" /
+// "GlobalIPv6Address". No logging per query, no timeouts, no access list, no
+// later Docker updates.
 //
 // Usage: floor-identd LISTEN_ADDR PORT DOCKER_SOCKET
 // Prints "ready <containers> <addresses>" on stdout once it listens.
