@@ -15,57 +15,20 @@
  * Prints a table with the ratio of each method to the netlink GET and writes
  * JSON to bench/results/. Deletes the namespace at the end, also on failure.
  */
-import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import {
-  insertSyntheticEntries,
-  loadNetlinkAddon,
-  NetlinkSource,
-  type NetlinkSourceOptions,
-  type SyntheticEntry,
-} from '../src/conntrack/netlink';
+import { loadNetlinkAddon, NetlinkSource, type NetlinkSourceOptions } from '../src/conntrack/netlink';
 import type { ConntrackSource, ReplyTuple } from '../src/conntrack/types';
 import { AddressSet, parseCidr, type Cidr } from '../src/ip';
 import { identQueryBench } from './ident-queries';
 import { stats, type Budget, type Stats } from './stats';
+import { entry, HOST, insertEntries, OTHER_PROXY, PROXY_CIDR, readNumber, replyOf, runInOwnNamespace } from './table';
 
 const DEFAULT_SIZES = [1_000, 10_000, 100_000, 250_000];
 const RESULTS_DIR = path.join(__dirname, 'results');
 const INSIDE_FLAG = '--inside-namespace';
-
-// ---------------------------------------------------------------- entries
-
-/** Masquerade host address, proxies (remote servers) and the entry pattern. */
-const HOST = '203.0.113.1';
-const REMOTES = 200;
-const remote = (j: number): string => `198.51.100.${1 + j}`;
-const PROXY_CIDR = '198.51.100.0/24';
-/** An address inside the proxy prefix that no entry uses: the exact GET misses. */
-const OTHER_PROXY = '198.51.100.250';
-
-/** Service ports of the remotes: with 60000 masquerade ports each, every entry has its own port pair. */
-const SERVICES = [443, 80, 8080, 8443, 9000];
-const PORTS = 60000;
-
-/**
- * Entry i: container 10.x.y.z:p -> remote j:service, masqueraded to
- * HOST:1024+k. Reply tuples are unique, and so are reply port pairs (the
- * second try's dump then has exactly one match).
- */
-function entry(i: number): SyntheticEntry {
-  const j = i % REMOTES;
-  const service = SERVICES[Math.floor(i / PORTS)];
-  const k = i % PORTS;
-  const container = `10.${1 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
-  return {
-    orig: { src: container, dst: remote(j), sport: 32768 + (i % 28000), dport: service },
-    reply: { src: remote(j), dst: HOST, sport: service, dport: 1024 + k },
-  };
-}
-const replyOf = (i: number): ReplyTuple => ({ family: 4, ...entry(i).reply });
 
 // ----------------------------------------------------------- measurement
 
@@ -213,10 +176,6 @@ interface TableInfo {
   insertSeconds: number;
 }
 
-function readNumber(file: string): number {
-  return Number(fs.readFileSync(file, 'utf8').trim());
-}
-
 async function inside(sizes: number[]): Promise<void> {
   const fixtures: BenchFixture[] = [];
   try {
@@ -240,12 +199,7 @@ async function fillAndMeasure(sizes: number[], fixtures: BenchFixture[]): Promis
     const target = Math.min(requested, limit);
     if (target < requested) console.log(`# ${requested} entries exceed nf_conntrack_max ${max}: using ${target}`);
     const t0 = Date.now();
-    const CHUNK = 25_000;
-    for (let from = inserted; from < target; from += CHUNK) {
-      const batch = Array.from({ length: Math.min(CHUNK, target - from) }, (_, k) => entry(from + k));
-      const r = await insertSyntheticEntries(4, batch, 3600);
-      if (r.inserted + r.existed !== batch.length) throw new Error(`insert: ${JSON.stringify(r)}`);
-    }
+    await insertEntries(inserted, target);
     const insertSeconds = (Date.now() - t0) / 1000;
     const added = Math.max(0, target - inserted);
     inserted = Math.max(inserted, target);
@@ -341,44 +295,15 @@ function parseSizes(argv: string[]): number[] {
   return sizes.sort((a, b) => a - b);
 }
 
-async function outside(argv: string[]): Promise<number> {
-  if (process.getuid?.() !== 0) {
-    console.error('bench/conntrack.ts needs root: it creates a network namespace and fills its conntrack table');
-    return 1;
-  }
-  const addon = loadNetlinkAddon();
-  if (!addon.ok) {
-    console.error(addon.error.message);
-    return 1;
-  }
-  const ns = `dkid-bench-${process.pid}`;
-  const del = (): void => void spawnSync('ip', ['netns', 'del', ns]);
-  const add = spawnSync('ip', ['netns', 'add', ns], { encoding: 'utf8' });
-  if (add.status !== 0) {
-    console.error(`cannot create network namespace ${ns}: ${add.stderr}`);
-    return 1;
-  }
-  process.once('exit', del);
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
-  try {
-    spawnSync('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
-    console.log(`# network namespace ${ns}; node ${process.version}; kernel ${os.release()}; ${os.cpus().length} CPUs`);
-    const child = spawn(
-      'ip',
-      ['netns', 'exec', ns, process.execPath, '--import', 'tsx', __filename, INSIDE_FLAG, ...argv],
-      { stdio: 'inherit', cwd: path.join(__dirname, '..') },
-    );
-    return await new Promise<number>((resolve) => child.on('close', (code) => resolve(code ?? 1)));
-  } finally {
-    del();
-  }
-}
-
 if (require.main === module) {
   const argv = process.argv.slice(2);
   const run = argv.includes(INSIDE_FLAG)
     ? inside(parseSizes(argv)).then(() => 0)
-    : outside(argv.filter((a) => a !== INSIDE_FLAG));
+    : runInOwnNamespace(
+        __filename,
+        INSIDE_FLAG,
+        argv.filter((a) => a !== INSIDE_FLAG),
+      );
   run.then(
     (code) => process.exit(code),
     (e: unknown) => {

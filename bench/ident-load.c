@@ -6,9 +6,13 @@
 // This one is a single epoll loop with one query per connection, as Squid
 // makes them, so nearly all the CPU is left to the daemon.
 //
-// Usage: ident-load HOST PORT CLIENTS WARMUP_MS MEASURE_MS QUERIES_FILE
+// Usage: ident-load HOST PORT CLIENTS WARMUP_MS MEASURE_MS QUERIES_FILE [MAX_QUERIES]
 //   QUERIES_FILE: one query a line, "querier<TAB>request<TAB>expected reply",
 //   request and reply without their CR LF (both are sent and checked with it).
+//   An expected reply with " : ERROR : " in it (e.g. "... : ERROR : NO-USER",
+//   a query for an absent connection) is a miss, any other a hit; both are
+//   right only when the reply is exactly the expected one.
+//   MAX_QUERIES (default 0: no limit): no new query starts after that many.
 //   Each of CLIENTS connections in turn: connects from the next query's
 //   querier address, sends its request, reads until the server closes, checks
 //   the reply byte for byte, closes, and starts the next query.
@@ -19,6 +23,15 @@
 // the whole run (`all` queries), with a few examples, and the CPU time this
 // process used: per query in the window, and in all. Stops by itself: no new query starts after
 // WARMUP_MS + MEASURE_MS, and each has a 10 s deadline.
+//
+// Also: right hits and misses in the window (`hits`, `misses`); the wrong
+// replies by kind (`unexpectedErrors`: an ERROR reply where a name was
+// expected, or another ERROR than the expected one; `timeouts`;
+// `connectionErrors`; `wrongReplies`: anything else, e.g. another name); and
+// per second since the start (warm-up included, up to the last completion),
+// the right hits and right misses that completed in it (`hitBuckets`,
+// `missBuckets`). `activeSeconds`: from the window's start to its end or to
+// the last completion, whichever is first (MAX_QUERIES can end a run early).
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -46,6 +59,7 @@ struct query {
   size_t request_len;
   char* expected;  // with CR LF
   size_t expected_len;
+  int miss;  // the expected reply is an ERROR
 };
 
 struct slot {
@@ -66,6 +80,12 @@ static int ep;
 static uint32_t* latencies;  // µs, of the queries completed in the window
 static size_t n_lat, cap_lat;
 static uint64_t measured, all_done, wrong;
+static uint64_t hits, misses, unexpected_errors, timeouts, connection_errors, wrong_replies;
+static uint64_t started, max_queries;
+static int64_t last_finish_ns;
+static uint32_t *hit_buckets, *miss_buckets;
+static size_t n_buckets, used_buckets;
+static int64_t t0_ns;
 static char examples[MAX_EXAMPLES][400];
 static int n_examples;
 
@@ -120,6 +140,7 @@ static void record_wrong(const struct slot* s, const char* why) {
 }
 
 static int start_query(struct slot* s) {
+  started++;
   s->q = &queries[next_query];
   next_query = (next_query + 1) % n_queries;
   s->got = 0;
@@ -150,15 +171,39 @@ static void finish(struct slot* s, int64_t end_ns, int64_t window_start, int64_t
   s->fd = -1;
   all_done++;
   int ok = 0;
-  if (error)
+  if (error) {
+    if (strncmp(error, "no reply", 8) == 0)
+      timeouts++;
+    else
+      connection_errors++;
     record_wrong(s, error);
-  else if (s->got != s->q->expected_len || memcmp(s->reply, s->q->expected, s->got) != 0)
+  } else if (s->got != s->q->expected_len || memcmp(s->reply, s->q->expected, s->got) != 0) {
+    if (memmem(s->reply, s->got, " : ERROR : ", 11))
+      unexpected_errors++;
+    else
+      wrong_replies++;
     record_wrong(s, "wrong reply");
-  else
+  } else {
     ok = 1;
+  }
+  if (ok) {
+    size_t b = (size_t)((end_ns - t0_ns) / 1000000000);
+    if (b < n_buckets) {
+      if (s->q->miss)
+        miss_buckets[b]++;
+      else
+        hit_buckets[b]++;
+      if (b + 1 > used_buckets) used_buckets = b + 1;
+    }
+  }
   // Only right replies count towards the rate and the latencies.
   if (ok && end_ns >= window_start && end_ns < window_end) {
     measured++;
+    if (s->q->miss)
+      misses++;
+    else
+      hits++;
+    last_finish_ns = end_ns;
     if (n_lat == cap_lat) {
       cap_lat = cap_lat ? cap_lat * 2 : 1 << 16;
       latencies = realloc(latencies, cap_lat * sizeof *latencies);
@@ -216,6 +261,7 @@ static void read_queries(const char* path) {
     if (asprintf(&q->expected, "%s\r\n", tab2 + 1) < 0) die("asprintf");
     q->request_len = strlen(q->request);
     q->expected_len = strlen(q->expected);
+    q->miss = strstr(q->expected, " : ERROR : ") != NULL;
     if (q->expected_len > REPLY_CAP) {
       fprintf(stderr, "ident-load: an expected reply over %d bytes\n", REPLY_CAP);
       exit(2);
@@ -229,14 +275,27 @@ static void read_queries(const char* path) {
   }
 }
 
+// Whether a client that just finished starts another query.
+static int more(int64_t now, int64_t window_end) {
+  return now < window_end && (max_queries == 0 || started < max_queries);
+}
+
+static void print_buckets(const char* key, const uint32_t* b) {
+  printf(",\"%s\":[", key);
+  for (size_t i = 0; i < used_buckets; i++) printf("%s%u", i ? "," : "", b[i]);
+  printf("]");
+}
+
 static int by_value(const void* a, const void* b) {
   uint32_t x = *(const uint32_t*)a, y = *(const uint32_t*)b;
   return (x > y) - (x < y);
 }
 
 int main(int argc, char** argv) {
-  if (argc != 7) {
-    fprintf(stderr, "usage: ident-load HOST PORT CLIENTS WARMUP_MS MEASURE_MS QUERIES_FILE\n");
+  if (argc != 7 && argc != 8) {
+    fprintf(
+        stderr,
+        "usage: ident-load HOST PORT CLIENTS WARMUP_MS MEASURE_MS QUERIES_FILE [MAX_QUERIES]\n");
     return 2;
   }
   int port = atoi(argv[2]);
@@ -249,16 +308,25 @@ int main(int argc, char** argv) {
     return 2;
   }
   read_queries(argv[6]);
+  max_queries = argc == 8 ? strtoull(argv[7], NULL, 10) : 0;
+  // One bucket a second, with room for the drain after the window.
+  n_buckets = (size_t)((warmup_ns + measure_ns) / 1000000000) + 2 + TIMEOUT_MS / 1000 + 1;
+  hit_buckets = calloc(n_buckets, sizeof *hit_buckets);
+  miss_buckets = calloc(n_buckets, sizeof *miss_buckets);
+  if (!hit_buckets || !miss_buckets) die("calloc");
   ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) die("epoll_create1");
 
   struct slot* slots = calloc((size_t)clients, sizeof *slots);
   if (!slots) die("calloc");
   int64_t t0 = now_ns();
+  t0_ns = t0;
   int64_t window_start = t0 + warmup_ns, window_end = window_start + measure_ns;
   double cpu_start = -1, cpu_end = -1;
   int active = 0;
+  for (int i = 0; i < clients; i++) slots[i].fd = -1;
   for (int i = 0; i < clients; i++) {
+    if (max_queries && started >= max_queries) break;
     if (start_query(&slots[i]) < 0) {
       finish(&slots[i], now_ns(), window_start, window_end, strerror(errno));
     } else {
@@ -321,7 +389,7 @@ int main(int argc, char** argv) {
       if (!done) continue;
       finish(s, now, window_start, window_end, error);
       active--;
-      if (now < window_end) {
+      if (more(now, window_end)) {
         if (start_query(s) < 0) {
           finish(s, now_ns(), window_start, window_end, strerror(errno));
         } else {
@@ -336,7 +404,7 @@ int main(int argc, char** argv) {
         if (s->fd >= 0 && now - s->start_ns > (int64_t)TIMEOUT_MS * 1000000) {
           finish(s, now, window_start, window_end, "no reply within 10 s");
           active--;
-          if (now < window_end) {
+          if (more(now, window_end)) {
             if (start_query(s) < 0)
               finish(s, now_ns(), window_start, window_end, strerror(errno));
             else
@@ -354,6 +422,9 @@ int main(int argc, char** argv) {
   size_t p99_at = n_lat ? (size_t)(0.99 * (double)n_lat) : 0;
   uint32_t p99 = n_lat ? latencies[p99_at < n_lat ? p99_at : n_lat - 1] : 0;
   double seconds = (double)measure_ns / 1e9;
+  int64_t active_end = last_finish_ns && last_finish_ns < window_end ? last_finish_ns : window_end;
+  if (max_queries == 0 || active_end < window_start) active_end = window_end;
+  double active_seconds = (double)(active_end - window_start) / 1e9;
   printf(
       "{\"measured\":%llu,\"seconds\":%.3f,\"qps\":%.1f,\"medianUs\":%u,\"p99Us\":%u,"
       "\"all\":%llu,\"wrong\":%llu,\"cpuUsPerQuery\":%.2f,\"cpuUsTotal\":%.0f,\"examples\":[",
@@ -361,6 +432,14 @@ int main(int argc, char** argv) {
       (unsigned long long)all_done, (unsigned long long)wrong,
       measured ? (cpu_end - cpu_start) / (double)measured : 0.0, cpu_us());
   for (int i = 0; i < n_examples; i++) printf("%s\"%s\"", i ? "," : "", examples[i]);
-  printf("]}\n");
+  printf(
+      "],\"hits\":%llu,\"misses\":%llu,\"unexpectedErrors\":%llu,\"timeouts\":%llu,"
+      "\"connectionErrors\":%llu,\"wrongReplies\":%llu,\"activeSeconds\":%.3f",
+      (unsigned long long)hits, (unsigned long long)misses, (unsigned long long)unexpected_errors,
+      (unsigned long long)timeouts, (unsigned long long)connection_errors,
+      (unsigned long long)wrong_replies, active_seconds);
+  print_buckets("hitBuckets", hit_buckets);
+  print_buckets("missBuckets", miss_buckets);
+  printf("}\n");
   return 0;
 }

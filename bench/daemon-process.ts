@@ -1,0 +1,225 @@
+/**
+ * What the daemon benchmarks share (bench/ident-queries.ts,
+ * bench/real-traffic.ts): the daemon as a child process with its JSON log in
+ * a file, its CPU time and memory from /proc, and the C helpers built with gcc
+ * into the run's directory.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+
+import { stats as statsOf, type Stats } from './stats';
+
+const REPO_ROOT = path.join(__dirname, '..');
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export const us = (n: number): string => (n >= 1000 ? `${(n / 1000).toFixed(2)} ms` : `${Math.round(n)} µs`);
+
+export function run(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr || r.error?.message}`);
+}
+
+export const clockTicks = ((): number => {
+  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
+  return Number(r.stdout?.trim()) || 100;
+})();
+
+/** CPU time (user + system) in µs from a /proc stat file: a process (all threads) or one thread. */
+export function cpuUsOf(statFile: string): number {
+  const f = fs.readFileSync(statFile, 'utf8').split(') ')[1].split(' ');
+  return ((Number(f[11]) + Number(f[12])) / clockTicks) * 1e6;
+}
+
+/** Resident set size (VmRSS) of a process, in KiB. */
+export function rssKbOf(pid: number): number {
+  const m = /^VmRSS:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) : NaN;
+}
+
+/** This process and its children (e.g. the workers of `serve --workers N`). */
+export function processTree(pid: number): number[] {
+  const children = fs
+    .readdirSync(`/proc/${pid}/task`)
+    .flatMap((t) => fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim().split(/\s+/))
+    .filter(Boolean)
+    .map(Number);
+  return [pid, ...children];
+}
+
+/** Builds bench/NAME.c into `dir` (once) with gcc -O2 and the given libraries; returns the binary. */
+export function buildC(dir: string, name: string, libs: string[] = []): string {
+  const bin = path.join(dir, name);
+  if (!fs.existsSync(bin)) {
+    run('gcc', ['-O2', '-Wall', '-Wextra', '-Werror', '-o', bin, path.join(__dirname, `${name}.c`), ...libs]);
+  }
+  return bin;
+}
+
+// ------------------------------------------------------------ the daemon
+
+export interface DaemonLogStats {
+  queries: number;
+  /** The conntrack lookup, as the daemon timed it. */
+  lookupUs: Stats;
+  /** From the parsed request to the reply (resolve + format), as the daemon timed it. */
+  totalUs: Stats;
+  answers: Record<string, number>;
+  /** The daemon's GC pauses, when it runs with --trace-gc. */
+  gc?: { pauses: number; totalMs: number; maxMs: number; over1ms: number };
+}
+
+/** `bin/docker-identd.js serve` as a child process; its JSON log goes to a file. */
+export class DaemonProcess {
+  private child: ChildProcess | null = null;
+  exit: string | null = null;
+
+  constructor(
+    /** What the messages call it: 'netlink', 'procfs', ... */
+    readonly mode: string,
+    readonly port: number,
+    readonly logFile: string,
+    private readonly args: string[],
+    /** Serving processes (`--workers`). */
+    readonly workers = 1,
+  ) {}
+
+  start(): void {
+    const fd = fs.openSync(this.logFile, 'a');
+    const profDir = process.env.IDENTD_BENCH_CPU_PROF;
+    const prof = profDir
+      ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(profDir)}`, `--cpu-prof-name=daemon-${this.mode}.cpuprofile`]
+      : [];
+    const script = path.resolve(process.env.IDENTD_BENCH_DAEMON ?? path.join(REPO_ROOT, 'bin', 'docker-identd.js'));
+    const extra = (process.env.IDENTD_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+    const argv = [...prof, ...extra, script, 'serve', ...this.args];
+    this.child = spawn(process.execPath, argv, { cwd: REPO_ROOT, stdio: ['ignore', fd, fd] });
+    fs.closeSync(fd);
+    this.child.on('exit', (code, signal) => (this.exit = `exited (code ${code}, signal ${signal})`));
+  }
+
+  get pid(): number {
+    return this.child!.pid!;
+  }
+
+  alive(): void {
+    if (this.exit) throw new Error(`the ${this.mode} daemon ${this.exit}\n${this.tail()}`);
+  }
+
+  logSize(): number {
+    return fs.statSync(this.logFile).size;
+  }
+
+  readLog(from = 0): string {
+    const fd = fs.openSync(this.logFile, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const buf = Buffer.alloc(Math.max(0, size - from));
+      fs.readSync(fd, buf, 0, buf.length, from);
+      return buf.toString('utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  tail(lines = 20): string {
+    const all = this.readLog(Math.max(0, this.logSize() - 64 * 1024))
+      .trimEnd()
+      .split('\n');
+    return `--- ${this.logFile} (last ${lines} lines) ---\n${all.slice(-lines).join('\n')}`;
+  }
+
+  /** Waits until `msg` was logged `times` times (once per worker). */
+  async waitForLog(msg: string, timeoutMs: number, times = 1, pollMs = 50): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    const needle = `"msg":${JSON.stringify(msg)}`;
+    while (this.readLog().split(needle).length - 1 < times) {
+      this.alive();
+      if (Date.now() > end) throw new Error(`the ${this.mode} daemon did not log "${msg}" in time\n${this.tail()}`);
+      await sleep(pollMs);
+    }
+  }
+
+  /** Without info logs: polls until the port accepts a connection. */
+  async waitListening(host: string, timeoutMs: number): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      this.alive();
+      const ok = await new Promise<boolean>((resolve) => {
+        const s = net.connect({ host, port: this.port }, () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.on('error', () => resolve(false));
+      });
+      if (ok) return;
+      if (Date.now() > end) throw new Error(`the ${this.mode} daemon is not listening in time\n${this.tail()}`);
+      await sleep(50);
+    }
+  }
+
+  /** This process and, with --workers, its worker processes. */
+  pids(): number[] {
+    return processTree(this.pid);
+  }
+
+  /** Resident set size of the whole process (workers included), KiB. */
+  rssKb(): number {
+    return this.pids().reduce((sum, pid) => sum + rssKbOf(pid), 0);
+  }
+
+  /** CPU µs of the whole process (workers included), and of its main (JavaScript) threads. */
+  cpuUs(): number {
+    return this.pids().reduce((sum, pid) => sum + cpuUsOf(`/proc/${pid}/stat`), 0);
+  }
+
+  mainThreadCpuUs(): number {
+    return this.pids().reduce((sum, pid) => sum + cpuUsOf(`/proc/${pid}/task/${pid}/stat`), 0);
+  }
+
+  /** The per-query log lines written since byte `from`; `lookup` and `total` per query, in log order. */
+  queryStats(from: number): { stats: DaemonLogStats; lookup: number[]; total: number[] } {
+    const lookup: number[] = [];
+    const total: number[] = [];
+    const gcMs: number[] = [];
+    const answers: Record<string, number> = {};
+    for (const line of this.readLog(from).split('\n')) {
+      // With IDENTD_BENCH_NODE_ARGS=--trace-gc: "... ms: Scavenge 4.5 (5.6) -> 3.9 (6.6) MB, 0.74 / 0.00 ms ..."
+      const gc = / ms: (?:Scavenge|Mark-Compact|Mark-sweep|Minor Mark-Sweep)[^,]*, ([\d.]+) \/ /.exec(line);
+      if (gc) gcMs.push(Number(gc[1]));
+      if (!line.includes('"msg":"query"')) continue;
+      const q = JSON.parse(line) as { lookupUs?: number; totalUs?: number; answer?: string };
+      lookup.push(q.lookupUs ?? NaN);
+      total.push(q.totalUs ?? NaN);
+      const a = q.answer?.startsWith('USERID:') ? 'USERID' : (q.answer ?? '?');
+      answers[a] = (answers[a] ?? 0) + 1;
+    }
+    const stats: DaemonLogStats = {
+      queries: total.length,
+      lookupUs: statsOf(lookup),
+      totalUs: statsOf(total),
+      answers,
+    };
+    if (gcMs.length > 0) {
+      stats.gc = {
+        pauses: gcMs.length,
+        totalMs: gcMs.reduce((a, b) => a + b, 0),
+        maxMs: Math.max(...gcMs),
+        over1ms: gcMs.filter((m) => m >= 1).length,
+      };
+    }
+    return { stats, lookup, total };
+  }
+
+  async stop(): Promise<void> {
+    if (!this.child || this.exit) return;
+    const exited = new Promise<void>((r) => this.child!.once('exit', () => r()));
+    this.child.kill('SIGTERM');
+    if (!(await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)]))) {
+      this.child.kill('SIGKILL');
+      await exited;
+    }
+  }
+}
