@@ -260,21 +260,25 @@ function rssKbOfTree(pids: number[]): number {
   return pids.reduce((s, pid) => s + rssKbOf(pid), 0);
 }
 
+/** The C floor (bench/floor-identd.c), or the same work in Node (bench/node-floor.ts): `cmd` HOST PORT SOCKET. */
 class FloorProcess implements Server {
-  readonly label = 'floor';
   private child: ChildProcess | null = null;
   private exit: string | null = null;
   private stderr = '';
 
   constructor(
+    readonly label: string,
     readonly port: number,
-    private readonly bin: string,
+    private readonly cmd: string[],
     private readonly socketPath: string,
   ) {}
 
   /** Starts it; resolves with its "ready" line. */
   start(): Promise<string> {
-    const child = spawn(this.bin, [HOST, String(this.port), this.socketPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [bin, ...args] = this.cmd;
+    const child = spawn(bin, [...args, HOST, String(this.port), this.socketPath], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     this.child = child;
     child.stderr.setEncoding('utf8').on('data', (t: string) => (this.stderr += t));
     child.on('exit', (code, signal) => (this.exit = `exited (code ${code}, signal ${signal})`));
@@ -285,7 +289,7 @@ class FloorProcess implements Server {
         const line = out.split('\n').find((l) => l.startsWith('ready'));
         if (line) resolve(line);
       });
-      child.once('exit', () => reject(new Error(`the floor ${this.exit}: ${this.stderr.trim()}`)));
+      child.once('exit', () => reject(new Error(`the ${this.label} ${this.exit}: ${this.stderr.trim()}`)));
     });
   }
 
@@ -294,7 +298,7 @@ class FloorProcess implements Server {
   }
 
   alive(): void {
-    if (this.exit) throw new Error(`the floor ${this.exit}: ${this.stderr.trim()}`);
+    if (this.exit) throw new Error(`the ${this.label} ${this.exit}: ${this.stderr.trim()}`);
   }
 
   async stop(): Promise<void> {
@@ -325,7 +329,7 @@ class DaemonServer implements Server {
 // ------------------------------------------------------------ one variant
 
 interface Variant {
-  key: 'daemon' | 'floor' | 'workers' | 'proxy';
+  key: 'daemon' | 'floor' | 'node-floor' | 'workers' | 'proxy';
   label: string;
   port: number;
   /** Phases after the main load. */
@@ -583,17 +587,23 @@ function printTable(results: VariantResult[]): void {
   const by = (k: string): VariantResult | undefined => results.find((r) => r.key === k);
   const d = by('daemon');
   const f = by('floor');
+  const n = by('node-floor');
   const w = by('workers');
   const p = by('proxy');
   console.log('');
   console.log(
-    `| | daemon | floor | daemon ÷ floor |${w ? ' --workers 2 | ÷ floor |' : ''}${p ? ' --proxy-address | ÷ floor |' : ''}`,
+    `| | daemon | floor | daemon ÷ floor |${n ? ' floor in Node | ÷ floor | daemon ÷ floor in Node |' : ''}` +
+      `${w ? ' --workers 2 | ÷ floor |' : ''}${p ? ' --proxy-address | ÷ floor |' : ''}`,
   );
-  console.log(`|---|---:|---:|---:|${w ? '---:|---:|' : ''}${p ? '---:|---:|' : ''}`);
+  console.log(`|---|---:|---:|---:|${n ? '---:|---:|---:|' : ''}${w ? '---:|---:|' : ''}${p ? '---:|---:|' : ''}`);
   for (const fig of figures) {
     const dv = d && fig.of(d);
     const fv = f && fig.of(f);
     let line = `| ${fig.name} | ${fig.fmt(dv)} | ${fig.fmt(fv)} | ${ratio(dv, fv)} |`;
+    if (n) {
+      const nv = fig.of(n);
+      line += ` ${fig.fmt(nv)} | ${ratio(nv, fv)} | ${ratio(dv, nv)} |`;
+    }
     for (const x of [w, p]) {
       if (!x) continue;
       const xv = fig.of(x);
@@ -605,6 +615,7 @@ function printTable(results: VariantResult[]): void {
     r ? `${r.wrong.wrongReplies} / ${r.wrong.unexpectedErrors} / ${r.wrong.timeouts + r.wrong.connectionErrors}` : '';
   console.log(
     `| wrong / unexpected ERROR / timeout or error | ${wrongText(d)} | ${wrongText(f)} | |` +
+      (n ? ` ${wrongText(n)} | | |` : '') +
       (w ? ` ${wrongText(w)} | |` : '') +
       (p ? ` ${wrongText(p)} | |` : ''),
   );
@@ -612,6 +623,7 @@ function printTable(results: VariantResult[]): void {
     r ? `${int(r.dockerRequests.main.inspect ?? 0)} / ${int(r.dockerRequests.total.inspect ?? 0)}` : '';
   console.log(
     `| Docker inspects, main load / in all | ${inspects(d)} | ${f ? '0 (lists once)' : ''} | |` +
+      (n ? ' 0 (lists once) | | |' : '') +
       (w ? ` ${inspects(w)} | |` : '') +
       (p ? ` ${inspects(p)} | |` : ''),
   );
@@ -681,6 +693,18 @@ function checks(results: VariantResult[], o: Options): Check[] {
       );
     }
   }
+  const n = results.find((r) => r.key === 'node-floor');
+  if (d && f && n) {
+    // Not a target: what the same work costs in Node, the ceiling of a TCP server that stays in TypeScript.
+    out.push({
+      target: 'info: the floor in Node (same work, no checks or log)',
+      ok: true,
+      text:
+        `${int(n.steadyQps)} q/s = ${ratio(n.steadyQps, f.steadyQps)} the C floor's; ` +
+        `sequential median ${us(n.seq.medianUs)} = ${ratio(n.seq.medianUs, f.seq.medianUs)}; ` +
+        `the daemon reaches ${ratio(d.steadyQps, n.steadyQps)} of its q/s`,
+    });
+  }
   const judged = results.filter((r) => r.key !== 'proxy');
   const bad = judged.reduce(
     (n, r) => n + r.wrong.wrongReplies + r.wrong.unexpectedErrors + r.wrong.timeouts + r.wrong.connectionErrors,
@@ -746,14 +770,20 @@ async function inside(o: Options): Promise<number> {
     });
     const variants: Variant[] = [
       variant('daemon', 'daemon', 113, { full: true, long: true }),
-      ...(o.floor ? [variant('floor', 'floor', 1113, { full: true })] : []),
+      ...(o.floor
+        ? [
+            variant('floor', 'floor', 1113, { full: true }),
+            variant('node-floor', 'floor in Node', 1114, { full: true }),
+          ]
+        : []),
       ...(o.workers ? [variant('workers', 'daemon --workers 2', 115, {})] : []),
       ...(o.proxy
         ? [variant('proxy', 'daemon --proxy-address', 116, { informational: true, mainSeconds: o.proxySeconds })]
         : []),
     ];
     // Fresh connections per daemon variant; the floor uses the daemon's.
-    const freshSets = variants.filter((v) => v.key !== 'floor').length;
+    const isFloor = (v: Variant): boolean => v.key === 'floor' || v.key === 'node-floor';
+    const freshSets = variants.filter((v) => !isFloor(v)).length;
     if (freshSets * o.connections > PORTS)
       throw new Error(`--connections: at most ${Math.floor(PORTS / freshSets)} with ${freshSets} daemon variants`);
     const max = readNumber('/proc/sys/net/netfilter/nf_conntrack_max');
@@ -795,15 +825,19 @@ async function inside(o: Options): Promise<number> {
     let set = 0;
     let daemonFrom = 0;
     for (const v of variants) {
-      const fresh = v.key !== 'floor';
+      const fresh = !isFloor(v);
       const from = fresh ? set++ * o.connections : daemonFrom;
       if (v.key === 'daemon') daemonFrom = from;
       const start = async (): Promise<{ s: Server; readyAt: number; log?: DaemonProcess }> => {
-        if (v.key === 'floor') {
-          const fp = new FloorProcess(v.port, floorBin, dockerSocket);
+        if (isFloor(v)) {
+          const cmd =
+            v.key === 'floor'
+              ? [floorBin]
+              : [process.execPath, '--import', 'tsx', path.join(__dirname, 'node-floor.ts')];
+          const fp = new FloorProcess(v.label, v.port, cmd, dockerSocket);
           const line = await fp.start();
           const readyAt = performance.now();
-          console.log(`# floor: ${line}`);
+          console.log(`# ${v.label}: ${line}`);
           return { s: fp, readyAt };
         }
         const workers = v.key === 'workers' ? 2 : 1;
@@ -826,7 +860,10 @@ async function inside(o: Options): Promise<number> {
 
     printTable(results);
     const cs = checks(results, o);
-    for (const c of cs) console.log(`target: ${c.target}: ${c.ok ? 'PASS' : 'FAIL'} (${c.text})`);
+    for (const c of cs) {
+      if (c.target.startsWith('info: ')) console.log(`${c.target}: ${c.text}`);
+      else console.log(`target: ${c.target}: ${c.ok ? 'PASS' : 'FAIL'} (${c.text})`);
+    }
     printProxy(results);
     const seconds = (Date.now() - t0) / 1000;
     console.log(`# run took ${seconds.toFixed(0)} s`);
