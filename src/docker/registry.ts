@@ -75,16 +75,33 @@ interface Confirmation {
 
 /** The confirm inspects of one container: at most one in flight, and at most one waiting for it. */
 interface ConfirmTurn {
-  current: { sent: boolean; sentNs: bigint; done: Promise<Confirmation | null> } | null;
+  current: { sentNs: bigint; done: Promise<Confirmation | null> } | null;
   /** Asked for while `current` was in flight, by queries whose connections started after it was sent. */
   next: Promise<Confirmation | null> | null;
 }
 
-/** Confirm inspects in flight at once, across all containers (a restart must not flood Docker). */
+/**
+ * Confirm inspects in flight at once, across all containers. Beyond them, the
+ * containers waiting are confirmed together by one listing: after a restart,
+ * when every owner is recent, a busy host's queries cost Docker a few
+ * requests, not one per container.
+ */
 const CONFIRM_CONCURRENCY = 16;
 
-/** Inspects in flight at once while the capabilities of the containers listed at start are read. */
-const SWEEP_CONCURRENCY = 4;
+/** What one listing made to confirm owners found: each running container's addresses. */
+interface ListingConfirmation {
+  sentNs: bigint;
+  addresses: ReadonlyMap<string, ReadonlySet<string>>;
+}
+
+/**
+ * The capability sweep after the first sync reads one container at a time,
+ * at most one every SWEEP_PAUSE_MS: it only feeds a report, and in the first
+ * seconds after a start it must not take Docker's or our CPU from answers
+ * (1,000 containers take about 20 s).
+ */
+const SWEEP_CONCURRENCY = 1;
+const SWEEP_PAUSE_MS = 20;
 
 /** How the capability sweep after the first sync ended (`DockerRegistry.capabilitySweep`). */
 export interface CapabilitySweep {
@@ -222,11 +239,14 @@ export class DockerRegistry {
   private lastEventNs: bigint | null = null;
   /** Per container, its confirm inspects in flight or waiting (see `confirm`). */
   private readonly confirmTurns = new Map<string, ConfirmTurn>();
-  /** Confirm inspects in flight, and the ones waiting for a slot (CONFIRM_CONCURRENCY). */
+  /** Confirm inspects in flight (at most CONFIRM_CONCURRENCY). */
   private confirmsInFlight = 0;
-  private readonly confirmSlots: (() => void)[] = [];
-  /** Confirm inspects sent to Docker (metrics, benchmarks). */
+  /** The confirm listing in flight, and the one queued behind it (for connections younger than it). */
+  private confirmListing: { sentNs: bigint; done: Promise<ListingConfirmation | null> } | null = null;
+  private nextConfirmListing: Promise<ListingConfirmation | null> | null = null;
+  /** Confirm inspects sent to Docker (metrics, benchmarks), and confirm listings. */
   confirmInspects = 0;
+  confirmListings = 0;
   /** Whether a capability sweep has run to its end (a session's sync starts one until then). */
   private swept = false;
   private sweepEnded!: (r: CapabilitySweep) => void;
@@ -326,15 +346,24 @@ export class DockerRegistry {
    * about connections that started before it need no Docker request at all.
    */
   async confirm(id: string, address: string, notBeforeNs: bigint = nowNs()): Promise<boolean> {
+    const byListing = (c: ListingConfirmation | null): boolean =>
+      !!c && c.sentNs > notBeforeNs && !!c.addresses.get(id)?.has(address);
+    // A listing in flight, sent after the connection started, serves it.
+    const listing = this.confirmListing;
+    if (listing && listing.sentNs > notBeforeNs) return byListing(await listing.done);
     let turn = this.confirmTurns.get(id);
+    if (turn?.current && turn.current.sentNs > notBeforeNs) {
+      const c = await turn.current.done;
+      return !!c && c.running && c.sentNs > notBeforeNs && c.addresses.has(address);
+    }
+    // Every inspect slot taken: this container waits for a listing with the others.
+    if (!turn && this.confirmsInFlight >= CONFIRM_CONCURRENCY) return byListing(await this.listingAfter(notBeforeNs));
     if (!turn) {
       turn = { current: null, next: null };
       this.confirmTurns.set(id, turn);
     }
     let done: Promise<Confirmation | null>;
     if (!turn.current) done = this.startConfirm(id, turn);
-    // Not sent yet (waiting for a slot), it will be sent after the connection started.
-    else if (!turn.current.sent || turn.current.sentNs > notBeforeNs) done = turn.current.done;
     else {
       const t = turn;
       const after = t.current!.done;
@@ -348,18 +377,55 @@ export class DockerRegistry {
     return !!c && c.running && c.sentNs > notBeforeNs && c.addresses.has(address);
   }
 
-  /** Sends the confirm inspect of `id` (once a slot is free) as `turn`'s current one. */
-  private startConfirm(id: string, turn: ConfirmTurn): Promise<Confirmation | null> {
-    const current = { sent: false, sentNs: 0n, done: Promise.resolve<Confirmation | null>(null) };
-    turn.current = current;
-    current.done = (async (): Promise<Confirmation | null> => {
-      if (this.confirmsInFlight >= CONFIRM_CONCURRENCY) await new Promise<void>((r) => this.confirmSlots.push(r));
-      this.confirmsInFlight++;
+  /** A confirm listing sent after `notBeforeNs`: the one in flight if it was, else the one queued behind it. */
+  private listingAfter(notBeforeNs: bigint): Promise<ListingConfirmation | null> {
+    const current = this.confirmListing;
+    if (!current) return this.startConfirmListing();
+    if (current.sentNs > notBeforeNs) return current.done;
+    this.nextConfirmListing ??= current.done.then(() => {
+      this.nextConfirmListing = null;
+      return this.startConfirmListing();
+    });
+    return this.nextConfirmListing;
+  }
+
+  /** One listing (running containers only) confirms every container it shows, with its addresses. */
+  private startConfirmListing(): Promise<ListingConfirmation | null> {
+    const sentNs = nowNs();
+    const current = { sentNs, done: Promise.resolve<ListingConfirmation | null>(null) };
+    this.confirmListing = current;
+    this.confirmListings++;
+    current.done = (async (): Promise<ListingConfirmation | null> => {
       try {
-        // Set when the request goes out: the answer shows Docker's state at that moment or later.
-        current.sentNs = nowNs();
-        current.sent = true;
-        this.confirmInspects++;
+        const s = this.live;
+        const list: unknown = await withDeadline(this.api.listContainers(), this.apiTimeoutMs, 'docker ps');
+        if (!Array.isArray(list)) return null;
+        const gw = await this.gwbridge(null);
+        const addresses = new Map<string, ReadonlySet<string>>();
+        for (const c of list) {
+          const info = containerFromDocker(c as Parameters<typeof containerFromDocker>[0]);
+          if (info) addresses.set(info.id, new Set(addressesOf(withGwbridge(info, gw.endpoints, gw.id))));
+        }
+        if (s && this.isLive(s)) for (const [id, a] of addresses) this.index.confirm(id, a, sentNs);
+        return { sentNs, addresses };
+      } catch {
+        return null;
+      } finally {
+        if (this.confirmListing === current) this.confirmListing = null;
+      }
+    })();
+    return current.done;
+  }
+
+  /** Sends the confirm inspect of `id` as `turn`'s current one. */
+  private startConfirm(id: string, turn: ConfirmTurn): Promise<Confirmation | null> {
+    // Set when the request goes out: the answer shows Docker's state at that moment or later.
+    const current = { sentNs: nowNs(), done: Promise.resolve<Confirmation | null>(null) };
+    turn.current = current;
+    this.confirmsInFlight++;
+    this.confirmInspects++;
+    current.done = (async (): Promise<Confirmation | null> => {
+      try {
         const s = this.live;
         const json = await this.inspect(id);
         const info = json.State?.Running ? await this.withGwbridge(null, containerFromDocker(json)) : null;
@@ -375,7 +441,6 @@ export class DockerRegistry {
         return null;
       } finally {
         this.confirmsInFlight--;
-        this.confirmSlots.shift()?.();
         if (turn.current === current) turn.current = null;
         if (!turn.current && !turn.next && this.confirmTurns.get(id) === turn) this.confirmTurns.delete(id);
       }
@@ -727,6 +792,7 @@ export class DockerRegistry {
           }
         }
         settled++;
+        if (next < ids.length) await sleep(SWEEP_PAUSE_MS);
       }
     };
     await Promise.all(Array.from({ length: Math.min(SWEEP_CONCURRENCY, ids.length) }, worker));

@@ -481,3 +481,46 @@ test('a query about a connection younger than the inspect in flight waits for th
     assert.equal(inspectsOf(fake, 'c1'), base + 2, 'the 20 later queries shared one more inspect');
   });
 });
+
+test('beyond 16 containers at once, one listing confirms the rest together', async () => {
+  await withRegistry(async (fake, registry) => {
+    const n = 40;
+    for (let i = 0; i < n; i++) {
+      fake.add({
+        Id: `m${i}`,
+        Name: `many-${i}`,
+        Running: true,
+        Networks: { bridge: { NetworkID: 'n1', IPAddress: `172.17.1.${i + 2}` } },
+      });
+    }
+    fake.add({
+      Id: 'gone',
+      Name: 'gone',
+      Running: true,
+      Networks: { bridge: { NetworkID: 'n1', IPAddress: '172.17.2.2' } },
+    });
+    await fake.start();
+    registry.start();
+    assert.equal(await registry.waitSynced(3000), true);
+    await registry.capabilitySweep;
+    const listings = (): number => fake.requests.filter((p) => p === '/containers/json').length;
+    const inspects = (): number => fake.requests.filter((p) => /^\/containers\/[^/]+\/json$/.test(p)).length;
+    const listed0 = listings();
+    const inspected0 = inspects();
+    // Stopped since the index was built (its event not seen yet): the listing does not show it.
+    fake.containers.get('gone')!.Running = false;
+    const startedNs = BigInt(Date.now()) * 1_000_000n;
+    await new Promise((r) => setTimeout(r, 2));
+    const answers = await Promise.all([
+      ...Array.from({ length: n }, (_, i) => registry.confirm(`m${i}`, `172.17.1.${i + 2}`, startedNs)),
+      ...Array.from({ length: n }, (_, i) => registry.confirm(`m${i}`, `172.17.1.${i + 2}`, startedNs)),
+      registry.confirm('gone', '172.17.2.2', startedNs),
+      // An address the container does not have is not confirmed by the listing either.
+      registry.confirm('m39', '172.17.2.2', startedNs),
+    ]);
+    assert.deepEqual(answers, [...Array(2 * n).fill(true), false, false]);
+    assert.ok(inspects() - inspected0 <= 16, `${inspects() - inspected0} inspects`);
+    assert.equal(listings() - listed0, 1, 'one listing for the containers beyond the inspect slots');
+    assert.equal(registry.confirmListings, 1);
+  });
+});
