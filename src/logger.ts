@@ -45,6 +45,20 @@ export class BatchedDestination implements DestinationStream {
   }
 }
 
+/** pino's ISO time, made once per millisecond rather than once per line. */
+function isoTime(): () => string {
+  let ms = -1;
+  let text = '';
+  return () => {
+    const now = Date.now();
+    if (now !== ms) {
+      ms = now;
+      text = `,"time":"${new Date(now).toISOString()}"`;
+    }
+    return text;
+  };
+}
+
 /**
  * JSON lines on stdout (or `fd`: the Squid helper and `explain` log to
  * stderr), written synchronously once per turn of the event loop (see
@@ -53,7 +67,7 @@ export class BatchedDestination implements DestinationStream {
  */
 export function createLogger(level: LogLevel, fd: 1 | 2 = 1, bindings: Record<string, unknown> = {}): Logger {
   return pino(
-    { level, base: { name: 'docker-identd', ...bindings }, timestamp: pino.stdTimeFunctions.isoTime },
+    { level, base: { name: 'docker-identd', ...bindings }, timestamp: isoTime() },
     new BatchedDestination(pino.destination({ dest: fd, sync: true })),
   );
 }

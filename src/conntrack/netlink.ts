@@ -210,12 +210,24 @@ function identity(e: ConntrackEntry): string {
   return `${formatTuple(e.orig)} ${formatTuple(e.reply)} ${e.zone ?? 0}`;
 }
 
+/** Addresses already found canonical by checkTuple (the same few proxies and local addresses recur). */
+const canonicalSeen = new Set<string>();
+const CANONICAL_SEEN_MAX = 4096;
+
+function isCanonical(a: unknown, family: Family): boolean {
+  if (typeof a !== 'string') return false;
+  if (canonicalSeen.has(a)) return a.includes(':') === (family === 6);
+  if (canonicalIp(a) !== a) return false;
+  if (canonicalSeen.size >= CANONICAL_SEEN_MAX) canonicalSeen.clear();
+  canonicalSeen.add(a);
+  return a.includes(':') === (family === 6);
+}
+
 function checkTuple(t: ReplyTuple): void {
   const ok =
     (t.family === 4 || t.family === 6) &&
-    [t.src, t.dst].every(
-      (a) => typeof a === 'string' && canonicalIp(a) === a && a.includes(':') === (t.family === 6),
-    ) &&
+    isCanonical(t.src, t.family) &&
+    isCanonical(t.dst, t.family) &&
     [t.sport, t.dport].every((p) => Number.isInteger(p) && p >= 0 && p <= 65535);
   if (!ok) throw conntrackError(`invalid reply tuple ${JSON.stringify(t)}`, 'ERR_INVALID_ARG_VALUE');
 }

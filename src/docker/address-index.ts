@@ -358,7 +358,9 @@ export class AddressIndex {
   }
 
   lookup(address: string): IndexLookup {
-    const a = canonicalIp(address);
+    // Every key is canonical, so an address found as it is was canonical already
+    // (conntrack's addresses are): only others are parsed.
+    const a = this.byAddress.has(address) ? address : canonicalIp(address);
     const list = a ? this.byAddress.get(a) : undefined;
     if (!list || list.length === 0) return { status: 'none' };
     if (list.some((o) => o.container.id !== list[0].container.id)) return { status: 'ambiguous', owners: [...list] };

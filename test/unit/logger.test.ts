@@ -45,6 +45,9 @@ for (const [what, how] of exits) {
     const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', script], { encoding: 'utf8' });
     const lines = r.stdout.split('\n').filter(Boolean);
     assert.equal(lines.length, 1000, r.stderr);
+    for (const l of lines) {
+      assert.match((JSON.parse(l) as { time: string }).time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    }
     assert.deepEqual(
       lines.map((l) => (JSON.parse(l) as { i: number }).i),
       Array.from({ length: 1000 }, (_, i) => i),
