@@ -346,47 +346,41 @@ export class DockerRegistry {
    * about connections that started before it need no Docker request at all.
    */
   async confirm(id: string, address: string, notBeforeNs: bigint = nowNs()): Promise<boolean> {
-    const byListing = (c: ListingConfirmation | null): boolean =>
-      !!c && c.sentNs > notBeforeNs && !!c.addresses.get(id)?.has(address);
-    // A listing in flight, sent after the connection started, serves it.
+    // A request already in flight serves only if it was sent after the
+    // connection started (strictly: both clocks are cut to the millisecond).
+    // One that this call sends, or queues behind one in flight, goes out
+    // after this call, and so after the connection started: its answer
+    // serves without comparing clocks.
+    const inspected = (c: Confirmation | null, fresh: boolean): boolean =>
+      !!c && c.running && (fresh || c.sentNs > notBeforeNs) && c.addresses.has(address);
+    const listed = (c: ListingConfirmation | null, fresh: boolean): boolean =>
+      !!c && (fresh || c.sentNs > notBeforeNs) && !!c.addresses.get(id)?.has(address);
     const listing = this.confirmListing;
-    if (listing && listing.sentNs > notBeforeNs) return byListing(await listing.done);
+    if (listing && listing.sentNs > notBeforeNs) return listed(await listing.done, false);
     let turn = this.confirmTurns.get(id);
-    if (turn?.current && turn.current.sentNs > notBeforeNs) {
-      const c = await turn.current.done;
-      return !!c && c.running && c.sentNs > notBeforeNs && c.addresses.has(address);
-    }
+    if (turn?.current && turn.current.sentNs > notBeforeNs) return inspected(await turn.current.done, false);
     // Every inspect slot taken: this container waits for a listing with the others.
-    if (!turn && this.confirmsInFlight >= CONFIRM_CONCURRENCY) return byListing(await this.listingAfter(notBeforeNs));
+    if (!turn && this.confirmsInFlight >= CONFIRM_CONCURRENCY) {
+      const current = this.confirmListing;
+      if (!current) return listed(await this.startConfirmListing(), true);
+      this.nextConfirmListing ??= current.done.then(() => {
+        this.nextConfirmListing = null;
+        return this.startConfirmListing();
+      });
+      return listed(await this.nextConfirmListing, true);
+    }
     if (!turn) {
       turn = { current: null, next: null };
       this.confirmTurns.set(id, turn);
     }
-    let done: Promise<Confirmation | null>;
-    if (!turn.current) done = this.startConfirm(id, turn);
-    else {
-      const t = turn;
-      const after = t.current!.done;
-      t.next ??= after.then(() => {
-        t.next = null;
-        return this.startConfirm(id, t);
-      });
-      done = t.next;
-    }
-    const c = await done;
-    return !!c && c.running && c.sentNs > notBeforeNs && c.addresses.has(address);
-  }
-
-  /** A confirm listing sent after `notBeforeNs`: the one in flight if it was, else the one queued behind it. */
-  private listingAfter(notBeforeNs: bigint): Promise<ListingConfirmation | null> {
-    const current = this.confirmListing;
-    if (!current) return this.startConfirmListing();
-    if (current.sentNs > notBeforeNs) return current.done;
-    this.nextConfirmListing ??= current.done.then(() => {
-      this.nextConfirmListing = null;
-      return this.startConfirmListing();
+    if (!turn.current) return inspected(await this.startConfirm(id, turn), true);
+    const t = turn;
+    const after = t.current!.done;
+    t.next ??= after.then(() => {
+      t.next = null;
+      return this.startConfirm(id, t);
     });
-    return this.nextConfirmListing;
+    return inspected(await t.next, true);
   }
 
   /** One listing (running containers only) confirms every container it shows, with its addresses. */

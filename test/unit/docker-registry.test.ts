@@ -5,7 +5,9 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import pino from 'pino';
 
+import type { ConntrackSource } from '../../src/conntrack/types';
 import { DockerRegistry, dockerOptions, type RegistryOptions } from '../../src/docker/registry';
+import { Resolver } from '../../src/resolver';
 import { FakeDocker } from '../helpers/fake-docker';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-docker-'));
@@ -522,5 +524,55 @@ test('beyond 16 containers at once, one listing confirms the rest together', asy
     assert.ok(inspects() - inspected0 <= 16, `${inspects() - inspected0} inspects`);
     assert.equal(listings() - listed0, 1, 'one listing for the containers beyond the inspect slots');
     assert.equal(registry.confirmListings, 1);
+  });
+});
+
+test('a confirm sent by the query itself serves it, though both clocks read the same millisecond', async () => {
+  await withRegistry(async (fake, registry) => {
+    fake.add(structuredClone(web));
+    await fake.start();
+    registry.start();
+    assert.equal(await registry.waitSynced(3000), true);
+    await registry.capabilitySweep;
+    // No pause: the query arrived, and its connection started, within the millisecond the inspect is sent in.
+    for (let i = 0; i < 20; i++)
+      assert.equal(await registry.confirm('c1', '172.17.0.2', BigInt(Date.now()) * 1_000_000n), true);
+    const all = await Promise.all(
+      Array.from({ length: 20 }, () => registry.confirm('c1', '172.17.0.2', BigInt(Date.now()) * 1_000_000n)),
+    );
+    assert.ok(all.every(Boolean));
+  });
+});
+
+test('through the resolver: a container that started a moment ago is named for its fresh connection', async () => {
+  await withRegistry(async (fake, registry) => {
+    await fake.start();
+    registry.start();
+    assert.equal(await registry.waitSynced(3000), true);
+    fake.add(structuredClone(web));
+    fake.emit({ Type: 'container', Action: 'start', Actor: { ID: 'c1' }, timeNano: Date.now() * 1e6 });
+    await until('web indexed', async () => (await registry.lookup('172.17.0.2', 1000)).status === 'found');
+    const source: ConntrackSource = {
+      name: 'netlink',
+      // No conntrack start time (timestamps off, the kernel's default).
+      lookupNow: (t) => ({
+        family: 4,
+        protocol: 'tcp',
+        orig: { src: '172.17.0.2', dst: t.src, sport: 40000, dport: t.sport },
+        reply: { ...t },
+      }),
+      lookup: async () => null,
+      close: async () => undefined,
+    };
+    const resolver = new Resolver(source, registry);
+    for (let i = 0; i < 10; i++) {
+      const r = await resolver.resolve({
+        querier: '10.0.0.9',
+        local: '10.0.0.1',
+        portOnServer: 40000 + i,
+        portOnClient: 3128,
+      });
+      assert.deepEqual(r.answer, { kind: 'USERID', name: 'web' }, r.reason);
+    }
   });
 });
