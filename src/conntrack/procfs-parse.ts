@@ -57,7 +57,7 @@ function parsePort(v: string): number | null {
  * becomes an approximate `startNs`); null for a line that is not a well-formed IPv4/IPv6 entry
  * with two address/port tuples (ICMP and other port-less protocols included).
  */
-export function parseConntrackLine(line: string, nowNs?: bigint): ConntrackEntry | null {
+export function parseConntrackLine(line: string, nowNs?: bigint, readSpanNs = 0n): ConntrackEntry | null {
   // The kernel separates fields with spaces only; anything else is not a kernel line.
   const tokens = line.trim().split(/ +/);
   if (tokens.length < 6) return null;
@@ -145,7 +145,9 @@ export function parseConntrackLine(line: string, nowNs?: bigint): ConntrackEntry
     // The start lies within the second before now - delta; take its earliest
     // moment, so that an entry is never thought younger than it is.
     entry.startNs = nowNs - BigInt(deltaTime + 1) * 1_000_000_000n;
-    entry.startSlackNs = 1_000_000_000n;
+    // Its latest moment: the kernel printed delta-time at most `readSpanNs`
+    // after `nowNs` (the read's end), and `nowNs` is cut to the millisecond.
+    entry.startSlackNs = 1_000_000_000n + readSpanNs + 1_000_000n;
   }
   return entry;
 }

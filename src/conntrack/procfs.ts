@@ -102,13 +102,13 @@ export class ProcfsSource implements ConntrackSource {
 
   /** One pass over the file for the waiters in `active`; settles each of them (or hands it to the next scan). */
   private async scan(active: Map<string, Waiter[]>): Promise<void> {
-    const onLine = (line: string, readNs: bigint): void => {
+    const onLine = (line: string, readNs: bigint, spanNs: bigint): void => {
       this.stats.linesRead++;
       const key = replyPortsKey(line);
       if (key === null) return;
       const list = active.get(key);
       if (!list) return;
-      const entry = parseConntrackLine(line, readNs);
+      const entry = parseConntrackLine(line, readNs, spanNs);
       if (!entry) return;
       for (let i = list.length - 1; i >= 0; i--) {
         if (replyMatches(entry, list[i].tuple)) {
@@ -126,6 +126,7 @@ export class ProcfsSource implements ConntrackSource {
       // The start of a line the last read cut off, and the clock of the read it began in.
       let rest = '';
       let restNs = 0n;
+      let restSpanNs = 0n;
       while (active.size > 0 && !this.closed) {
         // The kernel prints delta-time (seconds since the entry started) while
         // it serves the read that returns the line's first byte. A clock taken
@@ -134,24 +135,29 @@ export class ProcfsSource implements ConntrackSource {
         // the line is parsed can be, by however long the event loop was busy.
         const readNs = BigInt(Date.now()) * 1_000_000n;
         const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+        // ... and no later than this (the latest start: procfs-parse.ts).
+        const spanNs = BigInt(Date.now()) * 1_000_000n - readNs;
         if (bytesRead === 0) {
-          if (rest.length > 0 && rest.length <= MAX_LINE) onLine(rest, restNs);
+          if (rest.length > 0 && rest.length <= MAX_LINE) onLine(rest, restNs, restSpanNs);
           break;
         }
         const text = rest + buf.toString('latin1', 0, bytesRead);
         let start = 0;
         let lineNs = rest.length > 0 ? restNs : readNs;
+        let lineSpanNs = rest.length > 0 ? restSpanNs : spanNs;
         for (;;) {
           const nl = text.indexOf('\n', start);
           if (nl < 0) break;
-          if (nl - start <= MAX_LINE) onLine(text.slice(start, nl), lineNs);
+          if (nl - start <= MAX_LINE) onLine(text.slice(start, nl), lineNs, lineSpanNs);
           start = nl + 1;
           lineNs = readNs;
+          lineSpanNs = spanNs;
           if (active.size === 0) break;
         }
         if (active.size === 0) break;
         rest = text.slice(start);
         restNs = lineNs;
+        restSpanNs = lineSpanNs;
         // A line longer than MAX_LINE is dropped; keep only a marker so its tail is skipped too.
         if (rest.length > MAX_LINE) rest = ' '.repeat(MAX_LINE + 1);
       }

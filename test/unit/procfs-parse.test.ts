@@ -117,3 +117,11 @@ test('delta-time gives the earliest possible start time', () => {
   assert.equal(parseConntrackLine(lines[5])!.startNs, undefined);
   assert.equal(parseConntrackLine(lines[0], now)!.startNs, undefined);
 });
+
+test('the latest possible start: the second delta-time leaves open, the read that printed it, the clock cut to the ms', () => {
+  const now = 1_000_000_000_000_000_000n;
+  const e = parseConntrackLine(lines[5], now, 7_000_000n)!;
+  // The kernel printed delta-time (12) at most 7 ms after `now`: the entry started no later than that minus 12 s.
+  assert.equal(e.startNs! + e.startSlackNs!, now + 7_000_000n + 1_000_000n - 12n * 1_000_000_000n);
+  assert.equal(parseConntrackLine(lines[5], now)!.startSlackNs, 1_001_000_000n);
+});
