@@ -67,9 +67,16 @@ export interface Readiness {
 
 /**
  * Conntrack failures that say nothing about the source working: an
- * ambiguous second try, or its one candidate in another conntrack zone.
+ * ambiguous second try, its one candidate in another conntrack zone, or a
+ * second try refused (EBUSY: 4 dumps pending) or dropped unrun (ECANCELED).
  */
-const NOT_SOURCE_FAILURES = new Set(['EAMBIGUOUS', 'ERR_CONNTRACK_ZONE', 'ERR_INVALID_ARG_VALUE']);
+const NOT_SOURCE_FAILURES = new Set([
+  'EAMBIGUOUS',
+  'ERR_CONNTRACK_ZONE',
+  'ERR_INVALID_ARG_VALUE',
+  'EBUSY',
+  'ECANCELED',
+]);
 
 const LOOKUP_BUCKETS = [
   0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,

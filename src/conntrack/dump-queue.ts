@@ -9,7 +9,7 @@
  *     (EBUSY), since queueing it behind seconds of dumps would only make
  *     Squid wait for an ERROR;
  *   - a queued dump is dropped unrun when every query waiting for it has
- *     given up (`deadlineMs` after it asked).
+ *     given up (`deadlineMs` after it asked): ECANCELED.
  * Pure scheduling: the dumps themselves are the callers' functions.
  */
 import { conntrackError } from './types';
@@ -72,7 +72,7 @@ export class DumpQueue<T> {
       this.queued.delete(d.key);
       if (this.now() > d.deadline) {
         this.counts.dropped++;
-        const err = conntrackError('second-try dump dropped: every query waiting for it gave up', 'ETIMEDOUT');
+        const err = conntrackError('second-try dump dropped: every query waiting for it gave up', 'ECANCELED');
         for (const w of d.waiters) w.reject(err);
         continue;
       }
