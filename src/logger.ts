@@ -4,6 +4,12 @@ import type { LogLevel } from './config';
 
 /** Bytes of log lines held before they are written at once, whatever the turn of the event loop. */
 const BATCH_MAX_BYTES = 256 * 1024;
+/**
+ * Most bytes in one write(2): a pipe keeps a write of up to PIPE_BUF whole,
+ * so the lines of `--workers` processes sharing one stdout never interleave
+ * (a line longer than that is written alone, as it was before batching).
+ */
+const WRITE_MAX_BYTES = 4096;
 
 /**
  * Log lines gathered during one turn of the event loop and written together
@@ -38,10 +44,22 @@ export class BatchedDestination implements DestinationStream {
   /** Writes every line held, now. */
   flush(): void {
     if (this.pending.length === 0) return;
-    const text = this.pending.length === 1 ? this.pending[0] : this.pending.join('');
+    const lines = this.pending;
     this.pending = [];
     this.bytes = 0;
-    this.dest.write(text);
+    let chunk = '';
+    let chunkBytes = 0;
+    for (const line of lines) {
+      const bytes = Buffer.byteLength(line);
+      if (chunkBytes > 0 && chunkBytes + bytes > WRITE_MAX_BYTES) {
+        this.dest.write(chunk);
+        chunk = '';
+        chunkBytes = 0;
+      }
+      chunk += line;
+      chunkBytes += bytes;
+    }
+    if (chunk.length > 0) this.dest.write(chunk);
   }
 }
 

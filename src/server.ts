@@ -82,6 +82,8 @@ export function formatListenAddress(a: ListenAddress): string {
   return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
 
+const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
 function answerText(a: Answer): string {
   return a.kind === 'USERID' ? `USERID:${a.name}` : `ERROR:${a.code}`;
 }
@@ -439,18 +441,29 @@ export class IdentServer {
       });
     };
     const failed = (err: unknown): void =>
-      done({ answer: { kind: 'ERROR', code: 'UNKNOWN-ERROR' }, reason: `resolver failed: ${(err as Error).message}` });
+      done({ answer: { kind: 'ERROR', code: 'UNKNOWN-ERROR' }, reason: `resolver failed: ${errorText(err)}` });
+    // Whatever goes wrong while answering closes this connection, never the daemon.
+    const lastResort = (err: unknown): void => {
+      this.answered(socket);
+      socket.destroy();
+      this.opts.log.error({ err: errorText(err) }, 'answering failed');
+    };
     let r: Promise<Resolution> | Resolution;
     try {
       r = this.opts.resolve(q, { querierPort: socket.remotePort ?? 0, localPort: socket.localPort ?? 0 });
     } catch (err) {
-      failed(err);
-      return;
+      r = Promise.reject(err);
     }
     if (r instanceof Promise) {
       this.inflight.add(socket);
-      r.then(done, failed);
-    } else done(r);
+      r.then(done, failed).catch(lastResort);
+      return;
+    }
+    try {
+      done(r);
+    } catch (err) {
+      lastResort(err);
+    }
   }
 
   /** Sends the reply (one write), logs the query, and gives the client LINGER_MS to close. */
@@ -468,7 +481,7 @@ export class IdentServer {
     try {
       this.opts.onAnswer?.(answer, resolution, totalUs / 1e6);
     } catch (err) {
-      log.warn({ err: (err as Error).message }, 'answer hook failed');
+      log.warn({ err: errorText(err) }, 'answer hook failed');
     }
     if (socket.destroyed) {
       this.answered(socket);
@@ -484,8 +497,11 @@ export class IdentServer {
       socket.end(reply, () => this.answered(socket));
       socket.once('close', () => this.answered(socket));
     } else socket.end(reply);
-    // A client that never closes its side is not waited for long.
-    deadlines.linger = Date.now() + LINGER_MS;
+    // A client that never closes its side is not waited for long (the write
+    // counts as activity, as it did for socket.setTimeout).
+    const now = Date.now();
+    deadlines.linger = now + LINGER_MS;
+    deadlines.idle = now + this.opts.idleTimeoutMs;
     fields.totalUs = totalUs;
     log.info(fields, 'query');
   }

@@ -54,3 +54,20 @@ for (const [what, how] of exits) {
     );
   });
 }
+
+test('no write is over 4096 bytes unless one line is: lines of workers sharing a pipe never interleave', async () => {
+  const writes: string[] = [];
+  const d = new BatchedDestination({ write: (t: string) => writes.push(t) });
+  const line = `${'é'.repeat(150)}\n`; // 301 bytes
+  const long = `${'x'.repeat(5000)}\n`;
+  for (let i = 0; i < 40; i++) d.write(line);
+  d.write(long);
+  d.write(line);
+  await new Promise((r) => setImmediate(r));
+  for (const w of writes) {
+    assert.ok(Buffer.byteLength(w) <= 4096 || w === long, `a write of ${Buffer.byteLength(w)} bytes`);
+    assert.ok(w.endsWith('\n'), 'whole lines only');
+  }
+  assert.ok(writes.length >= 4);
+  assert.equal(writes.join(''), line.repeat(40) + long + line);
+});

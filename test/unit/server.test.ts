@@ -8,7 +8,7 @@ import type { IdentQuery, Resolution } from '../../src/resolver';
 import { IdentServer } from '../../src/server';
 
 const seen: IdentQuery[] = [];
-let behaviour: 'name' | 'throw' | 'slow' = 'name';
+let behaviour: 'name' | 'throw' | 'slow' | 'sync' | 'sync-throw' | 'broken' = 'name';
 let port = 0;
 
 const server = new IdentServer({
@@ -20,13 +20,23 @@ const server = new IdentServer({
   maxConnections: 100,
   maxPerSource: 100,
   log: pino({ level: 'silent' }),
-  resolve: async (q): Promise<Resolution> => {
+  resolve: (q): Promise<Resolution> | Resolution => {
+    if (behaviour === 'sync') return { answer: { kind: 'USERID', name: 'at-once' }, reason: 'test' };
+    if (behaviour === 'sync-throw') throw new Error('thrown at once');
+    // An answer the reply formatter cannot take: the connection goes, the server stays.
+    if (behaviour === 'broken') return { answer: null as unknown as Resolution['answer'], reason: 'test' };
+    return resolveLater(q);
+  },
+});
+
+async function resolveLater(q: IdentQuery): Promise<Resolution> {
+  {
     seen.push(q);
     if (behaviour === 'throw') throw new Error('boom');
     if (behaviour === 'slow') await new Promise((r) => setTimeout(r, 50));
     return { answer: { kind: 'USERID', name: 'web-1' }, reason: 'test' };
-  },
-});
+  }
+}
 
 before(async () => {
   const [a] = await server.start();
@@ -146,7 +156,8 @@ test('answered connections are released at once, not at the idle deadline', asyn
   await Promise.all(Array.from({ length: 20 }, (_, i) => exchange(`${i + 1},3128\r\n`)));
   const end = Date.now() + 250;
   while (server.connections > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
-  assert.equal(server.connections, 0);
+  for (let i = 0; i < 100 && server.connections > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(server.connections, 0, 'no connection left open');
 });
 
 test('per-source and total caps turn away new connections, others are still answered', async () => {
@@ -191,4 +202,27 @@ test('per-source and total caps turn away new connections, others are still answ
     for (const s of idle) s.destroy();
     await capped.close();
   }
+});
+
+test('an answer found at once is written at once; a resolver that throws at once is UNKNOWN-ERROR', async () => {
+  try {
+    behaviour = 'sync';
+    assert.deepEqual((await exchange('40000 , 3128\r\n')).chunks, ['40000 , 3128 : USERID : OTHER : at-once\r\n']);
+    behaviour = 'sync-throw';
+    assert.deepEqual((await exchange('40000 , 3128\r\n')).chunks, ['40000 , 3128 : ERROR : UNKNOWN-ERROR\r\n']);
+  } finally {
+    behaviour = 'name';
+  }
+});
+
+test('a failure while replying closes that connection only', async () => {
+  try {
+    behaviour = 'broken';
+    assert.deepEqual((await exchange('40000 , 3128\r\n')).chunks, []);
+  } finally {
+    behaviour = 'name';
+  }
+  assert.deepEqual((await exchange('40000 , 3128\r\n')).chunks, ['40000 , 3128 : USERID : OTHER : web-1\r\n']);
+  for (let i = 0; i < 100 && server.connections > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(server.connections, 0, 'no connection left open');
 });
