@@ -64,8 +64,9 @@ Options of serve:
                          fit the open file limit)
   --max-per-source N     connections open at once from one address (default: 256)
   --workers N            serving processes sharing the listening sockets
-                         (default: 1); one process answers 8,000 to 9,000
-                         queries/s on one core (see README.md)
+                         (default: 1); one process answered 2,500 to 3,600
+                         queries/s with 64 clients at 250,000 entries on the
+                         2-core benchmark machine (see README.md)
   --name-template T      what is answered: name | label:KEY | compose | swarm,
                          a pattern such as {label:team}-{name}, or alternatives
                          separated by | (default: name)
