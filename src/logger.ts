@@ -12,8 +12,8 @@ const BATCH_MAX_BYTES = 256 * 1024;
 const WRITE_MAX_BYTES = 4096;
 
 /**
- * Log lines gathered during one turn of the event loop and written together
- * at its end (setImmediate), in one synchronous write: under load one write
+ * Log lines after the first of one turn of the event loop gathered and
+ * written together at its end (setImmediate), synchronously: under load one write
  * serves many queries' lines, and nothing waits in a thread pool, so nothing
  * is lost at exit. Whatever is still held is written when the process exits
  * (process.exit, a fatal error, the end of the event loop) and by `flush()`.
@@ -29,16 +29,21 @@ export class BatchedDestination implements DestinationStream {
   }
 
   write(line: string): void {
-    this.pending.push(line);
-    this.bytes += line.length;
-    if (this.bytes >= BATCH_MAX_BYTES) this.flush();
-    else if (!this.scheduled) {
+    if (!this.scheduled) {
+      // The first line of a turn is written at once (a quiet daemon's log is
+      // as immediate as before); the ones after it in the same turn, which
+      // only come under load, wait for its end.
       this.scheduled = true;
       setImmediate(() => {
         this.scheduled = false;
         this.flush();
       });
+      this.dest.write(line);
+      return;
     }
+    this.pending.push(line);
+    this.bytes += line.length;
+    if (this.bytes >= BATCH_MAX_BYTES) this.flush();
   }
 
   /** Writes every line held, now. */

@@ -5,18 +5,20 @@ import { test } from 'node:test';
 
 import { BatchedDestination } from '../../src/logger';
 
-test('lines of one turn of the event loop are written together, in order, at its end', async () => {
+test('the first line of a turn is written at once, the rest of the turn together at its end, in order', async () => {
   const writes: string[] = [];
   const d = new BatchedDestination({ write: (t: string) => writes.push(t) });
   d.write('a\n');
+  assert.deepEqual(writes, ['a\n'], 'the first line of a turn is written at once');
   d.write('b\n');
   d.write('c\n');
-  assert.deepEqual(writes, [], 'nothing written within the turn');
+  assert.deepEqual(writes, ['a\n'], 'the others wait for the end of the turn');
   await new Promise((r) => setImmediate(r));
-  assert.deepEqual(writes, ['a\nb\nc\n']);
+  assert.deepEqual(writes, ['a\n', 'b\nc\n']);
   d.write('d\n');
+  d.write('e\n');
   d.flush();
-  assert.deepEqual(writes, ['a\nb\nc\n', 'd\n']);
+  assert.deepEqual(writes, ['a\n', 'b\nc\n', 'd\n', 'e\n']);
 });
 
 test('a batch over the size cap is written at once', () => {
