@@ -32,7 +32,7 @@ import {
   type IndexLookup,
   type NetRawExposure,
 } from './address-index';
-import { eventContainerId, type DockerEvent } from './events';
+import { eventContainerId, isNoSuchContainer, type DockerEvent } from './compat';
 
 export type RegistryState = 'connecting' | 'syncing' | 'synced' | 'closed';
 
@@ -686,7 +686,7 @@ export class DockerRegistry {
       this.endSession(s, new Error('unparseable Docker event'));
       return;
     }
-    // Docker's and Podman's events name the container differently (see events.ts).
+    // Docker's and Podman's events name the container differently (see compat.ts).
     const id = eventContainerId(ev);
     if (ev.Type === 'network' && ev.Actor?.Attributes?.name === GWBRIDGE) this.gwbridgePresent = true;
     const dockerNs = dockerEventTimeNs(ev);
@@ -768,7 +768,7 @@ export class DockerRegistry {
           }
         } catch (err) {
           if (!this.isLive(s)) return;
-          if ((err as { statusCode?: number }).statusCode !== 404) {
+          if (!isNoSuchContainer(err)) {
             r.failed++;
             this.log.debug({ container: id, err: (err as Error).message }, 'capability inspect failed');
           }
@@ -800,7 +800,7 @@ export class DockerRegistry {
       if (info) this.index.set(info, t, sentNs);
       else this.index.remove(id, t);
     } catch (err) {
-      if ((err as { statusCode?: number }).statusCode === 404) {
+      if (isNoSuchContainer(err)) {
         if (this.isLive(s)) this.index.remove(id, maxNs(atNs, nowNs()));
         return;
       }

@@ -7,7 +7,9 @@
  *   - Removal is the event `remove`, not `destroy`.
  *   - Network connect/disconnect name the container as Actor.ID, with no
  *     Attributes.container (Docker: the network, and the container there).
- *   - docker_gwbridge and an unknown container are 404s with Podman's body.
+ *   - docker_gwbridge and an unknown container are 404s with Podman's body;
+ *     an inspect that races a removal is a 500 whose cause is "no such
+ *     container".
  *
  * The registry tests serve those recorded bodies verbatim.
  */
@@ -21,7 +23,7 @@ import { after, describe, it } from 'node:test';
 import pino from 'pino';
 
 import { containerFromDocker } from '../../src/docker/address-index';
-import { eventContainerId, type DockerEvent } from '../../src/docker/events';
+import { eventContainerId, isNoSuchContainer, type DockerEvent } from '../../src/docker/compat';
 import { DockerRegistry } from '../../src/docker/registry';
 
 const FIX = path.join(__dirname, '..', 'fixtures', 'podman');
@@ -70,6 +72,33 @@ describe('Podman compat JSON: listing and inspect', () => {
   });
 });
 
+describe('Podman compat JSON: errors', () => {
+  it("a 500 with the cause 'no such container' is a removed container; other 500s are failures", () => {
+    const body = json('inspect-500-removed.json');
+    assert.equal(body.cause, 'no such container');
+    // What dockerode makes of it.
+    const err = Object.assign(new Error(`(HTTP code 500) server error - ${body.message} `), {
+      statusCode: 500,
+      json: body,
+    });
+    assert.equal(isNoSuchContainer(err), true);
+    assert.equal(isNoSuchContainer(Object.assign(new Error(err.message), { statusCode: 500 })), true);
+    assert.equal(
+      isNoSuchContainer(Object.assign(new Error('x'), { statusCode: 404, json: json('inspect-404.json') })),
+      true,
+    );
+    assert.equal(
+      isNoSuchContainer(Object.assign(new Error('(HTTP code 500) server error - boom'), { statusCode: 500 })),
+      false,
+    );
+    assert.equal(
+      isNoSuchContainer(Object.assign(new Error('x'), { statusCode: 500, json: { cause: 'database is locked' } })),
+      false,
+    );
+    assert.equal(isNoSuchContainer(new Error('socket hang up')), false);
+  });
+});
+
 describe('Podman compat JSON: events', () => {
   it('network connect/disconnect name the container as the actor', () => {
     const net = events.filter((e) => e.Type === 'network');
@@ -105,6 +134,8 @@ describe('Podman compat JSON: events', () => {
 /** Serves the recorded Podman bodies verbatim on a unix socket; the event stream sends what `emit` gets. */
 class RecordedPodman {
   readonly inspect = new Map<string, string>();
+  /** Inspects answered with this status and body instead. */
+  readonly inspectFail = new Map<string, [number, string]>();
   private readonly streams = new Set<http.ServerResponse>();
   private readonly server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://podman');
@@ -120,7 +151,9 @@ class RecordedPodman {
     else {
       const m = /^\/containers\/([^/]+)\/json$/.exec(url.pathname);
       const body = m ? this.inspect.get(m[1]) : undefined;
-      if (body) send(200, body);
+      const fail = m ? this.inspectFail.get(m[1]) : undefined;
+      if (fail) send(...fail);
+      else if (body) send(200, body);
       else send(404, read('inspect-404.json'));
     }
   });
@@ -208,5 +241,18 @@ describe('DockerRegistry against the recorded Podman answers', () => {
       await until('the removal applied', async () => (await owner(r, addr)) === 'none');
       assert.equal(r.state, 'synced', "Podman's 404 is a removal, not a failure");
       assert.equal(await owner(r, addressOf('inspect-cap-drop.json', 'podman')), 'idt-rec-c2');
+    }));
+
+  it("Podman's 500 for an inspect that races a removal is a removal, and the event stream stays up", () =>
+    withPodman(async (p, r) => {
+      const addr = '10.217.0.5';
+      assert.equal(await owner(r, addr), 'idt-rec-b');
+      const resyncs = r.resyncs;
+      p.inspectFail.set(B, [500, read('inspect-500-removed.json')]);
+      p.emit(events.find((e) => e.Action === 'die' && e.Actor?.ID === B)!);
+      await until('the removal applied', async () => (await owner(r, addr)) === 'none');
+      assert.equal(r.state, 'synced');
+      assert.equal(r.resyncs, resyncs, 'no resync');
+      assert.equal(await owner(r, addressOf('inspect.json', 'podman')), 'idt-rec-a');
     }));
 });
