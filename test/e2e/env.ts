@@ -818,7 +818,44 @@ export class TestEnv {
     }
     this.forgetPid('podman');
     if (await this.podmanAnswers()) throw new Error(`something else serves ${PODMAN_SOCKET}; stop it first`);
+    // netavark's chains outlive its networks: remove them at the end when they are ours (or a crashed run's).
+    const rules = await this.netavarkRules();
+    this.netavarkChainsOurs = rules.length === 0 || fs.existsSync(path.join(STATE_DIR, 'netavark'));
+    if (this.netavarkChainsOurs) fs.writeFileSync(path.join(STATE_DIR, 'netavark'), '1\n');
     await this.startPodmanService();
+  }
+
+  /** Whether the netavark chains in iptables were made by our Podman runs. */
+  private netavarkChainsOurs = false;
+
+  /** netavark's iptables rules and chains, as `-t TABLE -S` lines with their table. */
+  private async netavarkRules(): Promise<{ table: string; line: string }[]> {
+    const out: { table: string; line: string }[] = [];
+    for (const table of ['filter', 'nat']) {
+      const res = await run('iptables', ['-w', '-t', table, '-S'], { allowFail: true });
+      for (const line of res.stdout.split('\n')) if (/NETAVARK/.test(line)) out.push({ table, line });
+    }
+    return out;
+  }
+
+  /**
+   * Removes netavark's chains (and the jumps to them) once no Podman
+   * container runs: netavark leaves them behind when its last network is
+   * gone. Only when they were not there before our run.
+   */
+  private async removeNetavarkChains(): Promise<void> {
+    if (!this.netavarkChainsOurs) return;
+    if ((await run('podman', ['ps', '-q'], { allowFail: true })).stdout.trim()) return;
+    const rules = await this.netavarkRules();
+    for (const { table, line } of rules.filter((r) => r.line.startsWith('-A '))) {
+      await run('sh', ['-c', `iptables -w -t ${table} -D ${line.slice(3)}`], { allowFail: true });
+    }
+    for (const { table, line } of rules.filter((r) => r.line.startsWith('-N '))) {
+      await run('iptables', ['-w', '-t', table, '-F', line.slice(3)], { allowFail: true });
+      await run('iptables', ['-w', '-t', table, '-X', line.slice(3)], { allowFail: true });
+    }
+    this.log(`removed netavark's ${rules.length} iptables rules and chains`);
+    fs.rmSync(path.join(STATE_DIR, 'netavark'), { force: true });
   }
 
   /**
@@ -1359,7 +1396,10 @@ export class TestEnv {
       );
     }
     await step('remove leftover commented rules', () => this.removeCommentedRules());
-    if (this.cli === 'podman') await step('stop podman service', () => this.stopPodmanService());
+    if (this.cli === 'podman') {
+      await step('stop podman service', () => this.stopPodmanService());
+      await step("remove netavark's chains", () => this.removeNetavarkChains());
+    }
     if (this.startedDockerd && this.dockerdPid) {
       const pid = this.dockerdPid;
       await step('stop dockerd', async () => {
