@@ -112,7 +112,8 @@ export function containerFromDocker(json: {
   HostConfig?: DockerHostConfigJson | null;
 }): ContainerInfo | null {
   const id = json.Id;
-  const rawName = json.Name ?? json.Names?.[0];
+  // Podman's listing has `"Name": ""` beside `Names`.
+  const rawName = json.Name || json.Names?.[0];
   if (!id || !rawName) return null;
   const name = rawName.startsWith('/') ? rawName.slice(1) : rawName;
   const networks: ContainerNetwork[] = [];

@@ -32,6 +32,7 @@ import {
   type IndexLookup,
   type NetRawExposure,
 } from './address-index';
+import { eventContainerId, isNoSuchContainer, type DockerEvent } from './compat';
 
 export type RegistryState = 'connecting' | 'syncing' | 'synced' | 'closed';
 
@@ -52,15 +53,6 @@ export interface RegistryOptions {
   verifyIntervalMs?: number;
   /** TLS towards a tcp:// or https:// Docker host (see `dockerTlsSettings`). */
   tls?: DockerTls | null;
-}
-
-interface DockerEvent {
-  Type?: string;
-  Action?: string;
-  /** Event time, ns since the epoch, as a number (precision beyond 2^53 is lost) or string. */
-  timeNano?: number | string;
-  time?: number;
-  Actor?: { ID?: string; Attributes?: Record<string, string> };
 }
 
 /**
@@ -112,9 +104,6 @@ export interface CapabilitySweep {
   gaveUp: boolean;
   ms: number;
 }
-
-const CONTAINER_ACTIONS = new Set(['start', 'die', 'destroy', 'rename', 'restart', 'unpause']);
-const NETWORK_ACTIONS = new Set(['connect', 'disconnect']);
 
 /**
  * dockerode connection options from a DOCKER_HOST-style URL; with `tls`,
@@ -697,9 +686,8 @@ export class DockerRegistry {
       this.endSession(s, new Error('unparseable Docker event'));
       return;
     }
-    let id: string | undefined;
-    if (ev.Type === 'container' && ev.Action && CONTAINER_ACTIONS.has(ev.Action)) id = ev.Actor?.ID;
-    else if (ev.Type === 'network' && ev.Action && NETWORK_ACTIONS.has(ev.Action)) id = ev.Actor?.Attributes?.container;
+    // Docker's and Podman's events name the container differently (see compat.ts).
+    const id = eventContainerId(ev);
     if (ev.Type === 'network' && ev.Actor?.Attributes?.name === GWBRIDGE) this.gwbridgePresent = true;
     const dockerNs = dockerEventTimeNs(ev);
     if (dockerNs !== null && (this.lastEventNs === null || dockerNs > this.lastEventNs)) this.lastEventNs = dockerNs;
@@ -780,7 +768,7 @@ export class DockerRegistry {
           }
         } catch (err) {
           if (!this.isLive(s)) return;
-          if ((err as { statusCode?: number }).statusCode !== 404) {
+          if (!isNoSuchContainer(err)) {
             r.failed++;
             this.log.debug({ container: id, err: (err as Error).message }, 'capability inspect failed');
           }
@@ -812,7 +800,7 @@ export class DockerRegistry {
       if (info) this.index.set(info, t, sentNs);
       else this.index.remove(id, t);
     } catch (err) {
-      if ((err as { statusCode?: number }).statusCode === 404) {
+      if (isNoSuchContainer(err)) {
         if (this.isLive(s)) this.index.remove(id, maxNs(atNs, nowNs()));
         return;
       }

@@ -22,6 +22,10 @@
  *   helper: Squid port 3129 (and [fd00:213::2]:3129) decides with the
  *           docker-identd squid-helper (external_acl_type) instead of ident
  *           and logs %ue to helper.log.
+ *   squid:  another Squid and config (SquidSpec): a Squid in a Debian chroot
+ *           (squid-chroot.ts), with a config from examples/squid/.
+ *   runtime: 'podman' drives rootful Podman (a `podman system service` of
+ *           our own on PODMAN_SOCKET) instead of dockerd.
  *
  * Everything happens on this machine: the only addresses used are the
  * namespace's, the containers' and loopback. Squid's namespace has no default
@@ -35,6 +39,7 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -324,6 +329,63 @@ export interface SetupOptions {
   ipv6?: boolean;
   /** A Squid port that decides with the squid-helper (see the header). */
   helper?: boolean;
+  /** The Squid to run and its config (default: the host's, with squidConfig()). */
+  squid?: SquidSpec;
+  /** The container engine (default docker). */
+  runtime?: Runtime;
+}
+
+export type Runtime = 'docker' | 'podman';
+
+/** Where the Podman suite's `podman system service` listens. */
+export const PODMAN_SOCKET = '/run/podman/podman.sock';
+
+/** Which Squid to run, and with which config. */
+export interface SquidSpec {
+  /** Short name: the Squid's work dir is squid-LABEL (the default Squid's is squid). */
+  label: string;
+  /** Root of a chroot holding the Squid to run (see squid-chroot.ts), or null for the host's. */
+  chroot: string | null;
+  /** The whole squid.conf, given the Squid's work dir (its logs and pid file go there). */
+  config: (dir: string) => string;
+}
+
+/** Quotes a word for sh. */
+export function shq(word: string): string {
+  return `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * argv that runs `argv` chrooted into `root`, with /proc, a tmpfs on /dev/shm
+ * (Squid's shared memory) and `binds` (paths bound at the same place inside,
+ * read-only unless listed in `writable`), all in a mount namespace of its
+ * own: the mounts go away with its last process, however the run ends, and
+ * the host never sees them.
+ */
+export function chrootArgv(root: string, binds: string[], writable: string[], argv: string[]): string[] {
+  const lines = ['r=$1; shift', 'mount -t proc proc "$r/proc"', 'mount -t tmpfs -o mode=1777 tmpfs "$r/dev/shm"'];
+  for (const src of [...binds, ...writable]) {
+    const dst = `"$r"${shq(src)}`;
+    lines.push(
+      fs.statSync(src).isDirectory() ? `mkdir -p ${dst}` : `mkdir -p "$(dirname ${dst})"; [ -e ${dst} ] || : > ${dst}`,
+      `mount --bind ${shq(src)} ${dst}`,
+    );
+    if (!writable.includes(src)) lines.push(`mount -o remount,bind,ro ${dst}`);
+  }
+  lines.push('exec chroot "$r" "$@"');
+  return [
+    which('unshare')!,
+    '--mount',
+    '--propagation',
+    'private',
+    '--',
+    'sh',
+    '-euc',
+    lines.join('\n'),
+    'sh',
+    root,
+    ...argv,
+  ];
 }
 
 function helperConfig(dir: string, opts: SetupOptions): string[] {
@@ -352,8 +414,12 @@ function helperConfig(dir: string, opts: SetupOptions): string[] {
   ];
 }
 
-/** A test Squid's housekeeping: files in `dir`, no cache, nothing resolved, ident as in production. */
-export function squidRuntimeConfig(dir: string): string[] {
+/**
+ * A test Squid's housekeeping: files in `dir`, no cache, nothing resolved,
+ * ident as in production (`ident: false` for a Squid 7 or a config without
+ * ident: Squid 7 refuses to start on any ident directive).
+ */
+export function squidRuntimeConfig(dir: string, { ident = true }: { ident?: boolean } = {}): string[] {
   return [
     'cache_effective_user proxy',
     `pid_filename ${dir}/squid.pid`,
@@ -365,7 +431,7 @@ export function squidRuntimeConfig(dir: string): string[] {
     // Nothing is resolved (URLs carry IP literals); keep even attempts local.
     'dns_nameservers 127.0.0.1',
     'shutdown_lifetime 1 seconds',
-    'ident_timeout 10 seconds',
+    ...(ident ? ['ident_timeout 10 seconds'] : []),
   ];
 }
 
@@ -451,6 +517,12 @@ export class TestEnv {
 
   private startedDockerd = false;
   private dockerdPid: number | null = null;
+  /** The container engine's command line tool: docker, or podman (setup({ runtime: 'podman' })). */
+  readonly cli: 'docker' | 'podman';
+  /** The `podman system service` we run (runtime podman). */
+  private podmanService: ChildProcess | null = null;
+  /** The running Squid's work dir (see startSquid). */
+  private currentSquidDir: string;
   /** Value of net.ipv4.ip_forward to put back at teardown, when we changed it. */
   private ipForwardRestore: string | null = null;
   /** Value of net.ipv6.conf.all.forwarding to put back at teardown, when we changed it. */
@@ -465,6 +537,8 @@ export class TestEnv {
   private constructor(dir: string, opts: SetupOptions) {
     this.dir = dir;
     this.opts = opts;
+    this.cli = opts.runtime === 'podman' ? 'podman' : 'docker';
+    this.currentSquidDir = path.join(dir, 'squid');
   }
 
   log(msg: string): void {
@@ -486,15 +560,16 @@ export class TestEnv {
     const env = new TestEnv(dir, opts);
     try {
       await env.cleanLeftovers();
-      await env.ensureDockerd();
+      if (env.cli === 'podman') await env.ensurePodman();
+      else await env.ensureDockerd();
       await env.cleanDockerLeftovers();
       await env.buildImage();
       await env.ensureIpForward();
       if (opts.ipv6) await env.ensureIp6Forward();
       await env.createNamespace();
-      await env.ensureDockerForwarding('bridge');
+      await env.ensureDockerForwarding(env.cli === 'podman' ? 'podman' : 'bridge');
       await env.startOrigin();
-      await env.startSquid();
+      await env.startSquid(opts.squid);
     } catch (err) {
       env.failed = true;
       await env.teardown().catch((e: Error) => env.log(`teardown after failed setup: ${e.message}`));
@@ -623,30 +698,31 @@ export class TestEnv {
   }
 
   private async cleanDockerLeftovers(): Promise<void> {
-    const ids = (await run('docker', ['ps', '-aq', '--filter', `label=${LABEL}`])).stdout.split('\n').filter(Boolean);
+    const ids = (await run(this.cli, ['ps', '-aq', '--filter', `label=${LABEL}`])).stdout.split('\n').filter(Boolean);
     if (ids.length) {
       this.log(`removing ${ids.length} leftover containers`);
-      await run('docker', ['rm', '-f', ...ids], { allowFail: true, timeoutMs: 120_000 });
+      await run(this.cli, ['rm', '-f', ...ids], { allowFail: true, timeoutMs: 120_000 });
     }
-    const nets = (await run('docker', ['network', 'ls', '-q', '--filter', `label=${LABEL}`])).stdout
+    const nets = (await run(this.cli, ['network', 'ls', '-q', '--filter', `label=${LABEL}`])).stdout
       .split('\n')
       .filter(Boolean);
     if (nets.length) {
       this.log(`removing ${nets.length} leftover networks`);
-      await run('docker', ['network', 'rm', ...nets], { allowFail: true });
+      await run(this.cli, ['network', 'rm', ...nets], { allowFail: true });
     }
-    const images = (await run('docker', ['images', '-q', '--filter', `label=${LABEL}`])).stdout
+    const images = (await run(this.cli, ['images', '-q', '--filter', `label=${LABEL}`])).stdout
       .split('\n')
       .filter(Boolean);
     if (images.length) {
       this.log(`removing ${images.length} leftover images`);
-      await run('docker', ['image', 'rm', '-f', ...new Set(images)], { allowFail: true });
+      await run(this.cli, ['image', 'rm', '-f', ...new Set(images)], { allowFail: true });
     }
   }
 
   // ----- dockerd ---------------------------------------------------------
 
   private async dockerAnswers(): Promise<boolean> {
+    if (this.cli === 'podman') return this.podmanAnswers();
     const res = await run('docker', ['info', '--format', '{{.ServerVersion}}'], {
       allowFail: true,
       timeoutMs: 15_000,
@@ -694,6 +770,168 @@ export class TestEnv {
     );
   }
 
+  // ----- podman ----------------------------------------------------------
+
+  /**
+   * The containers.conf every podman command of ours reads (CONTAINERS_CONF
+   * replaces the host's): default rlimits this machine allows (Podman 4.3's
+   * defaults exceed a small host's hard limits, and every run would fail),
+   * cgroupfs and an events file, for a host where systemd does not run
+   * (production hosts keep systemd and journald: see README, "Podman hosts").
+   */
+  private writePodmanConf(): void {
+    const conf = path.join(this.dir, 'containers.conf');
+    fs.writeFileSync(
+      conf,
+      [
+        '[containers]',
+        'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]',
+        '[engine]',
+        `cgroup_manager = "${fs.existsSync('/run/systemd/system') ? 'systemd' : 'cgroupfs'}"`,
+        'events_logger = "file"',
+        '[network]',
+        'network_backend = "netavark"',
+        '',
+      ].join('\n'),
+    );
+    process.env.CONTAINERS_CONF = conf;
+  }
+
+  /** Whether the Podman service answers its Docker-compatible `_ping`. */
+  private podmanAnswers(): Promise<boolean> {
+    return new Promise((resolve) => {
+      const req = http.get({ socketPath: PODMAN_SOCKET, path: '/_ping', timeout: 2000 }, (res) => {
+        res.resume();
+        resolve(res.statusCode === 200);
+      });
+      req.on('timeout', () => req.destroy());
+      req.on('error', () => resolve(false));
+    });
+  }
+
+  private async ensurePodman(): Promise<void> {
+    this.writePodmanConf();
+    const old = this.readPid('podman', 'system service');
+    if (old) {
+      this.log(`stopping podman service pid ${old} of an earlier run`);
+      await terminate(old, 10_000);
+    }
+    this.forgetPid('podman');
+    if (await this.podmanAnswers()) throw new Error(`something else serves ${PODMAN_SOCKET}; stop it first`);
+    // netavark's chains outlive its networks: remove them at the end when they are ours (or a crashed run's).
+    const rules = await this.netavarkRules();
+    this.netavarkChainsOurs = rules.length === 0 || fs.existsSync(path.join(STATE_DIR, 'netavark'));
+    if (this.netavarkChainsOurs) fs.writeFileSync(path.join(STATE_DIR, 'netavark'), '1\n');
+    await this.startPodmanService();
+  }
+
+  /** Whether the netavark chains in iptables were made by our Podman runs. */
+  private netavarkChainsOurs = false;
+
+  /** netavark's iptables rules and chains, as `-t TABLE -S` lines with their table. */
+  private async netavarkRules(): Promise<{ table: string; line: string }[]> {
+    const out: { table: string; line: string }[] = [];
+    for (const table of ['filter', 'nat']) {
+      const res = await run('iptables', ['-w', '-t', table, '-S'], { allowFail: true });
+      for (const line of res.stdout.split('\n')) if (/NETAVARK/.test(line)) out.push({ table, line });
+    }
+    return out;
+  }
+
+  /**
+   * Removes netavark's chains (and the jumps to them) once no Podman
+   * container runs: netavark leaves them behind when its last network is
+   * gone. Only when they were not there before our run.
+   */
+  private async removeNetavarkChains(): Promise<void> {
+    if (!this.netavarkChainsOurs) return;
+    if ((await run('podman', ['ps', '-q'], { allowFail: true })).stdout.trim()) return;
+    const rules = await this.netavarkRules();
+    for (const { table, line } of rules.filter((r) => r.line.startsWith('-A '))) {
+      await run('sh', ['-c', `iptables -w -t ${table} -D ${line.slice(3)}`], { allowFail: true });
+    }
+    for (const { table, line } of rules.filter((r) => r.line.startsWith('-N '))) {
+      await run('iptables', ['-w', '-t', table, '-F', line.slice(3)], { allowFail: true });
+      await run('iptables', ['-w', '-t', table, '-X', line.slice(3)], { allowFail: true });
+    }
+    this.log(`removed netavark's ${rules.length} iptables rules and chains`);
+    fs.rmSync(path.join(STATE_DIR, 'netavark'), { force: true });
+  }
+
+  /**
+   * Starts `podman system service` on PODMAN_SOCKET; `idleSecs` is its
+   * `--time` (0: never exits when idle, as the README recommends).
+   */
+  async startPodmanService(idleSecs = 0): Promise<ChildProcess> {
+    fs.mkdirSync(path.dirname(PODMAN_SOCKET), { recursive: true });
+    fs.rmSync(PODMAN_SOCKET, { force: true });
+    const logFile = path.join(this.dir, 'podman-service.log');
+    const fd = fs.openSync(logFile, 'a');
+    const child = spawn(which('podman')!, ['system', 'service', `--time=${idleSecs}`, `unix://${PODMAN_SOCKET}`], {
+      detached: true,
+      stdio: ['ignore', fd, fd],
+    });
+    fs.closeSync(fd);
+    this.podmanService = child;
+    this.recordPid('podman', child.pid!);
+    child.on('exit', (code, signal) => this.log(`podman service exited code=${code} signal=${signal}`));
+    this.log(`started podman system service --time=${idleSecs} pid ${child.pid}`);
+    await waitFor(
+      `podman service on ${PODMAN_SOCKET}`,
+      async () => {
+        if (child.exitCode !== null || child.signalCode !== null) {
+          throw new Error(`podman service exited\n${tail(logFile)}`);
+        }
+        return this.podmanAnswers();
+      },
+      30_000,
+      200,
+      () => tail(logFile),
+    );
+    return child;
+  }
+
+  /** The running podman service, or null once it exited. */
+  get podmanServiceProcess(): ChildProcess | null {
+    const c = this.podmanService;
+    return c && c.exitCode === null && c.signalCode === null ? c : null;
+  }
+
+  async stopPodmanService(): Promise<void> {
+    const c = this.podmanService;
+    if (c?.pid) await terminate(c.pid, 10_000);
+    this.podmanService = null;
+    this.forgetPid('podman');
+  }
+
+  /** Podman networks are netavark bridges: forward and masquerade them to idt-h0 ourselves. */
+  private async ensurePodmanForwarding(network: string): Promise<void> {
+    const info = JSON.parse((await run('podman', ['network', 'inspect', network])).stdout)[0] as {
+      network_interface?: string;
+      subnets?: { subnet?: string }[];
+    };
+    const bridge = info.network_interface;
+    const subnet = (info.subnets ?? []).map((x) => x.subnet).find((x) => x && x.includes('.'));
+    if (!bridge || !subnet) throw new Error(`podman network ${network} has no bridge or IPv4 subnet`);
+    const comment = ['-m', 'comment', '--comment', RULE_COMMENT];
+    await this.addRule('nat', 'POSTROUTING', ['-s', subnet, '-o', HOST_IF, ...comment, '-j', 'MASQUERADE']);
+    await this.addRule('filter', 'FORWARD', ['-i', bridge, '-o', HOST_IF, ...comment, '-j', 'ACCEPT']);
+    await this.addRule('filter', 'FORWARD', [
+      '-i',
+      HOST_IF,
+      '-o',
+      bridge,
+      '-m',
+      'conntrack',
+      '--ctstate',
+      'RELATED,ESTABLISHED',
+      ...comment,
+      '-j',
+      'ACCEPT',
+    ]);
+    this.log(`podman network ${network} (${bridge} ${subnet}) forwarded to ${HOST_IF}`);
+  }
+
   // ----- image -----------------------------------------------------------
 
   private async buildImage(): Promise<void> {
@@ -713,7 +951,7 @@ export class TestEnv {
     fs.chmodSync(path.join(root, 'tmp'), 0o1777);
     const tarball = path.join(this.dir, 'rootfs.tar');
     await run('tar', ['-C', root, '--owner=0', '--group=0', '-cf', tarball, '.']);
-    await run('docker', ['import', '--change', `LABEL ${LABEL}=1`, tarball, IMAGE], { timeoutMs: 120_000 });
+    await run(this.cli, ['import', '--change', `LABEL ${LABEL}=1`, tarball, IMAGE], { timeoutMs: 120_000 });
     this.log(`imported image ${IMAGE}`);
   }
 
@@ -769,6 +1007,7 @@ export class TestEnv {
    * whatever is missing we add (with our comment) and remove at teardown.
    */
   async ensureDockerForwarding(network: string): Promise<void> {
+    if (this.cli === 'podman') return this.ensurePodmanForwarding(network);
     const info = JSON.parse((await run('docker', ['network', 'inspect', network])).stdout)[0] as {
       Id: string;
       Options?: Record<string, string>;
@@ -862,23 +1101,49 @@ export class TestEnv {
   }
 
   get squidDir(): string {
-    return path.join(this.dir, 'squid');
+    return this.currentSquidDir;
   }
 
   get accessLogFile(): string {
     return path.join(this.squidDir, 'access.log');
   }
 
-  private async startSquid(): Promise<void> {
-    const dir = this.squidDir;
+  /**
+   * Stops the running Squid and starts `spec`'s (with a work dir of its own),
+   * so that one environment can drive several Squid versions in turn.
+   */
+  async replaceSquid(spec: SquidSpec): Promise<void> {
+    const old = this.children.get('squid');
+    if (old?.pid) await terminate(old.pid, 10_000);
+    this.children.delete('squid');
+    await this.startSquid(spec);
+  }
+
+  /** Squid's version line (`Squid Cache: Version 6.13`) of `spec`'s Squid. */
+  async squidVersion(spec: SquidSpec | undefined = this.opts.squid): Promise<string> {
+    const res = await run('ip', ['netns', 'exec', NS, ...this.squidArgv(spec, ['-v'])]);
+    return res.stdout.split('\n')[0].trim();
+  }
+
+  /** argv that runs `spec`'s Squid with `args` (in the proxy's namespace, under `ip netns exec`). */
+  private squidArgv(spec: SquidSpec | undefined, args: string[]): string[] {
+    if (!spec?.chroot) return [which('squid')!, ...args];
+    // The helper is this checkout's docker-identd run by this node: both are bound into the chroot.
+    return chrootArgv(spec.chroot, [REPO_ROOT, process.execPath], [this.dir], ['/usr/sbin/squid', ...args]);
+  }
+
+  private async startSquid(spec?: SquidSpec): Promise<void> {
+    const dir = spec ? path.join(this.dir, `squid-${spec.label}`) : path.join(this.dir, 'squid');
+    this.currentSquidDir = dir;
     fs.mkdirSync(dir, { recursive: true });
     const conf = path.join(dir, 'squid.conf');
-    fs.writeFileSync(conf, squidConfig(dir, this.opts));
+    fs.writeFileSync(conf, spec ? spec.config(dir) : squidConfig(dir, this.opts));
     const proxyUser = await run('id', ['-u', 'proxy'], { allowFail: true });
     if (proxyUser.code !== 0) throw new Error('user "proxy" does not exist (Squid drops to it)');
     await run('chown', ['-R', 'proxy:proxy', dir]);
-    await run('ip', ['netns', 'exec', NS, which('squid')!, '-k', 'parse', '-f', conf]);
-    const child = this.spawnInNamespace('squid', [which('squid')!, '-N', '-f', conf]);
+    await run('ip', ['netns', 'exec', NS, ...this.squidArgv(spec, ['-k', 'parse', '-f', conf])]);
+    this.log(`starting ${spec ? `Squid ${spec.label}${spec.chroot ? ` (chroot ${spec.chroot})` : ''}` : 'Squid'}`);
+    const child = this.spawnInNamespace('squid', this.squidArgv(spec, ['-N', '-f', conf]));
     await waitFor(
       `squid on ${PROXY_IP}:${SQUID_PORT}`,
       () => {
@@ -987,7 +1252,7 @@ export class TestEnv {
 
   /** docker network create (labelled) and make sure it is forwarded. */
   async createNetwork(name: string, subnet?: string): Promise<void> {
-    await run('docker', ['network', 'create', '--label', `${LABEL}=1`, ...(subnet ? ['--subnet', subnet] : []), name]);
+    await run(this.cli, ['network', 'create', '--label', `${LABEL}=1`, ...(subnet ? ['--subnet', subnet] : []), name]);
     this.networks.push(name);
     await this.ensureDockerForwarding(name);
   }
@@ -1064,7 +1329,7 @@ export class TestEnv {
     const timeoutS = req.timeoutS ?? 20;
     args.push('--timeout', String(timeoutS));
     const wait = req.at ? Math.max(0, req.at - Date.now()) : 0;
-    const res = await run('docker', args, { allowFail: true, timeoutMs: wait + timeoutS * 1000 + 60_000 });
+    const res = await run(this.cli, args, { allowFail: true, timeoutMs: wait + timeoutS * 1000 + 60_000 });
     const m = /^STATUS (\d{3})$/m.exec(res.stdout);
     const result: ClientResult = {
       name: req.name,
@@ -1114,7 +1379,8 @@ export class TestEnv {
       }
     };
     await step('stop daemon', () => this.stopDaemon());
-    const dockerUp = await this.dockerAnswers();
+    // The podman command line works without the service.
+    const dockerUp = this.cli === 'podman' || (await this.dockerAnswers());
     if (dockerUp) {
       await step('remove containers and networks', () => this.cleanDockerLeftovers());
     }
@@ -1130,6 +1396,10 @@ export class TestEnv {
       );
     }
     await step('remove leftover commented rules', () => this.removeCommentedRules());
+    if (this.cli === 'podman') {
+      await step('stop podman service', () => this.stopPodmanService());
+      await step("remove netavark's chains", () => this.removeNetavarkChains());
+    }
     if (this.startedDockerd && this.dockerdPid) {
       const pid = this.dockerdPid;
       await step('stop dockerd', async () => {
