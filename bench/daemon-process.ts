@@ -60,6 +60,29 @@ export function buildC(dir: string, name: string, libs: string[] = []): string {
 
 // ------------------------------------------------------------ the daemon
 
+/** What bench/ident-load.c prints (one JSON object), for every bench that runs it. */
+export interface IdentLoadOutput {
+  measured: number;
+  seconds: number;
+  qps: number;
+  medianUs: number;
+  p99Us: number;
+  all: number;
+  wrong: number;
+  cpuUsPerQuery: number;
+  cpuUsTotal: number;
+  examples: string[];
+  hits: number;
+  misses: number;
+  unexpectedErrors: number;
+  timeouts: number;
+  connectionErrors: number;
+  wrongReplies: number;
+  activeSeconds: number;
+  hitBuckets: number[];
+  missBuckets: number[];
+}
+
 export interface DaemonLogStats {
   queries: number;
   /** The conntrack lookup, as the daemon timed it. */

@@ -49,7 +49,16 @@ import { PerformanceObserver, performance, type PerformanceEntry } from 'node:pe
 import type { SyntheticEntry } from '../src/conntrack/netlink';
 import { FakeDocker } from '../test/helpers/fake-docker';
 import type { BenchContext, BenchFixture, BenchMethod, MethodResult, Row } from './conntrack';
-import { buildC, clockTicks, DaemonProcess, run, sleep, us, type DaemonLogStats } from './daemon-process';
+import {
+  buildC,
+  clockTicks,
+  DaemonProcess,
+  run,
+  sleep,
+  us,
+  type DaemonLogStats,
+  type IdentLoadOutput,
+} from './daemon-process';
 import { stats as statsOf, type Budget, type Stats } from './stats';
 
 const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
@@ -390,18 +399,7 @@ export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixtur
     child.stderr.setEncoding('utf8').on('data', (t: string) => (err += t));
     const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
     if (code !== 0) throw new Error(`ident-load exited with ${code}: ${err.trim()}`);
-    const r = JSON.parse(out) as {
-      measured: number;
-      seconds: number;
-      qps: number;
-      medianUs: number;
-      p99Us: number;
-      all: number;
-      wrong: number;
-      cpuUsPerQuery: number;
-      cpuUsTotal: number;
-      examples: string[];
-    };
+    const r = JSON.parse(out) as IdentLoadOutput;
     verifier.add(
       r.all,
       r.wrong,

@@ -60,7 +60,7 @@ import { performance } from 'node:perf_hooks';
 
 import { loadNetlinkAddon, type SyntheticEntry } from '../src/conntrack/netlink';
 import { FakeDocker } from '../test/helpers/fake-docker';
-import { buildC, cpuUsOf, DaemonProcess, rssKbOf, run, us } from './daemon-process';
+import { buildC, cpuUsOf, DaemonProcess, rssKbOf, run, us, type IdentLoadOutput } from './daemon-process';
 import { HOST, insertEntries, PORTS, PROXY_CIDR, readNumber, remote, REMOTES, runInOwnNamespace } from './table';
 
 const INSIDE_FLAG = '--inside-namespace';
@@ -196,30 +196,7 @@ function writeQueries(file: string, from: number, n: number, containers: number,
 
 // ------------------------------------------------------------ load runs
 
-/** What bench/ident-load.c printed. */
-interface LoadOutput {
-  measured: number;
-  seconds: number;
-  qps: number;
-  medianUs: number;
-  p99Us: number;
-  all: number;
-  wrong: number;
-  cpuUsPerQuery: number;
-  cpuUsTotal: number;
-  examples: string[];
-  hits: number;
-  misses: number;
-  unexpectedErrors: number;
-  timeouts: number;
-  connectionErrors: number;
-  wrongReplies: number;
-  activeSeconds: number;
-  hitBuckets: number[];
-  missBuckets: number[];
-}
-
-interface Load extends LoadOutput {
+interface Load extends IdentLoadOutput {
   /** performance.now() when ident-load was started. */
   startedAt: number;
 }
@@ -237,7 +214,7 @@ async function runLoad(port: number, clients: number, measureMs: number, file: s
   child.stderr.setEncoding('utf8').on('data', (t: string) => (err += t));
   const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
   if (code !== 0) throw new Error(`ident-load exited with ${code}: ${err.trim()}`);
-  return { ...(JSON.parse(out) as LoadOutput), startedAt };
+  return { ...(JSON.parse(out) as IdentLoadOutput), startedAt };
 }
 
 const sum = (a: number[], from = 0, to = a.length): number => a.slice(from, to).reduce((x, y) => x + y, 0);
