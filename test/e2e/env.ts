@@ -913,22 +913,7 @@ export class TestEnv {
     const bridge = info.network_interface;
     const subnet = (info.subnets ?? []).map((x) => x.subnet).find((x) => x && x.includes('.'));
     if (!bridge || !subnet) throw new Error(`podman network ${network} has no bridge or IPv4 subnet`);
-    const comment = ['-m', 'comment', '--comment', RULE_COMMENT];
-    await this.addRule('nat', 'POSTROUTING', ['-s', subnet, '-o', HOST_IF, ...comment, '-j', 'MASQUERADE']);
-    await this.addRule('filter', 'FORWARD', ['-i', bridge, '-o', HOST_IF, ...comment, '-j', 'ACCEPT']);
-    await this.addRule('filter', 'FORWARD', [
-      '-i',
-      HOST_IF,
-      '-o',
-      bridge,
-      '-m',
-      'conntrack',
-      '--ctstate',
-      'RELATED,ESTABLISHED',
-      ...comment,
-      '-j',
-      'ACCEPT',
-    ]);
+    await this.forwardToHost(bridge, subnet);
     this.log(`podman network ${network} (${bridge} ${subnet}) forwarded to ${HOST_IF}`);
   }
 
@@ -1032,26 +1017,31 @@ export class TestEnv {
       ),
     );
     this.log(`docker network ${network} (${bridge} ${subnet}): masquerade=${masq} forward=${out} return=${back}`);
+    await this.forwardToHost(bridge, subnet, { masq, out, back });
+  }
+
+  /**
+   * Masquerades `subnet` out of HOST_IF and forwards between `bridge` and
+   * HOST_IF (replies only, inbound), leaving out what `present` says the
+   * runtime's own rules already do. Each rule carries RULE_COMMENT.
+   */
+  private async forwardToHost(
+    bridge: string,
+    subnet: string,
+    present: { masq?: boolean; out?: boolean; back?: boolean } = {},
+  ): Promise<void> {
     const comment = ['-m', 'comment', '--comment', RULE_COMMENT];
-    if (!masq) {
+    if (!present.masq) {
       await this.addRule('nat', 'POSTROUTING', ['-s', subnet, '-o', HOST_IF, ...comment, '-j', 'MASQUERADE']);
     }
-    if (!out) {
+    if (!present.out) {
       await this.addRule('filter', 'FORWARD', ['-i', bridge, '-o', HOST_IF, ...comment, '-j', 'ACCEPT']);
     }
-    if (!back) {
+    if (!present.back) {
       await this.addRule('filter', 'FORWARD', [
-        '-i',
-        HOST_IF,
-        '-o',
-        bridge,
-        '-m',
-        'conntrack',
-        '--ctstate',
-        'RELATED,ESTABLISHED',
+        ...['-i', HOST_IF, '-o', bridge, '-m', 'conntrack', '--ctstate', 'RELATED,ESTABLISHED'],
         ...comment,
-        '-j',
-        'ACCEPT',
+        ...['-j', 'ACCEPT'],
       ]);
     }
   }
