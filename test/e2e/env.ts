@@ -37,6 +37,7 @@
  * started only when it is not already answering, and stopped at teardown
  * only then.
  */
+import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -1462,4 +1463,49 @@ export class SuiteGuard {
       throw err;
     }
   };
+}
+
+// ------------------------------------------------ the squid-helper suites' checks
+
+/** The status a test container's name asks for: OK_PREFIX 200, NO_PREFIX 403. */
+export function expectedHelperStatus(name: string): number {
+  if (name.startsWith(OK_PREFIX)) return 200;
+  if (name.startsWith(NO_PREFIX)) return 403;
+  throw new Error(`unexpected test name ${name}`);
+}
+
+/**
+ * Each client got its verdict, and Squid's own access log shows its own
+ * container's name (`%ue`) and that status for its URL. Returns the entries.
+ */
+export async function checkHelperVerdicts(env: TestEnv, results: ClientResult[]): Promise<Map<string, AccessLogEntry>> {
+  const problems: string[] = [];
+  for (const r of results) {
+    const want = expectedHelperStatus(r.name);
+    if (r.status !== want) {
+      problems.push(`${r.name}: client saw status ${r.status} (want ${want}); stdout=${r.stdout} stderr=${r.stderr}`);
+    }
+  }
+  const logged = await env.waitForAccessLog(
+    results.map((r) => r.url),
+    20_000,
+  );
+  for (const r of results) {
+    const e = logged.get(r.url)!;
+    if (e.ident !== r.name) problems.push(`${r.name}: Squid logged user ${e.ident} for ${r.url}: ${e.raw}`);
+    if (e.status !== expectedHelperStatus(r.name))
+      problems.push(`${r.name}: Squid logged status ${e.status}: ${e.raw}`);
+  }
+  assert.deepEqual(problems, [], `verdict/name mismatches:\n${problems.join('\n')}`);
+  return logged;
+}
+
+/** The squid-helper's answer, from the proxy's namespace, about a connection from HOST_IP:port to Squid. */
+export async function askHelper(port: number): Promise<string> {
+  const res = await run(
+    'ip',
+    ['netns', 'exec', NS, process.execPath, daemonEntry(), 'squid-helper', '--host', HOST_IP],
+    { input: `0 ${HOST_IP} ${port} ${SQUID_PORT} ${PROXY_IP}\n`, timeoutMs: 20_000 },
+  );
+  return res.stdout.trim();
 }

@@ -26,20 +26,15 @@ import fs from 'node:fs';
 import { after, before, describe, it, test } from 'node:test';
 
 import {
-  ClientResult,
+  askHelper,
+  checkHelperVerdicts,
   Daemon,
-  HOST_IP,
   NO_PREFIX,
-  NS,
   OK_PREFIX,
   PODMAN_SOCKET,
-  PROXY_IP,
-  SQUID_PORT,
   SuiteGuard,
   TestEnv,
-  daemonEntry,
   missingPrerequisites,
-  run,
   which,
   type ConntrackMode,
 } from './env';
@@ -69,42 +64,6 @@ const addressSettle = (): Promise<void> => new Promise((r) => setTimeout(r, 2100
  */
 const START_LAG_MS = 2500;
 const soon = (): number => Date.now() + START_LAG_MS;
-
-function expectedStatus(name: string): number {
-  if (name.startsWith(OK_PREFIX)) return 200;
-  if (name.startsWith(NO_PREFIX)) return 403;
-  throw new Error(`unexpected test name ${name}`);
-}
-
-async function checkVerdicts(env: TestEnv, results: ClientResult[]) {
-  const problems: string[] = [];
-  for (const r of results) {
-    const want = expectedStatus(r.name);
-    if (r.status !== want) {
-      problems.push(`${r.name}: client saw status ${r.status} (want ${want}); stdout=${r.stdout} stderr=${r.stderr}`);
-    }
-  }
-  const logged = await env.waitForAccessLog(
-    results.map((r) => r.url),
-    20_000,
-  );
-  for (const r of results) {
-    const e = logged.get(r.url)!;
-    if (e.ident !== r.name) problems.push(`${r.name}: Squid logged user ${e.ident} for ${r.url}: ${e.raw}`);
-    if (e.status !== expectedStatus(r.name)) problems.push(`${r.name}: Squid logged status ${e.status}: ${e.raw}`);
-  }
-  assert.deepEqual(problems, [], `verdict/name mismatches:\n${problems.join('\n')}`);
-  return logged;
-}
-
-async function askHelper(port: number): Promise<string> {
-  const res = await run(
-    'ip',
-    ['netns', 'exec', NS, process.execPath, daemonEntry(), 'squid-helper', '--host', HOST_IP],
-    { input: `0 ${HOST_IP} ${port} ${SQUID_PORT} ${PROXY_IP}\n`, timeoutMs: 20_000 },
-  );
-  return res.stdout.trim();
-}
 
 if (missing.length > 0 && inCI) {
   test('Podman e2e prerequisites (CI)', () => assert.fail(`missing under CI:\n- ${missing.join('\n- ')}`));
@@ -150,7 +109,7 @@ if (missing.length > 0 && inCI) {
         const ok = await e.runClient({ name: `${OK_PREFIX}a-${tok}`, at: soon() });
         await addressSettle();
         const no = await e.runClient({ name: `${NO_PREFIX}a-${tok}`, at: soon() });
-        await checkVerdicts(e, [ok, no]);
+        await checkHelperVerdicts(e, [ok, no]);
       }),
     );
 
@@ -162,7 +121,7 @@ if (missing.length > 0 && inCI) {
         const ok = await e.runClient({ name: `${OK_PREFIX}n-${tok}`, network: NET, at: soon() });
         await addressSettle();
         const no = await e.runClient({ name: `${NO_PREFIX}n-${tok}`, network: NET, at: soon() });
-        await checkVerdicts(e, [ok, no]);
+        await checkHelperVerdicts(e, [ok, no]);
       }),
     );
 
@@ -214,7 +173,7 @@ if (missing.length > 0 && inCI) {
         const at = Date.now() + 3000 + 400 * n;
         const names = Array.from({ length: n }, (_, i) => `${i % 2 === 0 ? OK_PREFIX : NO_PREFIX}m${i}-${tok}`);
         const results = await Promise.all(names.map((name) => e.runClient({ name, at })));
-        await checkVerdicts(e, results);
+        await checkHelperVerdicts(e, results);
       }),
     );
 
@@ -245,7 +204,7 @@ if (missing.length > 0 && inCI) {
         const okAfter = await e.runClient({ name: `${OK_PREFIX}s2-${tok}`, at: soon() });
         await addressSettle();
         const noAfter = await e.runClient({ name: `${NO_PREFIX}s2-${tok}`, at: soon() });
-        await checkVerdicts(e, [okAfter, noAfter]);
+        await checkHelperVerdicts(e, [okAfter, noAfter]);
       }),
     );
 

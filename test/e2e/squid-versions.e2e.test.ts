@@ -25,19 +25,14 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it, test } from 'node:test';
 
 import {
-  ClientResult,
+  askHelper,
+  checkHelperVerdicts,
   Daemon,
-  HOST_IP,
   NO_PREFIX,
-  NS,
   OK_PREFIX,
-  PROXY_IP,
-  SQUID_PORT,
   SuiteGuard,
   TestEnv,
-  daemonEntry,
   missingPrerequisites,
-  run,
   type ConntrackMode,
 } from './env';
 import { SQUID_VERSIONS, missingChrootTools, squidSpec } from './squid-chroot';
@@ -53,44 +48,6 @@ const REUSE_IP = '10.216.0.10';
 
 /** See squid.e2e.test.ts: a container started right after another may get its address. */
 const addressSettle = (): Promise<void> => new Promise((r) => setTimeout(r, 2100));
-
-function expectedStatus(name: string): number {
-  if (name.startsWith(OK_PREFIX)) return 200;
-  if (name.startsWith(NO_PREFIX)) return 403;
-  throw new Error(`unexpected test name ${name}`);
-}
-
-/** Each client got its verdict, and Squid's own access log shows its own container's name for its URL. */
-async function checkVerdicts(env: TestEnv, results: ClientResult[]) {
-  const problems: string[] = [];
-  for (const r of results) {
-    const want = expectedStatus(r.name);
-    if (r.status !== want) {
-      problems.push(`${r.name}: client saw status ${r.status} (want ${want}); stdout=${r.stdout} stderr=${r.stderr}`);
-    }
-  }
-  const logged = await env.waitForAccessLog(
-    results.map((r) => r.url),
-    20_000,
-  );
-  for (const r of results) {
-    const e = logged.get(r.url)!;
-    if (e.ident !== r.name) problems.push(`${r.name}: Squid logged user ${e.ident} for ${r.url}: ${e.raw}`);
-    if (e.status !== expectedStatus(r.name)) problems.push(`${r.name}: Squid logged status ${e.status}: ${e.raw}`);
-  }
-  assert.deepEqual(problems, [], `verdict/name mismatches:\n${problems.join('\n')}`);
-  return logged;
-}
-
-/** The squid-helper's answer, from the proxy's namespace, about a connection from HOST_IP:port to Squid. */
-async function askHelper(port: number): Promise<string> {
-  const res = await run(
-    'ip',
-    ['netns', 'exec', NS, process.execPath, daemonEntry(), 'squid-helper', '--host', HOST_IP],
-    { input: `0 ${HOST_IP} ${port} ${SQUID_PORT} ${PROXY_IP}\n`, timeoutMs: 20_000 },
-  );
-  return res.stdout.trim();
-}
 
 if (missing.length > 0 && inCI) {
   test('Squid versions e2e prerequisites (CI)', () => assert.fail(`missing under CI:\n- ${missing.join('\n- ')}`));
@@ -136,7 +93,7 @@ if (missing.length > 0 && inCI) {
         const ok = await e.runClient({ name: `${OK_PREFIX}i-${tok}` });
         await addressSettle();
         const no = await e.runClient({ name: `${NO_PREFIX}i-${tok}` });
-        await checkVerdicts(e, [ok, no]);
+        await checkHelperVerdicts(e, [ok, no]);
       }),
     );
 
@@ -163,7 +120,7 @@ if (missing.length > 0 && inCI) {
             const ok = await e.runClient({ name: `${OK_PREFIX}a-${t}` });
             await addressSettle();
             const no = await e.runClient({ name: `${NO_PREFIX}a-${t}` });
-            await checkVerdicts(e, [ok, no]);
+            await checkHelperVerdicts(e, [ok, no]);
           }),
         );
 
@@ -175,7 +132,7 @@ if (missing.length > 0 && inCI) {
             const ok = await e.runClient({ name: `${OK_PREFIX}n-${t}`, network: 'idt-net' });
             await addressSettle();
             const no = await e.runClient({ name: `${NO_PREFIX}n-${t}`, network: 'idt-net' });
-            await checkVerdicts(e, [ok, no]);
+            await checkHelperVerdicts(e, [ok, no]);
           }),
         );
 
@@ -189,7 +146,7 @@ if (missing.length > 0 && inCI) {
             const at = Date.now() + 3000;
             const names = [`${OK_PREFIX}p-${t}`, `${NO_PREFIX}p-${t}`];
             const results = await Promise.all(names.map((name) => e.runClient({ name, sport, at })));
-            const logged = await checkVerdicts(e, results);
+            const logged = await checkHelperVerdicts(e, results);
             const ports = results.map((r) => logged.get(r.url)!.clientPort);
             assert.notEqual(ports[0], ports[1], `both connections seen from the same port ${ports[0]}`);
             assert.equal(
@@ -243,7 +200,7 @@ if (missing.length > 0 && inCI) {
             const at = Date.now() + 2000 + 250 * n;
             const names = Array.from({ length: n }, (_, i) => `${i % 2 === 0 ? OK_PREFIX : NO_PREFIX}m${i}-${t}`);
             const results = await Promise.all(names.map((name) => e.runClient({ name, at })));
-            await checkVerdicts(e, results);
+            await checkHelperVerdicts(e, results);
           }),
         );
       });
