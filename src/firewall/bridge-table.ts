@@ -1,0 +1,324 @@
+/**
+ * Keeps `table bridge docker_identd` (bridge-rules.ts) in the kernel in step
+ * with the endpoints the daemon wants pinned, and says which addresses are
+ * pinned right now (issue 16).
+ *
+ * runNft() is the one place that runs nft: `nft -f -` with the script on
+ * stdin, a deadline (then SIGKILL), and stdout/stderr capped. applyTable()
+ * replaces the whole table in one transaction; removeTable() deletes our
+ * table and nothing else.
+ *
+ * PortPinner is fed the desired endpoint set by its caller (from Docker's
+ * events and every resync) and answers pinState(address). The rule it keeps:
+ * an address counts as pinned only while
+ * - the endpoint that owns it is in the desired set, unchanged (so it stops
+ *   counting the moment its removal, or a change of its veth, MAC or
+ *   addresses, is asked for), and
+ * - an nft transaction that contained that same endpoint has completed
+ *   successfully since (so a container just started is unpinned until its
+ *   rules are in), and no transaction since has left the kernel's state in
+ *   doubt without it.
+ * Every run replaces the whole table (the plan of the whole desired set), so
+ * the kernel holds exactly what one plan says, whatever ran before, and a
+ * table that someone flushed is back after the next run (refresh()). At most
+ * one nft runs at a time; changes that arrive meanwhile are carried together
+ * by the next run. A failed run (nft's transactions are atomic: the kernel
+ * keeps the previous table) leaves pinned only what both the previous and the
+ * failed table pin, and is retried with a growing delay.
+ */
+import { spawn } from 'node:child_process';
+
+import { canonicalIp } from '../ip';
+import {
+  bridgeTableScript,
+  planBridgeTable,
+  removeTableScript,
+  type BridgePlan,
+  type NormalEndpoint,
+  type PinnedEndpoint,
+  type RejectReason,
+} from './bridge-rules';
+
+// ---------------------------------------------------------------------------
+// running nft
+
+export type NftErrorCode = 'ENFT' | 'ETIMEDOUT' | 'ESPAWN';
+
+export class NftError extends Error {
+  constructor(
+    readonly code: NftErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface NftOptions {
+  /** The nft binary (default `nft`, found in PATH). */
+  nft?: string;
+  /** Default 10 s: then nft is killed and the run failed (the kernel's state is then in doubt). */
+  timeoutMs?: number;
+  /** Bytes of stdout and of stderr kept (default 16 KiB each). */
+  maxOutput?: number;
+}
+
+/** Runs `script` with `nft -f -`. Resolves with stdout; rejects with an NftError. */
+export function runNft(script: string, opts: NftOptions = {}): Promise<string> {
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  const max = opts.maxOutput ?? 16 * 1024;
+  return new Promise((resolve, reject) => {
+    let child;
+    try {
+      child = spawn(opts.nft ?? 'nft', ['-f', '-'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    } catch (err) {
+      reject(new NftError('ESPAWN', `nft: ${(err as Error).message}`));
+      return;
+    }
+    const out = { stdout: '', stderr: '' };
+    const keep = (k: 'stdout' | 'stderr') => (d: Buffer) => {
+      if (out[k].length < max) out[k] += d.toString('utf8').slice(0, max - out[k].length);
+    };
+    child.stdout.on('data', keep('stdout'));
+    child.stderr.on('data', keep('stderr'));
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new NftError('ESPAWN', `nft: ${err.message}`));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (timedOut) reject(new NftError('ETIMEDOUT', `nft -f - did not finish within ${timeoutMs} ms`));
+      else if (code !== 0) {
+        reject(new NftError('ENFT', `nft -f - failed (${code ?? signal}): ${out.stderr.trim().slice(0, 2000)}`));
+      } else resolve(out.stdout);
+    });
+    child.stdin.on('error', () => {});
+    child.stdin.end(script);
+  });
+}
+
+/** What PortPinner and the helpers below need of nft: run one script, as one transaction. */
+export type NftRunner = (script: string) => Promise<unknown>;
+
+export const defaultRunner: NftRunner = (script) => runNft(script);
+
+/** Replaces our whole table with `plan`'s, in one transaction. */
+export async function applyTable(plan: BridgePlan, run: NftRunner = defaultRunner): Promise<void> {
+  await run(bridgeTableScript(plan));
+}
+
+/** Deletes `table bridge docker_identd` if it is there; nothing else. */
+export async function removeTable(run: NftRunner = defaultRunner): Promise<void> {
+  await run(removeTableScript());
+}
+
+// ---------------------------------------------------------------------------
+// PortPinner
+
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const realClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms).unref(),
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
+
+export type UnpinnedReason =
+  /** No desired endpoint has the address. */
+  | 'unknown'
+  /** Desired, but no completed transaction has it yet (a container just started). */
+  | 'pending'
+  /** Desired, but it cannot be pinned: planBridgeTable() left it out. */
+  | RejectReason
+  /** The pinner was closed. */
+  | 'closed';
+
+export type PinState = { pinned: true; endpoint: NormalEndpoint } | { pinned: false; reason: UnpinnedReason };
+
+export interface PinnerStats {
+  pinned: number;
+  rejected: number;
+  /** How long the nft run took. */
+  ms: number;
+}
+
+export interface PortPinnerOptions {
+  run: NftRunner;
+  clock?: Clock;
+  /** Delay before the first retry after a failed run, doubled up to retryMaxMs. Default 500 ms. */
+  retryMs?: number;
+  retryMaxMs?: number;
+  /** After each successful run. */
+  onApplied?: (stats: PinnerStats) => void;
+  /** After each failed run, with the delay until the retry. */
+  onError?: (err: Error, retryInMs: number) => void;
+}
+
+/** One endpoint's identity as a string: equal keys, equal rules. */
+function keyOf(ep: NormalEndpoint): string {
+  return [ep.containerId, ep.hostIfname, ep.mac, ep.ipv4 ?? '-', ...ep.ipv6].join(' ');
+}
+
+function addressesOf(ep: NormalEndpoint): string[] {
+  return [...(ep.ipv4 ? [ep.ipv4] : []), ...ep.ipv6];
+}
+
+export class PortPinner {
+  private readonly run: NftRunner;
+  private readonly clock: Clock;
+  private readonly retryMs: number;
+  private readonly retryMaxMs: number;
+  private readonly opts: PortPinnerOptions;
+
+  /** The plan of the desired set, and its endpoints by address (pinned or rejected). */
+  private desired: BridgePlan = { pinned: [], rejected: [] };
+  private desiredByAddress = new Map<string, { ep: NormalEndpoint; key: string } | { reason: RejectReason }>();
+  /** Keys of the endpoints that the kernel holds for certain (see the header). */
+  private applied = new Set<string>();
+  /** The keys of the table last sent to nft (in flight or accepted); null after a failure. */
+  private target: Set<string> | null = null;
+
+  private running: Promise<void> | null = null;
+  /** A run is needed (something changed since the last run started, or a refresh was asked). */
+  private dirty = false;
+  private timer: unknown = null;
+  private failures = 0;
+  private closed = false;
+  private readonly idleWaiters: (() => void)[] = [];
+
+  constructor(opts: PortPinnerOptions) {
+    this.opts = opts;
+    this.run = opts.run;
+    this.clock = opts.clock ?? realClock;
+    this.retryMs = opts.retryMs ?? 500;
+    this.retryMaxMs = opts.retryMaxMs ?? 30_000;
+  }
+
+  /**
+   * The whole set of endpoints that should be pinned now (the caller's view
+   * of Docker after an event or a resync). Takes effect for pinState() at
+   * once for removals and changes; additions count once a run has put them in.
+   */
+  setDesired(endpoints: readonly PinnedEndpoint[]): void {
+    if (this.closed) return;
+    this.desired = planBridgeTable(endpoints);
+    const byAddress = new Map<string, { ep: NormalEndpoint; key: string } | { reason: RejectReason }>();
+    for (const ep of this.desired.pinned) {
+      for (const a of addressesOf(ep)) byAddress.set(a, { ep, key: keyOf(ep) });
+    }
+    for (const r of this.desired.rejected) {
+      for (const a of [r.endpoint.ipv4, ...(Array.isArray(r.endpoint.ipv6) ? r.endpoint.ipv6 : [])]) {
+        const c = typeof a === 'string' ? canonicalIp(a) : null;
+        // A rejected claimant wins over a pinned one: an address in conflict is never answered as pinned.
+        if (c) byAddress.set(c, { reason: r.reason });
+      }
+    }
+    this.desiredByAddress = byAddress;
+    const wanted = new Set(this.desired.pinned.map(keyOf));
+    // Removals and changes take effect now.
+    for (const k of this.applied) if (!wanted.has(k)) this.applied.delete(k);
+    const t = this.target;
+    if (!t || t.size !== wanted.size || ![...wanted].every((k) => t.has(k))) this.dirty = true;
+    this.kick();
+  }
+
+  /** Run again even if nothing changed (a resync: puts back a table someone flushed). */
+  refresh(): void {
+    if (this.closed) return;
+    this.dirty = true;
+    this.kick();
+  }
+
+  pinState(address: string): PinState {
+    if (this.closed) return { pinned: false, reason: 'closed' };
+    const c = canonicalIp(address);
+    const d = c ? this.desiredByAddress.get(c) : undefined;
+    if (!d) return { pinned: false, reason: 'unknown' };
+    if ('reason' in d) return { pinned: false, reason: d.reason };
+    if (!this.applied.has(d.key)) return { pinned: false, reason: 'pending' };
+    return { pinned: true, endpoint: d.ep };
+  }
+
+  /** Counts for a metric: desired endpoints pinned now, and those not (pending or rejected). */
+  counts(): { pinned: number; unpinned: number } {
+    const pinned = this.desired.pinned.filter((ep) => this.applied.has(keyOf(ep))).length;
+    return { pinned, unpinned: this.desired.pinned.length - pinned + this.desired.rejected.length };
+  }
+
+  /** Resolves once no run is in flight or waiting (for tests and shutdown). */
+  idle(): Promise<void> {
+    if (!this.running && !this.dirty && this.timer === null) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /**
+   * Stops: pinState() answers unpinned from now on; the run in flight is
+   * waited for; with `removeTable`, our table is then deleted.
+   */
+  async close({ removeTable: remove = false }: { removeTable?: boolean } = {}): Promise<void> {
+    this.closed = true;
+    this.applied.clear();
+    if (this.timer !== null) this.clock.clearTimeout(this.timer);
+    this.timer = null;
+    this.dirty = false;
+    await this.running;
+    if (remove) await this.run(removeTableScript());
+    this.settleIdle();
+  }
+
+  private kick(): void {
+    if (this.closed || this.running || this.timer !== null || !this.dirty) return;
+    this.start();
+  }
+
+  private start(): void {
+    this.dirty = false;
+    const plan = this.desired;
+    const keys = new Set(plan.pinned.map(keyOf));
+    const script = bridgeTableScript(plan);
+    this.target = keys;
+    const t0 = this.clock.now();
+    this.running = (async () => {
+      try {
+        await this.run(script);
+        if (this.closed) return;
+        this.failures = 0;
+        // Pinned: what this table holds and is still wanted unchanged.
+        const wanted = new Set(this.desired.pinned.map(keyOf));
+        this.applied = new Set([...keys].filter((k) => wanted.has(k)));
+        this.opts.onApplied?.({ pinned: keys.size, rejected: plan.rejected.length, ms: this.clock.now() - t0 });
+      } catch (err) {
+        if (this.closed) return;
+        // The kernel holds the previous table, or (after a timeout) perhaps this one: only what both pin is certain.
+        this.applied = new Set([...this.applied].filter((k) => keys.has(k)));
+        this.target = null;
+        this.dirty = true;
+        const delay = Math.min(this.retryMaxMs, this.retryMs * 2 ** this.failures);
+        this.failures++;
+        this.opts.onError?.(err as Error, delay);
+        this.timer = this.clock.setTimeout(() => {
+          this.timer = null;
+          this.kick();
+          this.settleIdle();
+        }, delay);
+      } finally {
+        this.running = null;
+      }
+      this.kick();
+      this.settleIdle();
+    })();
+  }
+
+  private settleIdle(): void {
+    if (this.running || (this.dirty && !this.closed) || this.timer !== null) return;
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+}
