@@ -21,7 +21,7 @@ import path from 'node:path';
 
 import { loadNetlinkAddon, NetlinkSource, type NetlinkSourceOptions } from '../src/conntrack/netlink';
 import type { ConntrackSource, ReplyTuple } from '../src/conntrack/types';
-import { AddressSet, parseCidr, type Cidr } from '../src/ip';
+import { AddressSet, parseCidr, type Cidr } from '../src/lib/ip';
 import { identQueryBench } from './ident-queries';
 import { stats, type Budget, type Stats } from './stats';
 import { entry, HOST, insertEntries, OTHER_PROXY, PROXY_CIDR, readNumber, replyOf, runInOwnNamespace } from './table';

@@ -7,7 +7,7 @@
  *     start time, which the daemon's address-reuse guard needs),
  *   - the entries' reply addresses on `lo`: the daemon's address (reply dst)
  *     and the queriers' prefix (reply src),
- *   - a FakeDocker (test/helpers/fake-docker.ts) listing one container per
+ *   - a FakeDocker (test/support/fake-docker.ts) listing one container per
  *     chosen entry (entries 0..containers-1 of the table's pattern), whose
  *     address is that entry's original source,
  *   - two daemons, `bin/docker-identd.js serve --conntrack netlink` and
@@ -47,7 +47,7 @@ import path from 'node:path';
 import { PerformanceObserver, performance, type PerformanceEntry } from 'node:perf_hooks';
 
 import type { SyntheticEntry } from '../src/conntrack/netlink';
-import { FakeDocker } from '../test/helpers/fake-docker';
+import { FakeDocker } from '../test/support/fake-docker';
 import type { BenchContext, BenchFixture, BenchMethod, MethodResult, Row } from './conntrack';
 import {
   buildC,

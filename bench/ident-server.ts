@@ -19,11 +19,11 @@ import pino from 'pino';
 
 import { NetlinkSource } from '../src/conntrack/netlink';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../src/conntrack/types';
-import { DockerRegistry } from '../src/docker/registry';
-import { AddressSet, parseCidr } from '../src/ip';
-import { Resolver } from '../src/resolver';
-import { CONNECTION_IDLE_PERIODS, IdentServer } from '../src/server';
-import { FakeDocker } from '../test/helpers/fake-docker';
+import { DockerRegistry } from '../src/docker/watcher';
+import { AddressSet, parseCidr } from '../src/lib/ip';
+import { Resolver } from '../src/resolve/resolver';
+import { CONNECTION_IDLE_PERIODS, IdentServer } from '../src/ident/server';
+import { FakeDocker } from '../test/support/fake-docker';
 
 export const CONTAINERS = 200;
 /** The container at index i has address 172.20.x.y and its connection uses reply port 30000 + i. */

@@ -8,7 +8,7 @@
  * bench/table.ts's pattern, plus per daemon variant `--connections` queried
  * connections (default 3,000) whose original source is a container's address:
  * container c:port -> proxy j:3128, masqueraded to the host. A FakeDocker
- * (test/helpers/fake-docker.ts) lists `--containers` containers (default
+ * (test/support/fake-docker.ts) lists `--containers` containers (default
  * 1,000). For each variant:
  *   1. the daemon (`bin/docker-identd.js serve --conntrack netlink`, log level
  *      info, its log in a file: the per-query log line is part of the cost) or
@@ -59,7 +59,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 
 import { loadNetlinkAddon, type SyntheticEntry } from '../src/conntrack/netlink';
-import { FakeDocker } from '../test/helpers/fake-docker';
+import { FakeDocker } from '../test/support/fake-docker';
 import { buildC, cpuUsOf, DaemonProcess, rssKbOf, run, us, type IdentLoadOutput } from './daemon-process';
 import { HOST, insertEntries, PORTS, PROXY_CIDR, readNumber, remote, REMOTES, runInOwnNamespace } from './table';
 

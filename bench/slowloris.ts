@@ -15,8 +15,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { identQuery, loopbackConnection, sleep, startDaemon, waitFor } from '../test/helpers/daemon';
-import { FakeDocker } from '../test/helpers/fake-docker';
+import { identQuery, loopbackConnection, sleep, startDaemon, waitFor } from '../test/support/daemon';
+import { FakeDocker } from '../test/support/fake-docker';
 
 const { values } = parseArgs({ options: { queries: { type: 'string', default: '200' } } });
 const QUERIES = Number(values.queries);

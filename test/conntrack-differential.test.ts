@@ -21,7 +21,7 @@ import {
   netnsUnavailableReason,
   type LabConnection,
   type Outcome,
-} from './helpers/netns';
+} from './support/netns';
 
 const addon = loadNetlinkAddon();
 const procfsMissing = fs.existsSync(path.join(__dirname, '..', 'src', 'conntrack', 'procfs.ts'))

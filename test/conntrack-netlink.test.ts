@@ -15,7 +15,7 @@ import fc from 'fast-check';
 
 import { ADDON_PATH_ENV, loadNetlinkAddon, nativeFormatAddress } from '../src/conntrack/netlink';
 import type { ConntrackEntry, ReplyTuple } from '../src/conntrack/types';
-import { canonicalIp, formatIPv6 } from '../src/ip';
+import { canonicalIp, formatIPv6 } from '../src/lib/ip';
 import {
   conntrackInsertArgs,
   gate,
@@ -27,7 +27,7 @@ import {
   runChild,
   type ChildSourceSpec,
   type Outcome,
-} from './helpers/netns';
+} from './support/netns';
 
 const addon = loadNetlinkAddon();
 const addonMissing = addon.ok ? null : addon.error.message;

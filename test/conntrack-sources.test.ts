@@ -1,5 +1,5 @@
 /**
- * The conntrack source contract (test/helpers/conntrack-suite.ts) run against
+ * The conntrack source contract (test/support/conntrack-suite.ts) run against
  * both sources. Needs root (network namespaces); skips with a printed reason
  * otherwise, and fails instead under CI=true.
  */
@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { loadNetlinkAddon } from '../src/conntrack/netlink';
-import { conntrackSuite } from './helpers/conntrack-suite';
+import { conntrackSuite } from './support/conntrack-suite';
 
 conntrackSuite({
   name: 'netlink',

@@ -24,7 +24,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { canonicalIp, parseIPv6, type AddressSet } from '../ip';
+import { canonicalIp, parseIPv6, type AddressSet } from '../lib/ip';
 import { DumpQueue } from './dump-queue';
 import {
   conntrackError,

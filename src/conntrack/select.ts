@@ -7,8 +7,8 @@ import { access, constants } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 
-import type { ConntrackMode } from '../config';
-import { AddressSet, type Cidr } from '../ip';
+import type { ConntrackMode } from '../config/config';
+import { AddressSet, type Cidr } from '../lib/ip';
 import { DEFAULT_PROCFS_PATH, ProcfsSource } from './procfs';
 import type { ConntrackSource } from './types';
 

@@ -5,7 +5,7 @@
  * two containers claim at once (overlapping subnets of separate networks) is
  * ambiguous and never answered with either name.
  */
-import { canonicalIp } from '../ip';
+import { canonicalIp } from '../lib/ip';
 
 export interface ContainerNetwork {
   networkId: string;

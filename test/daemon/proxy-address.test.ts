@@ -19,9 +19,9 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { loadNetlinkAddon } from '../../src/conntrack/netlink';
-import { FakeDocker } from '../helpers/fake-docker';
-import { REPO_ROOT, startDaemon, type Daemon } from '../helpers/daemon';
-import { conntrackInsertArgs, gate, NetNs, netnsUnavailableReason } from '../helpers/netns';
+import { FakeDocker } from '../support/fake-docker';
+import { REPO_ROOT, startDaemon, type Daemon } from '../support/daemon';
+import { conntrackInsertArgs, gate, NetNs, netnsUnavailableReason } from '../support/netns';
 
 const addon = loadNetlinkAddon();
 const BIN = path.join(REPO_ROOT, 'bin', 'docker-identd.js');

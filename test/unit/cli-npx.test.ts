@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 
-import { inCI } from '../helpers/daemon';
+import { inCI } from '../support/daemon';
 
 const REPO = path.join(__dirname, '..', '..');
 

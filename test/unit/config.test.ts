@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { USAGE } from '../../src/cli';
-import { ConfigError, loadConfig, parseListen } from '../../src/config';
+import { USAGE } from '../../src/cli/main';
+import { ConfigError, loadConfig, parseListen } from '../../src/config/config';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-config-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

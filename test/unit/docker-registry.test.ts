@@ -6,9 +6,9 @@ import { after, test } from 'node:test';
 import pino from 'pino';
 
 import type { ConntrackSource } from '../../src/conntrack/types';
-import { DockerRegistry, dockerOptions, type RegistryOptions } from '../../src/docker/registry';
-import { Resolver } from '../../src/resolver';
-import { FakeDocker } from '../helpers/fake-docker';
+import { DockerRegistry, dockerOptions, type RegistryOptions } from '../../src/docker/watcher';
+import { Resolver } from '../../src/resolve/resolver';
+import { FakeDocker } from '../support/fake-docker';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-docker-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

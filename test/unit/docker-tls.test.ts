@@ -8,9 +8,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { ConfigError, loadConfig } from '../../src/config';
-import { dockerOptions } from '../../src/docker/registry';
-import { diffConfig } from '../../src/reload';
+import { ConfigError, loadConfig } from '../../src/config/config';
+import { dockerOptions } from '../../src/docker/watcher';
+import { diffConfig } from '../../src/service/reload';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-tls-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

@@ -5,9 +5,9 @@ import pino from 'pino';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../src/conntrack/types';
 import { conntrackError } from '../../src/conntrack/types';
 import { AddressIndex, type ContainerInfo } from '../../src/docker/address-index';
-import type { RegistryLookup } from '../../src/docker/registry';
-import { explain, explainJson, formatExplain, routeSource, type ExplainDocker } from '../../src/explain';
-import { parseNameTemplate } from '../../src/naming';
+import type { RegistryLookup } from '../../src/docker/watcher';
+import { explain, explainJson, formatExplain, routeSource, type ExplainDocker } from '../../src/resolve/explain';
+import { parseNameTemplate } from '../../src/resolve/naming';
 
 const log = pino({ level: 'silent' });
 

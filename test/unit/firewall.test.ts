@@ -14,8 +14,8 @@ import {
   serveFlags,
   splitRuleLine,
   RULE_COMMENT,
-} from '../../src/firewall';
-import { formatCidr, parseCidr, type Cidr } from '../../src/ip';
+} from '../../src/firewall/routed-redirect';
+import { formatCidr, parseCidr, type Cidr } from '../../src/lib/ip';
 
 const cidr = (t: string): Cidr => parseCidr(t)!;
 

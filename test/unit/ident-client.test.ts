@@ -3,8 +3,8 @@ import net from 'node:net';
 import { test } from 'node:test';
 import fc from 'fast-check';
 
-import { interpretReply, queryIdent, requestLine } from '../../src/ident-client';
-import { formatReply, parseReply, parseRequest, type Answer } from '../../src/protocol';
+import { interpretReply, queryIdent, requestLine } from '../../src/ident/client';
+import { formatReply, parseReply, parseRequest, type Answer } from '../../src/ident/protocol';
 
 test('parseReply reads USERID and ERROR replies, with or without blanks', () => {
   assert.deepEqual(parseReply('40001 , 3128 : USERID : OTHER : web-1'), {

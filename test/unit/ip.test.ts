@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
 
-import { AddressSet, canonicalIp, formatIPv6, parseCidr, parseIPv6 } from '../../src/ip';
+import { AddressSet, canonicalIp, formatIPv6, parseCidr, parseIPv6 } from '../../src/lib/ip';
 
 test('canonical forms', () => {
   assert.equal(canonicalIp('10.0.0.1'), '10.0.0.1');

@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { test } from 'node:test';
 
-import { BatchedDestination } from '../../src/logger';
+import { BatchedDestination } from '../../src/lib/logger';
 
 test('the first line of a turn is written at once, the rest of the turn together at its end, in order', async () => {
   const writes: string[] = [];

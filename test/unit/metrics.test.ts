@@ -6,7 +6,7 @@ import pino from 'pino';
 
 import type { ConntrackSource, ReplyTuple } from '../../src/conntrack/types';
 import { conntrackError } from '../../src/conntrack/types';
-import { Metrics, MetricsServer, resultLabel } from '../../src/metrics';
+import { Metrics, MetricsServer, resultLabel } from '../../src/service/metrics';
 
 const log = pino({ level: 'silent' });
 const tuple: ReplyTuple = { family: 4, src: '10.213.0.2', sport: 3128, dst: '10.213.0.1', dport: 40001 };

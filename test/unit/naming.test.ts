@@ -4,9 +4,9 @@ import fc from 'fast-check';
 
 import type { ConntrackEntry, ConntrackSource } from '../../src/conntrack/types';
 import { containerFromDocker, type ContainerInfo } from '../../src/docker/address-index';
-import type { RegistryLookup } from '../../src/docker/registry';
-import { applyNameTemplate, NameTemplateError, namer, parseNameTemplate } from '../../src/naming';
-import { Resolver } from '../../src/resolver';
+import type { RegistryLookup } from '../../src/docker/watcher';
+import { applyNameTemplate, NameTemplateError, namer, parseNameTemplate } from '../../src/resolve/naming';
+import { Resolver } from '../../src/resolve/resolver';
 
 const compose = {
   name: 'shop-web-1',

@@ -24,7 +24,7 @@ import pino from 'pino';
 
 import { containerFromDocker } from '../../src/docker/address-index';
 import { eventContainerId, isNoSuchContainer, type DockerEvent } from '../../src/docker/compat';
-import { DockerRegistry } from '../../src/docker/registry';
+import { DockerRegistry } from '../../src/docker/watcher';
 
 const FIX = path.join(__dirname, '..', 'fixtures', 'podman');
 const read = (f: string): string => fs.readFileSync(path.join(FIX, f), 'utf8');

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
 
-import { formatReply, isAnswerableName, parseRequest, type Answer } from '../../src/protocol';
+import { formatReply, isAnswerableName, parseRequest, type Answer } from '../../src/ident/protocol';
 
 test('parses the request forms Squid and RFC 1413 allow', () => {
   for (const line of ['6193, 23', '6193 , 23', '6193,23', ' \t6193\t,\t23 \t', '00080 , 3128']) {

@@ -3,8 +3,8 @@ import { test } from 'node:test';
 
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../src/conntrack/types';
 import { conntrackError } from '../../src/conntrack/types';
-import type { RegistryLookup } from '../../src/docker/registry';
-import { Resolver, type OwnerRegistry } from '../../src/resolver';
+import type { RegistryLookup } from '../../src/docker/watcher';
+import { Resolver, type OwnerRegistry } from '../../src/resolve/resolver';
 
 const query = { querier: '10.213.0.2', local: '10.213.0.1', portOnServer: 40001, portOnClient: 3128 };
 const entry: ConntrackEntry = {

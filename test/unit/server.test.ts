@@ -3,9 +3,9 @@ import net from 'node:net';
 import { after, before, test } from 'node:test';
 import pino from 'pino';
 
-import { AddressSet, parseCidr } from '../../src/ip';
-import type { IdentQuery, Resolution } from '../../src/resolver';
-import { IdentServer } from '../../src/server';
+import { AddressSet, parseCidr } from '../../src/lib/ip';
+import type { IdentQuery, Resolution } from '../../src/resolve/resolver';
+import { IdentServer } from '../../src/ident/server';
 
 const seen: IdentQuery[] = [];
 let behaviour: 'name' | 'throw' | 'slow' | 'sync' | 'sync-throw' | 'broken' = 'name';

@@ -7,9 +7,9 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import pino from 'pino';
 
-import { AddressSet, parseCidr } from '../../src/ip';
-import type { IdentQuery, Resolution } from '../../src/resolver';
-import { IdentServer } from '../../src/server';
+import { AddressSet, parseCidr } from '../../src/lib/ip';
+import type { IdentQuery, Resolution } from '../../src/resolve/resolver';
+import { IdentServer } from '../../src/ident/server';
 import {
   checkHelperArgs,
   directLookup,
@@ -18,7 +18,7 @@ import {
   remoteLookup,
   runSquidHelper,
   type HelperLookup,
-} from '../../src/squid-helper';
+} from '../../src/ident/squid-helper';
 
 test('request lines: channel-ID when the first token is all digits, values URL- or shell-decoded', () => {
   assert.deepEqual(parseHelperLine('0 10.213.0.1 40001 3128'), { channel: '0', args: ['10.213.0.1', '40001', '3128'] });
@@ -244,7 +244,7 @@ test('direct lookups resolve in-process with Squid’s address as the querier', 
 
 /** `docker-identd squid-helper ARGS` from the sources, with `input` on stdin. */
 function helperCli(args: string[], input = ''): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const code = "require('./src/tools').squidHelperMain(process.argv.slice(1)).then((c) => process.exit(c))";
+  const code = "require('./src/cli/tools').squidHelperMain(process.argv.slice(1)).then((c) => process.exit(c))";
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', '-e', code, '--', ...args], {
       cwd: path.join(__dirname, '..', '..'),

@@ -2,8 +2,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { ConfigError, loadConfig, MAX_WORKERS } from '../../src/config';
-import { mergeReloadable, planReload } from '../../src/reload';
+import { ConfigError, loadConfig, MAX_WORKERS } from '../../src/config/config';
+import { mergeReloadable, planReload } from '../../src/service/reload';
 import {
   WorkerNotifier,
   WorkerPool,
@@ -11,7 +11,7 @@ import {
   workerInherited,
   workerWatchdogUsec,
   type WorkerMessage,
-} from '../../src/supervisor';
+} from '../../src/service/cluster/supervisor';
 
 test('--workers: 1 by default, a whole number from 1 to the limit, and a change needs a restart', () => {
   assert.equal(loadConfig([], {}).workers, 1);

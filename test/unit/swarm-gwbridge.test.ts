@@ -10,8 +10,8 @@ import { after, test } from 'node:test';
 import pino from 'pino';
 
 import { gwbridgeEndpoints, withGwbridge, type ContainerInfo } from '../../src/docker/address-index';
-import { DockerRegistry } from '../../src/docker/registry';
-import { FakeDocker } from '../helpers/fake-docker';
+import { DockerRegistry } from '../../src/docker/watcher';
+import { FakeDocker } from '../support/fake-docker';
 
 const TASK = 'a1b2c3d4e5f6'.padEnd(64, '0');
 const OTHER = 'ffeeddccbbaa'.padEnd(64, '1');

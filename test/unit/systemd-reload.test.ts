@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { loadConfig } from '../../src/config';
-import { formatCidr } from '../../src/ip';
-import { diffConfig, planReload } from '../../src/reload';
+import { loadConfig } from '../../src/config/config';
+import { formatCidr } from '../../src/lib/ip';
+import { diffConfig, planReload } from '../../src/service/reload';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-reload-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

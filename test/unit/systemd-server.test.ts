@@ -5,9 +5,9 @@ import net from 'node:net';
 import { test } from 'node:test';
 import pino from 'pino';
 
-import { AddressSet, parseCidr } from '../../src/ip';
-import type { Resolution } from '../../src/resolver';
-import { IdentServer } from '../../src/server';
+import { AddressSet, parseCidr } from '../../src/lib/ip';
+import type { Resolution } from '../../src/resolve/resolver';
+import { IdentServer } from '../../src/ident/server';
 
 const loopback = new AddressSet([parseCidr('127.0.0.0/8')!]);
 const nobody = new AddressSet([parseCidr('192.0.2.1')!]);

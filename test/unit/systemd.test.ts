@@ -10,7 +10,7 @@ import {
   unsetListenEnv,
   Watchdog,
   type NotifyFunction,
-} from '../../src/systemd';
+} from '../../src/service/systemd';
 
 const silent = pino({ level: 'silent' });
 

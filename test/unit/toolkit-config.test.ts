@@ -5,11 +5,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { ConfigError, loadConfig } from '../../src/config';
+import { ConfigError, loadConfig } from '../../src/config/config';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../src/conntrack/types';
-import { AddressSet, formatCidr, parseCidr } from '../../src/ip';
-import { planReload } from '../../src/reload';
-import { originalDestination } from '../../src/routed';
+import { AddressSet, formatCidr, parseCidr } from '../../src/lib/ip';
+import { planReload } from '../../src/service/reload';
+import { originalDestination } from '../../src/resolve/routed';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-toolkit-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

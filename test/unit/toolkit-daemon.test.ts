@@ -23,9 +23,9 @@ import {
   startDaemon,
   waitFor,
   inCI,
-} from '../helpers/daemon';
-import { FakeDocker } from '../helpers/fake-docker';
-import { runInOwnNetns } from '../helpers/own-netns';
+} from '../support/daemon';
+import { FakeDocker } from '../support/fake-docker';
+import { runInOwnNetns } from '../support/own-netns';
 
 // Real conntrack in a namespace of this file's own, tracking on, whatever the host has.
 runInOwnNetns();

@@ -17,10 +17,10 @@
  */
 import type { Readable, Writable } from 'node:stream';
 
-import { canonicalIp, ipFamily, type AddressSet } from './ip';
-import { queryIdent } from './ident-client';
+import { canonicalIp, ipFamily, type AddressSet } from '../lib/ip';
+import { queryIdent } from './client';
 import { isAnswerableName, parsePortText } from './protocol';
-import type { IdentQuery, Resolution } from './resolver';
+import type { IdentQuery, Resolution } from '../resolve/resolver';
 
 /** Longest request line read; the rest of a longer line is dropped and the request answered ERR. */
 export const MAX_HELPER_LINE = 4096;

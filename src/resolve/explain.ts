@@ -15,14 +15,20 @@ import dgram from 'node:dgram';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 
-import type { Config } from './config';
-import { secondTryAddresses, selectConntrackSource } from './conntrack/select';
-import { formatTuple, type ConntrackEntry, type ConntrackSource, type ReplyTuple, type Tuple } from './conntrack/types';
-import { nowNs, type ContainerInfo } from './docker/address-index';
-import { DockerRegistry, type RegistryLookup } from './docker/registry';
-import { canonicalIp, ipFamily } from './ip';
+import type { Config } from '../config/config';
+import { secondTryAddresses, selectConntrackSource } from '../conntrack/select';
+import {
+  formatTuple,
+  type ConntrackEntry,
+  type ConntrackSource,
+  type ReplyTuple,
+  type Tuple,
+} from '../conntrack/types';
+import { nowNs, type ContainerInfo } from '../docker/address-index';
+import { DockerRegistry, type RegistryLookup } from '../docker/watcher';
+import { canonicalIp, ipFamily } from '../lib/ip';
 import { applyNameTemplate } from './naming';
-import { formatReply } from './protocol';
+import { formatReply } from '../ident/protocol';
 import { Resolver, type Resolution } from './resolver';
 
 /** What explain needs of the Docker side (DockerRegistry fits). */

@@ -1,6 +1,6 @@
 import pino, { type DestinationStream, type Logger } from 'pino';
 
-import type { LogLevel } from './config';
+import type { LogLevel } from '../config/config';
 
 /** Bytes of log lines held before they are written at once, whatever the turn of the event loop. */
 const BATCH_MAX_BYTES = 256 * 1024;

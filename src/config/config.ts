@@ -7,9 +7,9 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { canonicalIp, parseCidr, type Cidr } from './ip';
-import { DEFAULT_NAME_TEMPLATE, NameTemplateError, parseNameTemplate, type NameTemplate } from './naming';
-import type { ListenAddress } from './server';
+import { canonicalIp, parseCidr, type Cidr } from '../lib/ip';
+import { DEFAULT_NAME_TEMPLATE, NameTemplateError, parseNameTemplate, type NameTemplate } from '../resolve/naming';
+import type { ListenAddress } from '../ident/server';
 
 export type ConntrackMode = 'auto' | 'netlink' | 'procfs';
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -40,7 +40,7 @@ export interface Config {
   /**
    * Serving processes (`--workers`): 1 serves in this process; N > 1 forks N
    * workers that share the listening sockets, under this process as their
-   * supervisor (src/supervisor.ts).
+   * supervisor (src/service/cluster/supervisor.ts).
    */
   workers: number;
   /** Where the metrics and health HTTP endpoint listens; null: off. */

@@ -278,7 +278,7 @@ export interface ChildResponse {
   openErrors?: Record<string, { code?: string; message: string }>;
 }
 
-/** Runs test/helpers/conntrack-child.ts in `ns` and returns its answer. */
+/** Runs test/support/conntrack-child.ts in `ns` and returns its answer. */
 export function runChild(ns: NetNs, req: ChildRequest, env?: NodeJS.ProcessEnv): Promise<ChildResponse> {
   return new Promise((resolve, reject) => {
     const child = ns.spawn(process.execPath, ['--import', 'tsx', CHILD], env);

@@ -5,7 +5,7 @@
  */
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 
-import type { Family } from './conntrack/types';
+import type { Family } from '../conntrack/types';
 
 /** Parses an IPv6 address (any valid text form) into 16 bytes, or null. */
 export function parseIPv6(text: string): Uint8Array | null {

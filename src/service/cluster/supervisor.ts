@@ -21,18 +21,18 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { AggregatorRegistry, Registry } from 'prom-client';
 
-import type { Config } from './config';
-import { MetricsServer, type MetricsSource, type ReadyCheck, type Readiness } from './metrics';
-import { planReload } from './reload';
-import { formatListenAddress } from './server';
-import { parseWatchdogUsec, Watchdog, type Notifier, type WatchdogHealth } from './systemd';
+import type { Config } from '../../config/config';
+import { MetricsServer, type MetricsSource, type ReadyCheck, type Readiness } from '../metrics';
+import { planReload } from '../reload';
+import { formatListenAddress } from '../../ident/server';
+import { parseWatchdogUsec, Watchdog, type Notifier, type WatchdogHealth } from '../systemd';
 
 const ENV_WORKER = 'DOCKER_IDENTD_WORKER';
 const ENV_FDS = 'DOCKER_IDENTD_WORKER_FDS';
 const ENV_WATCHDOG = 'DOCKER_IDENTD_WORKER_WATCHDOG_USEC';
 const ENV_CONFIG = 'DOCKER_IDENTD_WORKER_CONFIG';
 /** What the workers run: the same command line (`serve` and its arguments). */
-const BIN = path.join(__dirname, '..', 'bin', 'docker-identd.js');
+const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'docker-identd.js');
 
 /** A worker stops on SIGTERM within the daemon's own deadline (5 s); this is the supervisor's. */
 const WORKER_STOP_DEADLINE_MS = 8000;

@@ -6,9 +6,9 @@
 import net from 'node:net';
 import type { Logger } from 'pino';
 
-import { canonicalIp, type AddressSet } from './ip';
+import { canonicalIp, type AddressSet } from '../lib/ip';
 import { formatReply, parseRequest, type Answer } from './protocol';
-import type { IdentQuery, Resolution } from './resolver';
+import type { IdentQuery, Resolution } from '../resolve/resolver';
 
 export interface ListenAddress {
   host: string;
@@ -166,7 +166,7 @@ export class IdentServer {
     return server;
   }
 
-  // --- systemd hooks (socket activation, reload, graceful stop): see src/systemd.ts ---
+  // --- systemd hooks (socket activation, reload, graceful stop): see src/service/systemd.ts ---
 
   /**
    * Serves listening TCP sockets inherited from systemd (socket activation)

@@ -21,7 +21,7 @@ import {
 } from './netns';
 
 export interface SourceFactory {
-  /** The source, built by name inside the namespace (test/helpers/conntrack-child.ts). */
+  /** The source, built by name inside the namespace (test/support/conntrack-child.ts). */
   name: SourceName;
   /** Why this source cannot run here (e.g. the addon is not built), or null. */
   unavailable(): string | null;

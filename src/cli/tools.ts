@@ -10,17 +10,17 @@
  */
 import { parseArgs } from 'node:util';
 
-import { ConfigError, loadConfig, parseSecondsText, type Config } from './config';
-import { selectConntrackSource } from './conntrack/select';
-import { DockerRegistry } from './docker/registry';
-import { explain, explainJson, formatExplain } from './explain';
-import { IdentClientError, queryIdent } from './ident-client';
-import { AddressSet, canonicalIp, parseCidr, type Cidr } from './ip';
-import { createLogger } from './logger';
-import { applyNameTemplate } from './naming';
-import { parsePortText } from './protocol';
-import { Resolver } from './resolver';
-import { directLookup, remoteLookup, runSquidHelper, type HelperLookup } from './squid-helper';
+import { ConfigError, loadConfig, parseSecondsText, type Config } from '../config/config';
+import { selectConntrackSource } from '../conntrack/select';
+import { DockerRegistry } from '../docker/watcher';
+import { explain, explainJson, formatExplain } from '../resolve/explain';
+import { IdentClientError, queryIdent } from '../ident/client';
+import { AddressSet, canonicalIp, parseCidr, type Cidr } from '../lib/ip';
+import { createLogger } from '../lib/logger';
+import { applyNameTemplate } from '../resolve/naming';
+import { parsePortText } from '../ident/protocol';
+import { Resolver } from '../resolve/resolver';
+import { directLookup, remoteLookup, runSquidHelper, type HelperLookup } from '../ident/squid-helper';
 
 export const QUERY_USAGE = `Usage: docker-identd query HOST PORT_SERVER PORT_CLIENT [options]
 

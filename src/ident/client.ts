@@ -6,7 +6,7 @@
  */
 import net from 'node:net';
 
-import { canonicalIp } from './ip';
+import { canonicalIp } from '../lib/ip';
 import { MAX_REPLY_LINE, parseReply, validPort, type ParsedReply } from './protocol';
 
 export type IdentReply = Extract<ParsedReply, { ok: true }>;

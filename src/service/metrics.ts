@@ -9,10 +9,10 @@ import http from 'node:http';
 import type { Logger } from 'pino';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
-import type { ConntrackSource, ReplyTuple } from './conntrack/types';
-import { canonicalIp } from './ip';
-import type { Answer } from './protocol';
-import { formatListenAddress, type ListenAddress } from './server';
+import type { ConntrackSource, ReplyTuple } from '../conntrack/types';
+import { canonicalIp } from '../lib/ip';
+import type { Answer } from '../ident/protocol';
+import { formatListenAddress, type ListenAddress } from '../ident/server';
 
 export type QueryResult = 'userid' | 'no-user' | 'unknown-error' | 'invalid-port' | 'hidden-user';
 const RESULTS: readonly QueryResult[] = ['userid', 'no-user', 'unknown-error', 'invalid-port'];
@@ -82,7 +82,7 @@ const LOOKUP_BUCKETS = [
   0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 ];
 
-/** What the HTTP endpoint serves: one daemon's metrics, or the workers' together (src/supervisor.ts). */
+/** What the HTTP endpoint serves: one daemon's metrics, or the workers' together (src/service/cluster/supervisor.ts). */
 export interface MetricsSource {
   readonly contentType: string;
   /** The Prometheus text exposition. */

@@ -30,7 +30,7 @@
  * redirect it is delivered locally, not forwarded. Rule generation is pure;
  * the CLI runs the rules.
  */
-import { canonicalIp, formatCidr, parseCidr, type Cidr } from './ip';
+import { canonicalIp, formatCidr, parseCidr, type Cidr } from '../lib/ip';
 
 /** Every rule we add carries this comment, which is how `firewall remove` finds them. */
 export const RULE_COMMENT = 'docker-identd';

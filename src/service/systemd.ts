@@ -12,7 +12,7 @@
  */
 import type { Logger } from 'pino';
 
-import { loadNetlinkAddon } from './conntrack/netlink';
+import { loadNetlinkAddon } from '../conntrack/netlink';
 
 /** The first inherited fd (SD_LISTEN_FDS_START). */
 export const SD_LISTEN_FDS_START = 3;
@@ -110,7 +110,7 @@ export function loadNotifyFunction(): { ok: true; notify: NotifyFunction } | { o
   return { ok: true, notify: fn as NotifyFunction };
 }
 
-/** What the daemon tells its service manager: systemd itself, or a supervisor (src/supervisor.ts). */
+/** What the daemon tells its service manager: systemd itself, or a supervisor (src/service/cluster/supervisor.ts). */
 export interface Notifier {
   readonly enabled: boolean;
   ready(status?: string): boolean;

@@ -6,11 +6,11 @@
  * which is the ident connection's ORIGINAL destination: we read it from the
  * ident connection's own conntrack entry.
  */
-import type { ConntrackSource } from './conntrack/types';
-import { withDeadline } from './deadline';
-import { ipFamily, type AddressSet } from './ip';
+import type { ConntrackSource } from '../conntrack/types';
+import { withDeadline } from '../lib/deadline';
+import { ipFamily, type AddressSet } from '../lib/ip';
 import type { IdentQuery } from './resolver';
-import type { IdentConnection } from './server';
+import type { IdentConnection } from '../ident/server';
 
 /**
  * The address the querier connected to, when the ident connection was

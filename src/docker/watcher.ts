@@ -17,8 +17,8 @@
 import Docker from 'dockerode';
 import type { Logger } from 'pino';
 
-import type { DockerTls } from '../config';
-import { withDeadline, sleep } from '../deadline';
+import type { DockerTls } from '../config/config';
+import { withDeadline, sleep } from '../lib/deadline';
 import {
   AddressIndex,
   addressesOf,

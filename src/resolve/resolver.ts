@@ -4,14 +4,14 @@
  */
 import { performance } from 'node:perf_hooks';
 
-import { withDeadline } from './deadline';
-import { ipFamily } from './ip';
-import type { Answer } from './protocol';
-import { isAnswerableName } from './protocol';
-import type { ConntrackEntry, ConntrackSource, ReplyTuple } from './conntrack/types';
-import { answersTuple } from './conntrack/types';
-import type { ContainerInfo } from './docker/address-index';
-import type { RegistryLookup } from './docker/registry';
+import { withDeadline } from '../lib/deadline';
+import { ipFamily } from '../lib/ip';
+import type { Answer } from '../ident/protocol';
+import { isAnswerableName } from '../ident/protocol';
+import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../conntrack/types';
+import { answersTuple } from '../conntrack/types';
+import type { ContainerInfo } from '../docker/address-index';
+import type { RegistryLookup } from '../docker/watcher';
 
 export interface IdentQuery {
   /** Canonical address of the querier (the ident connection's remote end). */

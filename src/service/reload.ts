@@ -5,9 +5,9 @@
  * (logged). A new config that does not load is refused as a whole and the
  * old one stays in force.
  */
-import { ConfigError, loadConfig, type Config } from './config';
-import { formatCidr } from './ip';
-import { formatListenAddress } from './server';
+import { ConfigError, loadConfig, type Config } from '../config/config';
+import { formatCidr } from '../lib/ip';
+import { formatListenAddress } from '../ident/server';
 
 /** Settings a reload applies without a restart. */
 export const RELOADABLE_SETTINGS = ['allow', 'log-level', 'name-template'] as const;

@@ -2,21 +2,21 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 
-import type { Config } from './config';
-import { secondTryAddresses, selectConntrackSource } from './conntrack/select';
-import { ensureConntrackTimestamps } from './conntrack/timestamps';
-import type { ConntrackSource } from './conntrack/types';
-import type { NetRawExposure } from './docker/address-index';
-import { DockerRegistry, type CapabilitySweep } from './docker/registry';
-import { AddressSet, formatCidr } from './ip';
+import type { Config } from '../config/config';
+import { secondTryAddresses, selectConntrackSource } from '../conntrack/select';
+import { ensureConntrackTimestamps } from '../conntrack/timestamps';
+import type { ConntrackSource } from '../conntrack/types';
+import type { NetRawExposure } from '../docker/address-index';
+import { DockerRegistry, type CapabilitySweep } from '../docker/watcher';
+import { AddressSet, formatCidr } from '../lib/ip';
 import { Metrics, MetricsServer } from './metrics';
-import { applyNameTemplate } from './naming';
-import { Resolver } from './resolver';
+import { applyNameTemplate } from '../resolve/naming';
+import { Resolver } from '../resolve/resolver';
 import { planReload } from './reload';
-import { originalDestination } from './routed';
-import { CONNECTION_IDLE_PERIODS, formatListenAddress, IdentServer, type ListenAddress } from './server';
+import { originalDestination } from '../resolve/routed';
+import { CONNECTION_IDLE_PERIODS, formatListenAddress, IdentServer, type ListenAddress } from '../ident/server';
 import { SystemdNotifier, Watchdog, type Notifier } from './systemd';
-import { VERSION } from './version';
+import { VERSION } from '../lib/version';
 
 /** Protocol limit, not a setting. */
 export const MAX_REQUEST_BYTES = 1000;

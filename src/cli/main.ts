@@ -1,15 +1,15 @@
 /**
  * Command line: `docker-identd serve [flags]` (the daemon), and the operators'
- * tools `query`, `explain` and `squid-helper` (see src/tools.ts); `--help`, `--version`.
+ * tools `query`, `explain` and `squid-helper` (see src/cli/tools.ts); `--help`, `--version`.
  */
 import cluster from 'node:cluster';
 import type { Logger } from 'pino';
 
-import { ConfigError, loadConfig, type Config } from './config';
-import type { RunningDaemon } from './daemon';
-import { createLogger } from './logger';
-import type { Metrics } from './metrics';
-import { formatListenAddress } from './server';
+import { ConfigError, loadConfig, type Config } from '../config/config';
+import type { RunningDaemon } from '../service/daemon';
+import { createLogger } from '../lib/logger';
+import type { Metrics } from '../service/metrics';
+import { formatListenAddress } from '../ident/server';
 import {
   startSupervisor,
   workerIdentity,
@@ -19,9 +19,9 @@ import {
   WorkerNotifier,
   sendToSupervisor,
   type SupervisorMessage,
-} from './supervisor';
-import { parseListenFds, parseWatchdogUsec, SystemdNotifier, unsetListenEnv, type Notifier } from './systemd';
-import { VERSION } from './version';
+} from '../service/cluster/supervisor';
+import { parseListenFds, parseWatchdogUsec, SystemdNotifier, unsetListenEnv, type Notifier } from '../service/systemd';
+import { VERSION } from '../lib/version';
 
 export const USAGE = `Usage: docker-identd serve [options]
        docker-identd query HOST PORT_SERVER PORT_CLIENT [--from ADDR]
@@ -105,7 +105,7 @@ export async function main(argv: string[]): Promise<number> {
       return [t.SQUID_HELPER_USAGE, t.squidHelperMain];
     },
     firewall: async () => {
-      const f = await import('./firewall-cli');
+      const f = await import('./firewall');
       return [f.FIREWALL_USAGE, f.firewallMain];
     },
   };
@@ -129,7 +129,7 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`docker-identd ${VERSION}\n`);
     return 0;
   }
-  // A worker of `serve --workers N` (src/supervisor.ts) runs its supervisor's
+  // A worker of `serve --workers N` (src/service/cluster/supervisor.ts) runs its supervisor's
   // copy of the config file (not whatever the file holds by now).
   const worker = cluster.isWorker ? workerIdentity(process.env) : null;
   let config;
@@ -200,7 +200,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   try {
     const notifier: Notifier = worker ? new WorkerNotifier() : new SystemdNotifier(log);
-    const { startDaemon } = await import('./daemon');
+    const { startDaemon } = await import('../service/daemon');
     daemon = await startDaemon(config, log, {
       inherited,
       notifier,
@@ -253,7 +253,7 @@ function answerMetrics(id: number, metrics: Metrics | null): void {
   );
 }
 
-/** `serve --workers N`: this process supervises N workers (src/supervisor.ts). */
+/** `serve --workers N`: this process supervises N workers (src/service/cluster/supervisor.ts). */
 function superviseWorkers(
   config: Config,
   args: string[],

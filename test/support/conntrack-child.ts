@@ -1,6 +1,6 @@
 /**
  * Runs inside a test's network namespace (`ip netns exec NS node --import tsx
- * test/helpers/conntrack-child.ts`): opens the conntrack sources named on
+ * test/support/conntrack-child.ts`): opens the conntrack sources named on
  * stdin, runs the lookups, prints the outcomes as JSON (see ChildRequest and
  * ChildResponse in ./netns.ts). Every query goes to every source back to back
  * so that differential comparisons see the same table.
@@ -8,7 +8,7 @@
 import path from 'node:path';
 
 import type { ConntrackSource, ReplyTuple } from '../../src/conntrack/types';
-import { AddressSet, parseCidr, type Cidr } from '../../src/ip';
+import { AddressSet, parseCidr, type Cidr } from '../../src/lib/ip';
 import { replaceBigInt, type ChildRequest, type ChildResponse, type ChildSourceSpec, type Outcome } from './netns';
 
 const SRC = path.resolve(__dirname, '..', '..', 'src');

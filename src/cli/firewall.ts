@@ -8,9 +8,9 @@
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 
-import { ConfigError, DOCKER_OPTIONS, dockerTlsSettings } from './config';
-import { dockerOptions } from './docker/registry';
-import { withDeadline } from './deadline';
+import { ConfigError, DOCKER_OPTIONS, dockerTlsSettings } from '../config/config';
+import { dockerOptions } from '../docker/watcher';
+import { withDeadline } from '../lib/deadline';
 import {
   containerSubnets,
   iptablesRules,
@@ -22,8 +22,8 @@ import {
   RULE_TABLES,
   serveFlags,
   type FirewallPlan,
-} from './firewall';
-import { formatCidr, parseCidr, type Cidr } from './ip';
+} from '../firewall/routed-redirect';
+import { formatCidr, parseCidr, type Cidr } from '../lib/ip';
 
 export const FIREWALL_USAGE = `Usage: docker-identd firewall print [options]
        docker-identd firewall apply [options]     (or: firewall print --apply)

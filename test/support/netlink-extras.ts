@@ -21,7 +21,7 @@ import {
   NetlinkSource,
   type SyntheticEntry,
 } from '../../src/conntrack/netlink';
-import { AddressSet, parseCidr, type Cidr } from '../../src/ip';
+import { AddressSet, parseCidr, type Cidr } from '../../src/lib/ip';
 
 function synthetic(i: number): SyntheticEntry {
   const hi = Math.floor(i / 250);
