@@ -12,8 +12,9 @@ import { DEFAULT_NAME_TEMPLATE, NameTemplateError, parseNameTemplate, type NameT
 import type { ListenAddress } from '../ident/server';
 
 export type ConntrackMode = 'auto' | 'netlink' | 'procfs';
-export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
-export type LogLevel = (typeof LOG_LEVELS)[number];
+import { LOG_LEVELS, type LogLevel } from '../lib/logger';
+
+export { LOG_LEVELS, type LogLevel };
 
 export interface Config {
   listen: ListenAddress[];

@@ -6,7 +6,8 @@
  * IPv4-mapped IPv6 address.
  */
 
-export type Family = 4 | 6;
+export type { Family } from '../lib/ip';
+import type { Family } from '../lib/ip';
 
 /** One direction of a conntrack entry. */
 export interface Tuple {

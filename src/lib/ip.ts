@@ -5,7 +5,8 @@
  */
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 
-import type { Family } from '../conntrack/types';
+/** An address family, as conntrack and the kernel number them. */
+export type Family = 4 | 6;
 
 /** Parses an IPv6 address (any valid text form) into 16 bytes, or null. */
 export function parseIPv6(text: string): Uint8Array | null {
@@ -130,4 +131,21 @@ export class AddressSet {
   toJSON(): string[] {
     return this.cidrs.map(formatCidr);
   }
+}
+
+/** The 32 hex digits of an IPv6 address (any valid text form), or null. */
+export function expandIPv6(text: string): string | null {
+  const b = parseIPv6(text);
+  return b ? Buffer.from(b).toString('hex') : null;
+}
+
+/** `ADDR:PORT` or `[IPv6]:PORT` split into its parts (not checked further), or null. */
+export function splitHostPort(text: string): { host: string; port: string } | null {
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(text) ?? /^([^:[\]]+):(\d{1,5})$/.exec(text);
+  return m ? { host: m[1], port: m[2] } : null;
+}
+
+/** `host:port`, with an IPv6 host in brackets. */
+export function formatHostPort(host: string, port: number | string): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }

@@ -1,6 +1,7 @@
 import pino, { type DestinationStream, type Logger } from 'pino';
 
-import type { LogLevel } from '../config/config';
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Bytes of log lines held before they are written at once, whatever the turn of the event loop. */
 const BATCH_MAX_BYTES = 256 * 1024;
