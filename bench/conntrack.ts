@@ -19,7 +19,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { loadNetlinkAddon, NetlinkSource, type NetlinkSourceOptions } from '../src/conntrack/netlink';
+import { NetlinkSource, type NetlinkSourceOptions } from '../src/conntrack/netlink';
+import { loadBinding } from '../src/native/binding';
 import type { ConntrackSource, ReplyTuple } from '../src/conntrack/types';
 import { AddressSet, parseCidr, type Cidr } from '../src/lib/ip';
 import { identQueryBench } from './ident-queries';
@@ -270,7 +271,7 @@ function printSummary(rows: Row[], tables: TableInfo[]): void {
 function writeJson(rows: Row[], tables: unknown, sizes: number[], checks: string[]): void {
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
   const file = path.join(RESULTS_DIR, `conntrack-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  const addon = loadNetlinkAddon();
+  const addon = loadBinding();
   const doc = {
     date: new Date().toISOString(),
     machine: { kernel: os.release(), cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version },

@@ -46,7 +46,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { PerformanceObserver, performance, type PerformanceEntry } from 'node:perf_hooks';
 
-import type { SyntheticEntry } from '../src/conntrack/netlink';
+import type { SyntheticEntry } from '../test/support/native-extras';
 import { FakeDocker } from '../test/support/fake-docker';
 import type { BenchContext, BenchFixture, BenchMethod, MethodResult, Row } from './conntrack';
 import {

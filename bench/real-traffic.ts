@@ -58,7 +58,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 
-import { loadNetlinkAddon, type SyntheticEntry } from '../src/conntrack/netlink';
+import { loadBinding } from '../src/native/binding';
+import { type SyntheticEntry } from '../test/support/native-extras';
 import { FakeDocker } from '../test/support/fake-docker';
 import { buildC, cpuUsOf, DaemonProcess, rssKbOf, run, us, type IdentLoadOutput } from './daemon-process';
 import { HOST, insertEntries, PORTS, PROXY_CIDR, readNumber, remote, REMOTES, runInOwnNamespace } from './table';
@@ -859,7 +860,7 @@ async function inside(o: Options): Promise<number> {
 function writeJson(o: Options, results: VariantResult[], cs: Check[], seconds: number): void {
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
   const file = path.join(RESULTS_DIR, `real-traffic-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  const addon = loadNetlinkAddon();
+  const addon = loadBinding();
   const doc = {
     date: new Date().toISOString(),
     machine: { kernel: os.release(), cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version },

@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { insertSyntheticEntries, loadNetlinkAddon, type SyntheticEntry } from '../src/conntrack/netlink';
+import { loadBinding } from '../src/native/binding';
+import { insertSyntheticEntries, type SyntheticEntry } from '../test/support/native-extras';
 import type { ReplyTuple } from '../src/conntrack/types';
 
 // ---------------------------------------------------------------- entries
@@ -74,7 +75,7 @@ export async function runInOwnNamespace(script: string, insideFlag: string, argv
     console.error(`${what} needs root: it creates a network namespace and fills its conntrack table`);
     return 1;
   }
-  const addon = loadNetlinkAddon();
+  const addon = loadBinding();
   if (!addon.ok) {
     console.error(addon.error.message);
     return 1;

@@ -1,7 +1,7 @@
 /**
- * The netlink conntrack source: a typed wrapper around the native addon in
- * native/ (built by node-gyp into build/Release/conntrack_netlink.node).
- * Nothing outside this module touches the raw binding.
+ * The netlink conntrack source: a typed wrapper around the native addon
+ * (native/, loaded by src/native/binding.ts, the one door to it).
+ * Nothing but this module and service/systemd.ts calls the binding.
  *
  * lookup(): one IPCTNL_MSG_CT_GET keyed by the reply tuple (a kernel hash
  * lookup, verified in C and here to have that exact reply tuple). Without
@@ -21,10 +21,8 @@
  * libuv thread pool, one at a time. The event loop polls briefly while GETs
  * are in flight (see pollMicros). Errors carry code and errno like Node's.
  */
-import fs from 'node:fs';
-import path from 'node:path';
-
-import { canonicalIp, parseIPv6, type AddressSet } from '../lib/ip';
+import { canonicalIp, type AddressSet } from '../lib/ip';
+import { loadBinding, promised, type NativeConntrack, type NativeDumpResult } from '../native/binding';
 import { DumpQueue } from './dump-queue';
 import {
   conntrackError,
@@ -34,130 +32,11 @@ import {
   type ConntrackSource,
   type Family,
   type ReplyTuple,
-  type Tuple,
   closedError,
   formatTuple,
   inZoneZero,
   replyPortsMatch,
 } from './types';
-
-/** Must equal kAbiVersion in native/addon.cc: a stale build is refused. */
-export const ADDON_ABI_VERSION = 2;
-/** Environment variable naming another addon file (e.g. a sanitizer build). */
-export const ADDON_PATH_ENV = 'DOCKER_IDENTD_CONNTRACK_ADDON';
-const ADDON_FILE = 'conntrack_netlink.node';
-
-interface DumpResult {
-  /** Matching entries seen (may exceed matches.length). */
-  total: number;
-  matches: ConntrackEntry[];
-  /** True when the kernel applied the CTA_FILTER (kernel >= 5.8). */
-  kernelFiltered: boolean;
-}
-
-type Callback<T> = (err: ConntrackError | null, value: T) => void;
-
-/** The raw binding (native/addon.cc): callbacks, turned into promises here. */
-interface RawConntrack {
-  probe(cb: Callback<void>): void;
-  /** The GET on the calling (JavaScript) thread; throws on errors. */
-  getNow(family: Family, src: string, dst: string, sport: number, dport: number): ConntrackEntry | null;
-  get(
-    family: Family,
-    src: string,
-    dst: string,
-    sport: number,
-    dport: number,
-    cb: Callback<ConntrackEntry | null>,
-  ): void;
-  findByReplyPorts(
-    family: Family,
-    replyDst: string,
-    sport: number,
-    dport: number,
-    cidrs: [string, number][],
-    limit: number,
-    cb: Callback<DumpResult>,
-  ): void;
-  insert(
-    family: Family,
-    records: Buffer,
-    timeoutSec: number,
-    cb: Callback<{ inserted: number; existed: number }>,
-  ): void;
-  close(): void;
-}
-
-function promised<T>(start: (cb: Callback<T>) => void): Promise<T> {
-  return new Promise((resolve, reject) => start((err, value) => (err ? reject(err) : resolve(value))));
-}
-
-export interface NetlinkAddon {
-  Conntrack: new (opts?: { spinMicros?: number }) => RawConntrack;
-  formatAddress(family: Family, bytes: Buffer): string;
-  abiVersion: number;
-}
-
-export type AddonLoadResult = { ok: true; addon: NetlinkAddon; path: string } | { ok: false; error: ConntrackError };
-
-/** The package root: the nearest directory above this file with a package.json. */
-function packageRoot(): string {
-  let dir = __dirname;
-  for (;;) {
-    if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
-    const up = path.dirname(dir);
-    if (up === dir) return path.resolve(__dirname, '..', '..');
-    dir = up;
-  }
-}
-
-/** Where the addon is looked for, in order. */
-export function addonPath(): string {
-  const override = process.env[ADDON_PATH_ENV];
-  if (override) return path.resolve(override);
-  return path.join(packageRoot(), 'build', 'Release', ADDON_FILE);
-}
-
-let loaded: AddonLoadResult | undefined;
-
-/**
- * Loads the native addon once. Never throws: on failure the error says which
- * file was tried, why it failed, and that the /proc source will be used.
- */
-export function loadNetlinkAddon(): AddonLoadResult {
-  if (loaded) return loaded;
-  const file = addonPath();
-  const fail = (why: string, code: string, cause?: unknown): AddonLoadResult => {
-    const err = conntrackError(
-      `docker-identd: cannot load the native conntrack addon ${file}: ${why}. ` +
-        'The /proc/net/nf_conntrack source will be used instead ' +
-        '(build the addon with `npm run build:native`; it needs libnetfilter-conntrack-dev, libmnl-dev and a C++17 compiler).',
-      code,
-    );
-    if (cause !== undefined) (err as Error & { cause?: unknown }).cause = cause;
-    return { ok: false, error: err };
-  };
-  if (!fs.existsSync(file)) {
-    loaded = fail('the file does not exist (the build failed or was skipped)', 'MODULE_NOT_FOUND');
-    return loaded;
-  }
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const addon = require(file) as NetlinkAddon;
-    if (addon.abiVersion !== ADDON_ABI_VERSION) {
-      loaded = fail(
-        `it is a stale build (ABI version ${String(addon.abiVersion)}, expected ${ADDON_ABI_VERSION}); rebuild it`,
-        'ERR_CONNTRACK_ADDON_ABI',
-      );
-    } else {
-      loaded = { ok: true, addon, path: file };
-    }
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    loaded = fail(err.message.split('\n')[0], err.code ?? 'ERR_DLOPEN_FAILED', e);
-  }
-  return loaded;
-}
 
 export interface NetlinkSourceOptions {
   /**
@@ -247,19 +126,19 @@ export class NetlinkSource implements ConntrackSource {
    * The ones waiting, in order, by key (queries with the same key share one);
    * with the running one, at most MAX_PENDING_DUMPS.
    */
-  readonly dumps: DumpQueue<DumpResult>;
+  readonly dumps: DumpQueue<NativeDumpResult>;
   /** Whether there are proxy addresses of each family (a lookup of that family has a second try). */
   private readonly proxies4: boolean;
   private readonly proxies6: boolean;
 
   private constructor(
-    private readonly raw: RawConntrack,
+    private readonly raw: NativeConntrack,
     private readonly proxyAddresses: AddressSet | undefined,
     private readonly pollNs: bigint,
     private readonly inline: boolean,
     dumpDeadlineMs: number,
   ) {
-    this.dumps = new DumpQueue<DumpResult>(MAX_PENDING_DUMPS, dumpDeadlineMs);
+    this.dumps = new DumpQueue<NativeDumpResult>(MAX_PENDING_DUMPS, dumpDeadlineMs);
     this.proxies4 = !!proxyAddresses?.cidrs.some((c) => c.family === 4);
     this.proxies6 = !!proxyAddresses?.cidrs.some((c) => c.family === 6);
   }
@@ -270,9 +149,9 @@ export class NetlinkSource implements ConntrackSource {
    * system error (EPERM without CAP_NET_ADMIN, ...), carrying code and errno.
    */
   static async open(opts: NetlinkSourceOptions = {}): Promise<NetlinkSource> {
-    const loadResult = loadNetlinkAddon();
+    const loadResult = loadBinding();
     if (!loadResult.ok) throw loadResult.error;
-    const raw = new loadResult.addon.Conntrack(opts.spinMicros === undefined ? {} : { spinMicros: opts.spinMicros });
+    const raw = new loadResult.binding.Conntrack(opts.spinMicros === undefined ? {} : { spinMicros: opts.spinMicros });
     try {
       await promised<void>((cb) => raw.probe(cb));
     } catch (e) {
@@ -359,7 +238,7 @@ export class NetlinkSource implements ConntrackSource {
     const cidrs = proxies?.cidrs.filter((c) => c.family === tuple.family) ?? [];
     if (!proxies || cidrs.length === 0) return hit;
     const r = await this.dumps.run(`${tuple.family} ${tuple.dst} ${tuple.sport} ${tuple.dport}`, () =>
-      promised<DumpResult>((cb) =>
+      promised<NativeDumpResult>((cb) =>
         this.raw.findByReplyPorts(
           tuple.family,
           tuple.dst,
@@ -372,7 +251,7 @@ export class NetlinkSource implements ConntrackSource {
       ),
     );
     // The C side checked all of this already; an entry it should not have sent still counts in r.total.
-    const found = r.matches.filter(
+    const found: ConntrackEntry[] = r.matches.filter(
       (e) => replyPortsMatch(e, tuple) && e.reply.dst === tuple.dst && proxies.has(e.reply.src),
     );
     // One connection seen by both the GET and the dump (the querier is often a proxy address) is one candidate.
@@ -408,68 +287,4 @@ export class NetlinkSource implements ConntrackSource {
     this.closed = true;
     this.raw.close();
   }
-}
-
-/** One synthetic ESTABLISHED TCP entry for insertSyntheticEntries. */
-export interface SyntheticEntry {
-  orig: Tuple;
-  reply: Tuple;
-}
-
-/**
- * Packs entries into the addon's insert record format: orig src, orig dst,
- * reply src, reply dst (4 or 16 bytes each), then the four ports (u16 BE).
- */
-export function encodeSyntheticEntries(family: Family, entries: readonly SyntheticEntry[]): Buffer {
-  const alen = family === 4 ? 4 : 16;
-  const recLen = 4 * alen + 8;
-  const buf = Buffer.alloc(entries.length * recLen);
-  const putAddr = (a: string, off: number): void => {
-    if (family === 4) a.split('.').forEach((b, i) => (buf[off + i] = Number(b)));
-    else {
-      const bytes = parseIPv6(a);
-      if (!bytes) throw conntrackError(`invalid IPv6 address ${JSON.stringify(a)}`, 'ERR_INVALID_ARG_VALUE');
-      buf.set(bytes, off);
-    }
-  };
-  entries.forEach((e, n) => {
-    const off = n * recLen;
-    putAddr(e.orig.src, off);
-    putAddr(e.orig.dst, off + alen);
-    putAddr(e.reply.src, off + 2 * alen);
-    putAddr(e.reply.dst, off + 3 * alen);
-    buf.writeUInt16BE(e.orig.sport, off + 4 * alen);
-    buf.writeUInt16BE(e.orig.dport, off + 4 * alen + 2);
-    buf.writeUInt16BE(e.reply.sport, off + 4 * alen + 4);
-    buf.writeUInt16BE(e.reply.dport, off + 4 * alen + 6);
-  });
-  return buf;
-}
-
-/**
- * Bulk-inserts synthetic ESTABLISHED TCP entries over netlink (benchmarks and
- * tests; run it in a network namespace of your own). Stops at the first error
- * other than "exists" and rejects with it.
- */
-export async function insertSyntheticEntries(
-  family: Family,
-  entries: readonly SyntheticEntry[] | Buffer,
-  timeoutSec = 3600,
-): Promise<{ inserted: number; existed: number }> {
-  const loadResult = loadNetlinkAddon();
-  if (!loadResult.ok) throw loadResult.error;
-  const raw = new loadResult.addon.Conntrack({ spinMicros: 0 });
-  try {
-    const records = Buffer.isBuffer(entries) ? entries : encodeSyntheticEntries(family, entries);
-    return await promised<{ inserted: number; existed: number }>((cb) => raw.insert(family, records, timeoutSec, cb));
-  } finally {
-    raw.close();
-  }
-}
-
-/** The addon's address formatter (tests compare it with canonicalIp). */
-export function nativeFormatAddress(family: Family, bytes: Buffer): string {
-  const loadResult = loadNetlinkAddon();
-  if (!loadResult.ok) throw loadResult.error;
-  return loadResult.addon.formatAddress(family, bytes);
 }

@@ -12,7 +12,7 @@
  */
 import type { Logger } from 'pino';
 
-import { loadNetlinkAddon } from '../conntrack/netlink';
+import { loadBinding } from '../native/binding';
 
 /** The first inherited fd (SD_LISTEN_FDS_START). */
 export const SD_LISTEN_FDS_START = 3;
@@ -100,14 +100,13 @@ export type NotifyFunction = (state: string, socket?: string) => boolean;
 
 /** Finds `notify` in the native addon, or says why it is not there. */
 export function loadNotifyFunction(): { ok: true; notify: NotifyFunction } | { ok: false; reason: string } {
-  // netlink.ts is the one module that loads the addon (once, never throwing).
-  const r = loadNetlinkAddon();
+  const r = loadBinding();
   if (!r.ok) return { ok: false, reason: r.error.message };
-  const fn = (r.addon as unknown as { notify?: unknown }).notify;
-  if (typeof fn !== 'function') {
+  const notify = r.binding.notify;
+  if (typeof notify !== 'function') {
     return { ok: false, reason: `the native addon ${r.path} has no notify() (a build older than native/notify.cc)` };
   }
-  return { ok: true, notify: fn as NotifyFunction };
+  return { ok: true, notify };
 }
 
 /** What the daemon tells its service manager: systemd itself, or a supervisor (src/service/cluster/supervisor.ts). */

@@ -18,12 +18,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { loadNetlinkAddon } from '../../src/conntrack/netlink';
+import { loadBinding } from '../../src/native/binding';
 import { FakeDocker } from '../support/fake-docker';
 import { REPO_ROOT, startDaemon, type Daemon } from '../support/daemon';
 import { conntrackInsertArgs, gate, NetNs, netnsUnavailableReason } from '../support/netns';
 
-const addon = loadNetlinkAddon();
+const addon = loadBinding();
 const BIN = path.join(REPO_ROOT, 'bin', 'docker-identd.js');
 const LOCAL = '203.0.113.5';
 /** Another address of this host: a query to it is about connections to it. */

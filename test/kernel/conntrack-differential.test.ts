@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { loadNetlinkAddon } from '../../src/conntrack/netlink';
+import { loadBinding } from '../../src/native/binding';
 import type { ConntrackEntry, Family, ReplyTuple } from '../../src/conntrack/types';
 import {
   conntrackInsertArgs,
@@ -23,7 +23,7 @@ import {
   type Outcome,
 } from '../support/netns';
 
-const addon = loadNetlinkAddon();
+const addon = loadBinding();
 const procfsMissing = fs.existsSync(path.join(__dirname, '..', '..', 'src', 'conntrack', 'procfs.ts'))
   ? null
   : 'src/conntrack/procfs.ts does not exist yet';

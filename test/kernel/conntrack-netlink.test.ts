@@ -13,7 +13,8 @@ import { after, before, describe, it } from 'node:test';
 
 import fc from 'fast-check';
 
-import { ADDON_PATH_ENV, loadNetlinkAddon, nativeFormatAddress } from '../../src/conntrack/netlink';
+import { ADDON_PATH_ENV, loadBinding } from '../../src/native/binding';
+import { nativeFormatAddress } from '../support/native-extras';
 import type { ConntrackEntry, ReplyTuple } from '../../src/conntrack/types';
 import { canonicalIp, formatIPv6 } from '../../src/lib/ip';
 import {
@@ -29,9 +30,9 @@ import {
   type Outcome,
 } from '../support/netns';
 
-const addon = loadNetlinkAddon();
+const addon = loadBinding();
 const addonMissing = addon.ok ? null : addon.error.message;
-const EXTRAS = path.join(REPO, 'test', 'helpers', 'netlink-extras.ts');
+const EXTRAS = path.join(REPO, 'test', 'support', 'netlink-extras.ts');
 
 function entryOf(o: Outcome | undefined): ConntrackEntry | null {
   assert.ok(o, 'missing outcome');
@@ -58,7 +59,7 @@ function openReport(env: NodeJS.ProcessEnv = {}, prefix: string[] = []): Promise
 describe('netlink addon loading', () => {
   it('loads the built addon (or says why not)', { skip: gate(addonMissing) }, () => {
     assert.ok(addon.ok);
-    assert.equal(typeof addon.addon.Conntrack, 'function');
+    assert.equal(typeof addon.binding.Conntrack, 'function');
   });
 
   it('names the file it tried and the fallback when the addon is missing', async () => {

@@ -6,13 +6,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { loadNetlinkAddon } from '../../src/conntrack/netlink';
+import { loadBinding } from '../../src/native/binding';
 import { conntrackSuite } from '../support/conntrack-suite';
 
 conntrackSuite({
   name: 'netlink',
   unavailable: () => {
-    const r = loadNetlinkAddon();
+    const r = loadBinding();
     return r.ok ? null : r.error.message;
   },
 });
@@ -20,7 +20,7 @@ conntrackSuite({
 conntrackSuite({
   name: 'netlink-thread',
   unavailable: () => {
-    const r = loadNetlinkAddon();
+    const r = loadBinding();
     return r.ok ? null : r.error.message;
   },
 });

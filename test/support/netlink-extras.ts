@@ -15,12 +15,9 @@
 import fs from 'node:fs';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 
-import {
-  insertSyntheticEntries,
-  loadNetlinkAddon,
-  NetlinkSource,
-  type SyntheticEntry,
-} from '../../src/conntrack/netlink';
+import { NetlinkSource } from '../../src/conntrack/netlink';
+import { loadBinding } from '../../src/native/binding';
+import { insertSyntheticEntries, type SyntheticEntry } from './native-extras';
 import { AddressSet, parseCidr, type Cidr } from '../../src/lib/ip';
 
 function synthetic(i: number): SyntheticEntry {
@@ -80,7 +77,7 @@ async function pending(): Promise<void> {
 }
 
 async function open(): Promise<void> {
-  const loaded = loadNetlinkAddon();
+  const loaded = loadBinding();
   try {
     const source = await NetlinkSource.open();
     await source.close();

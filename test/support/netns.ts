@@ -20,7 +20,7 @@ import { test } from 'node:test';
 import type { ConntrackEntry, Family, ReplyTuple, Tuple } from '../../src/conntrack/types';
 
 export const REPO = path.resolve(__dirname, '..', '..');
-const CHILD = path.join(REPO, 'test', 'helpers', 'conntrack-child.ts');
+const CHILD = path.join(REPO, 'test', 'support', 'conntrack-child.ts');
 
 function sh(cmd: string, args: string[], input?: string): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8', input, timeout: 30_000 });
