@@ -30,7 +30,7 @@
  * redirect it is delivered locally, not forwarded. Rule generation is pure;
  * the CLI runs the rules.
  */
-import { canonicalIp, formatCidr, parseCidr, type Cidr } from '../lib/ip';
+import { canonicalIp, expandIPv6, formatCidr, parseCidr, type Cidr } from '../lib/ip';
 
 /** Every rule we add carries this comment, which is how `firewall remove` finds them. */
 export const RULE_COMMENT = 'docker-identd';
@@ -73,20 +73,13 @@ export function networkOf(c: Cidr): Cidr {
     return { address, prefix: c.prefix, family: 4 };
   }
   const hex = expandIPv6(c.address);
+  if (hex === null) throw new Error(`not an IPv6 address: ${c.address}`);
   let n = BigInt(`0x${hex}`);
   const mask = c.prefix === 0 ? 0n : ((1n << 128n) - 1n) ^ ((1n << BigInt(128 - c.prefix)) - 1n);
   n &= mask;
   const groups: string[] = [];
   for (let i = 7; i >= 0; i--) groups.push(((n >> BigInt(i * 16)) & 0xffffn).toString(16));
   return { address: canonicalIp(groups.join(':')) ?? c.address, prefix: c.prefix, family: 6 };
-}
-
-function expandIPv6(address: string): string {
-  const [head, tail] = address.includes('::') ? address.split('::') : [address, undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const missing = tail === undefined ? 0 : 8 - h.length - t.length;
-  return [...h, ...Array<string>(missing).fill('0'), ...t].map((g) => g.padStart(4, '0')).join('');
 }
 
 /**

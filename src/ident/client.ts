@@ -6,6 +6,7 @@
  */
 import net from 'node:net';
 
+import { codedError, type CodedError } from '../lib/errors';
 import { canonicalIp } from '../lib/ip';
 import { MAX_REPLY_LINE, parseReply, validPort, type ParsedReply } from './protocol';
 
@@ -24,24 +25,27 @@ export interface IdentClientOptions {
   maxBytes?: number;
 }
 
+/**
+ * Why a query got no usable reply: an errno name for network failures
+ * (ETIMEDOUT, ECONNREFUSED, ECONNRESET, ...), ERR_INVALID_ARG_VALUE for bad
+ * arguments, and ERR_IDENT_BAD_REPLY / ERR_IDENT_REPLY_TOO_LONG /
+ * ERR_IDENT_NO_REPLY for a server that did not answer in RFC 1413.
+ */
 export type IdentClientErrorCode =
   | 'ETIMEDOUT'
   | 'ECONNREFUSED'
   | 'ECONNRESET'
-  | 'EBADREPLY'
-  | 'ETOOLONG'
-  | 'ENOREPLY'
-  | 'EINVAL'
-  | string;
+  | 'ERR_IDENT_BAD_REPLY'
+  | 'ERR_IDENT_REPLY_TOO_LONG'
+  | 'ERR_IDENT_NO_REPLY'
+  | 'ERR_INVALID_ARG_VALUE'
+  | (string & {});
 
-export class IdentClientError extends Error {
-  constructor(
-    message: string,
-    readonly code: IdentClientErrorCode,
-  ) {
-    super(message);
-  }
-}
+/** A failed query (lib/errors' coded error). */
+export type IdentClientError = CodedError & { code: IdentClientErrorCode };
+
+const clientError = (message: string, code: IdentClientErrorCode): IdentClientError =>
+  codedError(code, message) as IdentClientError;
 
 /** The request line for a port pair, CR LF included. */
 export function requestLine(portOnServer: number, portOnClient: number): string {
@@ -60,16 +64,16 @@ export function interpretReply(
   const nl = raw.indexOf('\n');
   if (nl < 0) {
     return raw.length === 0
-      ? { ok: false, code: 'ENOREPLY', reason: 'the server closed the connection without a reply' }
-      : { ok: false, code: 'EBADREPLY', reason: 'the reply has no line end (cut off?)' };
+      ? { ok: false, code: 'ERR_IDENT_NO_REPLY', reason: 'the server closed the connection without a reply' }
+      : { ok: false, code: 'ERR_IDENT_BAD_REPLY', reason: 'the reply has no line end (cut off?)' };
   }
   const line = raw.slice(0, nl).replace(/\r$/, '');
   const reply = parseReply(line);
-  if (!reply.ok) return { ok: false, code: 'EBADREPLY', reason: `malformed reply: ${reply.reason}` };
+  if (!reply.ok) return { ok: false, code: 'ERR_IDENT_BAD_REPLY', reason: `malformed reply: ${reply.reason}` };
   if (reply.portOnServer !== portOnServer || reply.portOnClient !== portOnClient) {
     return {
       ok: false,
-      code: 'EBADREPLY',
+      code: 'ERR_IDENT_BAD_REPLY',
       reason: `the reply is for ports ${reply.portOnServer} , ${reply.portOnClient}, not ${portOnServer} , ${portOnClient}`,
     };
   }
@@ -92,16 +96,16 @@ export function queryIdent(
   const port = opts.port ?? 113;
   return new Promise((resolve, reject) => {
     const host = canonicalIp(opts.host);
-    if (!host) return reject(new IdentClientError(`"${opts.host}" is not an IP address`, 'EINVAL'));
+    if (!host) return reject(clientError(`"${opts.host}" is not an IP address`, 'ERR_INVALID_ARG_VALUE'));
     if (!validPort(portOnServer) || !validPort(portOnClient) || !validPort(port)) {
-      return reject(new IdentClientError('ports must be whole numbers in 1..65535', 'EINVAL'));
+      return reject(clientError('ports must be whole numbers in 1..65535', 'ERR_INVALID_ARG_VALUE'));
     }
     let localAddress: string | undefined;
     if (opts.localAddress !== undefined) {
       const l = canonicalIp(opts.localAddress);
-      if (!l) return reject(new IdentClientError(`"${opts.localAddress}" is not an IP address`, 'EINVAL'));
+      if (!l) return reject(clientError(`"${opts.localAddress}" is not an IP address`, 'ERR_INVALID_ARG_VALUE'));
       if (l.includes(':') !== host.includes(':')) {
-        return reject(new IdentClientError(`${l} and ${host} are of different address families`, 'EINVAL'));
+        return reject(clientError(`${l} and ${host} are of different address families`, 'ERR_INVALID_ARG_VALUE'));
       }
       localAddress = l;
     }
@@ -118,14 +122,14 @@ export function queryIdent(
       else resolve(value!);
     };
     const timer = setTimeout(
-      () => finish(new IdentClientError(`no reply from ${host} port ${port} within ${timeoutMs} ms`, 'ETIMEDOUT')),
+      () => finish(clientError(`no reply from ${host} port ${port} within ${timeoutMs} ms`, 'ETIMEDOUT')),
       timeoutMs,
     );
     const conclude = (): void => {
       const raw = Buffer.concat(chunks).toString('latin1');
       const r = interpretReply(raw, portOnServer, portOnClient);
       if (r.ok) finish(null, { line: r.line, reply: r.reply });
-      else finish(new IdentClientError(r.reason, r.code));
+      else finish(clientError(r.reason, r.code));
     };
     socket.on('connect', () => socket.write(requestLine(portOnServer, portOnClient)));
     socket.on('data', (chunk: Buffer) => {
@@ -135,7 +139,7 @@ export function queryIdent(
       received += part.length;
       if (part.includes(0x0a)) conclude();
       else if (received >= maxBytes) {
-        finish(new IdentClientError(`no line end within ${maxBytes} bytes of reply`, 'ETOOLONG'));
+        finish(clientError(`no line end within ${maxBytes} bytes of reply`, 'ERR_IDENT_REPLY_TOO_LONG'));
       }
     });
     socket.on('end', conclude);
@@ -145,7 +149,7 @@ export function queryIdent(
     socket.on('error', (e: NodeJS.ErrnoException) => {
       // A reset after a complete line still counts (the server may close hard).
       if (Buffer.concat(chunks).includes(0x0a)) return conclude();
-      finish(new IdentClientError(`${host} port ${port}: ${e.message}`, e.code ?? 'EIO'));
+      finish(clientError(`${host} port ${port}: ${e.message}`, e.code ?? 'EIO'));
     });
   });
 }

@@ -6,6 +6,8 @@
 import net from 'node:net';
 import type { Logger } from 'pino';
 
+import { codedError, errorCode, errorMessage } from '../lib/errors';
+import { listen } from '../lib/listen';
 import { canonicalIp, type AddressSet } from '../lib/ip';
 import { formatReply, parseRequest, type Answer } from './protocol';
 import type { IdentQuery, Resolution } from '../resolve/resolver';
@@ -129,7 +131,7 @@ export class IdentServer {
         try {
           server = await this.listenServer({ host: addr.host, port: addr.port, ipv6Only: addr.host.includes(':') });
         } catch (err) {
-          const code = (err as NodeJS.ErrnoException).code;
+          const code = errorCode(err);
           if (addr.optional && (code === 'EAFNOSUPPORT' || code === 'EADDRNOTAVAIL')) {
             this.opts.log.warn(
               { listen: formatListenAddress(addr), code },
@@ -137,9 +139,10 @@ export class IdentServer {
             );
             continue;
           }
-          throw Object.assign(new Error(`cannot listen on ${formatListenAddress(addr)}: ${(err as Error).message}`), {
-            code,
-          });
+          throw codedError(
+            code ?? 'ERR_LISTEN_FAILED',
+            `cannot listen on ${formatListenAddress(addr)}: ${errorMessage(err)}`,
+          );
         }
         this.servers.push(server);
         const a = server.address() as net.AddressInfo;
@@ -156,13 +159,7 @@ export class IdentServer {
   private async listenServer(options: net.ListenOptions | { fd: number }): Promise<net.Server> {
     const server = net.createServer({ allowHalfOpen: true }, (s) => this.onConnection(s));
     server.on('error', (err) => this.onListenerError(err));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(options, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    await listen(server, options);
     return server;
   }
 
@@ -181,16 +178,15 @@ export class IdentServer {
         try {
           server = await this.listenServer({ fd });
         } catch (err) {
-          throw Object.assign(new Error(`cannot serve inherited fd ${fd}: ${(err as Error).message}`), {
-            code: (err as NodeJS.ErrnoException).code,
-          });
+          throw codedError(
+            errorCode(err) ?? 'ERR_LISTEN_FAILED',
+            `cannot serve inherited fd ${fd}: ${errorMessage(err)}`,
+          );
         }
         this.servers.push(server);
         const a = server.address();
         if (a === null || typeof a === 'string') {
-          throw Object.assign(new Error(`inherited fd ${fd} is not a TCP socket (${String(a)})`), {
-            code: 'ERR_INVALID_FD_TYPE',
-          });
+          throw codedError('ERR_INVALID_FD_TYPE', `inherited fd ${fd} is not a TCP socket (${String(a)})`);
         }
         bound.push({ host: a.address, port: a.port });
       }

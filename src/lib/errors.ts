@@ -17,6 +17,7 @@ export const ERROR_CODES = {
   ERR_IDENT_REPLY_TOO_LONG: 'the ident server sent no line end within the cap',
   ERR_IDENT_NO_REPLY: 'the ident server closed the connection without a reply',
   ERR_NOT_READY: 'the service cannot answer yet (a worker is starting or restarting)',
+  ERR_LISTEN_FAILED: 'a listening socket could not be opened (no errno was given)',
   ERR_INVALID_FD_TYPE: 'an inherited file descriptor is not a TCP listening socket',
 } as const;
 

@@ -1,7 +1,7 @@
 /** `server.listen()` as a promise: resolves once listening, rejects with the listen error (the server stays usable). */
 import type { ListenOptions, Server } from 'node:net';
 
-export function listen(server: Server, options: ListenOptions): Promise<void> {
+export function listen(server: Server, options: ListenOptions | { fd: number }): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const onError = (err: Error): void => {
       server.off('listening', onListening);

@@ -1438,7 +1438,7 @@ export class SuiteGuard {
     const env = this.env();
     if (!env) process.exit(130);
     env.failed = true;
-    env.teardown().finally(() => process.exit(130));
+    void env.teardown().finally(() => process.exit(130));
   };
 
   watchSignals(): void {

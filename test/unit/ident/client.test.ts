@@ -126,7 +126,7 @@ test('the request line is what the server parses', () => {
 test('interpretReply wants one complete line for the ports asked about', () => {
   assert.equal(interpretReply('', 1, 2).ok, false);
   const cut = interpretReply('1 , 2 : USERID : OTHER : web', 1, 2);
-  assert.ok(!cut.ok && cut.code === 'EBADREPLY' && /line end/.test(cut.reason));
+  assert.ok(!cut.ok && cut.code === 'ERR_IDENT_BAD_REPLY' && /line end/.test(cut.reason));
   const other = interpretReply('1 , 3 : USERID : OTHER : web\r\n', 1, 2);
   assert.ok(!other.ok && /not 1 , 2/.test(other.reason));
   const good = interpretReply('1 , 2 : USERID : OTHER : web\r\nextra', 1, 2);
@@ -211,19 +211,23 @@ test('queryIdent rejects: deadline, refused, cut off, too long, other ports, bad
       code: 'ETIMEDOUT',
     });
     assert.ok(Date.now() - t0 < 2000);
-    await assert.rejects(queryIdent(1, 2, { host: '127.0.0.1', port: cut.port }), { code: 'EBADREPLY' });
-    await assert.rejects(queryIdent(1, 2, { host: '127.0.0.1', port: long.port }), { code: 'ETOOLONG' });
-    await assert.rejects(queryIdent(1, 2, { host: '127.0.0.1', port: other.port }), { code: 'EBADREPLY' });
+    await assert.rejects(queryIdent(1, 2, { host: '127.0.0.1', port: cut.port }), { code: 'ERR_IDENT_BAD_REPLY' });
+    await assert.rejects(queryIdent(1, 2, { host: '127.0.0.1', port: long.port }), {
+      code: 'ERR_IDENT_REPLY_TOO_LONG',
+    });
+    await assert.rejects(queryIdent(1, 2, { host: '127.0.0.1', port: other.port }), { code: 'ERR_IDENT_BAD_REPLY' });
     await assert.rejects(queryIdent(1, 2, { host: '127.0.0.1', port: closer.port }), (e: { code: string }) =>
-      ['ENOREPLY', 'ECONNRESET'].includes(e.code),
+      ['ERR_IDENT_NO_REPLY', 'ECONNRESET'].includes(e.code),
     );
     // A port nobody listens on (the closed server's).
     const freePort = silent.port;
     await silent.close();
     await assert.rejects(queryIdent(1, 2, { host: '127.0.0.1', port: freePort }), { code: 'ECONNREFUSED' });
-    await assert.rejects(queryIdent(1, 2, { host: 'not-an-ip', port: 1 }), { code: 'EINVAL' });
-    await assert.rejects(queryIdent(0, 2, { host: '127.0.0.1', port: 1 }), { code: 'EINVAL' });
-    await assert.rejects(queryIdent(1, 2, { host: '127.0.0.1', port: 1, localAddress: '::1' }), { code: 'EINVAL' });
+    await assert.rejects(queryIdent(1, 2, { host: 'not-an-ip', port: 1 }), { code: 'ERR_INVALID_ARG_VALUE' });
+    await assert.rejects(queryIdent(0, 2, { host: '127.0.0.1', port: 1 }), { code: 'ERR_INVALID_ARG_VALUE' });
+    await assert.rejects(queryIdent(1, 2, { host: '127.0.0.1', port: 1, localAddress: '::1' }), {
+      code: 'ERR_INVALID_ARG_VALUE',
+    });
   } finally {
     await Promise.all([cut.close(), long.close(), other.close(), closer.close()]);
   }
