@@ -2,7 +2,16 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
 
-import { AddressSet, canonicalIp, formatIPv6, parseCidr, parseIPv6 } from '../../../src/lib/ip';
+import {
+  AddressSet,
+  canonicalIp,
+  expandIPv6,
+  formatHostPort,
+  formatIPv6,
+  parseCidr,
+  parseIPv6,
+  splitHostPort,
+} from '../../../src/lib/ip';
 
 test('canonical forms', () => {
   assert.equal(canonicalIp('10.0.0.1'), '10.0.0.1');
@@ -47,4 +56,16 @@ test('CIDR parsing and matching, IPv4-mapped normalised', () => {
   assert.equal(set.has('fd00::1234'), true);
   assert.equal(set.has('fd01::1'), false);
   assert.equal(set.has('garbage'), false);
+});
+
+test('expandIPv6, splitHostPort and formatHostPort', () => {
+  assert.equal(expandIPv6('fd00::1'), 'fd000000000000000000000000000001');
+  assert.equal(expandIPv6('::ffff:1.2.3.4'), '00000000000000000000ffff01020304');
+  assert.equal(expandIPv6('1.2.3.4'), null);
+  assert.deepEqual(splitHostPort('[fd00::1]:113'), { host: 'fd00::1', port: '113' });
+  assert.deepEqual(splitHostPort('10.0.0.1:8080'), { host: '10.0.0.1', port: '8080' });
+  assert.equal(splitHostPort('fd00::1:113'), null);
+  assert.equal(splitHostPort('host'), null);
+  assert.equal(formatHostPort('fd00::1', 113), '[fd00::1]:113');
+  assert.equal(formatHostPort('10.0.0.1', 113), '10.0.0.1:113');
 });
