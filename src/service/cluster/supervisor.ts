@@ -22,6 +22,7 @@ import type { Logger } from 'pino';
 import { AggregatorRegistry, Registry } from 'prom-client';
 
 import type { Config } from '../../config/config';
+import { codedError } from '../../lib/errors';
 import { MetricsServer, type MetricsSource, type ReadyCheck, type Readiness } from '../metrics';
 import { planReload } from '../reload';
 import { formatListenAddress } from '../../ident/server';
@@ -418,9 +419,7 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
       // A sum over some of the workers would look like a counter reset.
       const missing = n - replies.filter((r) => r.metrics.length > 0).length;
       if (missing > 0) {
-        throw Object.assign(new Error(`${missing} of ${n} workers sent no metrics (starting or restarting)`), {
-          statusCode: 503,
-        });
+        throw codedError('ERR_NOT_READY', `${missing} of ${n} workers sent no metrics (starting or restarting)`);
       }
       return AggregatorRegistry.aggregate(replies.map((r) => r.metrics)).metrics();
     },
