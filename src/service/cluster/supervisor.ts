@@ -26,12 +26,9 @@ import { codedError } from '../../lib/errors';
 import { MetricsServer, type MetricsSource, type ReadyCheck, type Readiness } from '../metrics';
 import { planReload } from '../reload';
 import { formatListenAddress } from '../../ident/server';
-import { parseWatchdogUsec, Watchdog, type Notifier, type WatchdogHealth } from '../systemd';
+import { Watchdog, type Notifier, type WatchdogHealth } from '../systemd';
+import { isWorkerMessage, workerEnv, type SupervisorMessage, type WorkerMessage } from './ipc';
 
-const ENV_WORKER = 'DOCKER_IDENTD_WORKER';
-const ENV_FDS = 'DOCKER_IDENTD_WORKER_FDS';
-const ENV_WATCHDOG = 'DOCKER_IDENTD_WORKER_WATCHDOG_USEC';
-const ENV_CONFIG = 'DOCKER_IDENTD_WORKER_CONFIG';
 /** What the workers run: the same command line (`serve` and its arguments). */
 const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'docker-identd.js');
 
@@ -43,106 +40,11 @@ const RELOAD_DEADLINE_MS = 5000;
 const METRICS_DEADLINE_MS = 2000;
 const RESTART_DELAY_MS = 1000;
 
-export interface WorkerIdentity {
-  slot: number;
-  count: number;
-}
-
-/** Messages from a worker to its supervisor. */
-export type WorkerMessage =
-  | { identd: 'ready'; status?: string }
-  | { identd: 'status'; text: string }
-  | { identd: 'reloading' }
-  | { identd: 'stopping' }
-  | { identd: 'watchdog' }
-  | { identd: 'metrics'; id: number; metrics: object[]; readiness: Readiness };
-
 /** One worker's answer to a metrics request. */
 interface WorkerMetrics {
   slot: number;
   metrics: object[];
   readiness: Readiness;
-}
-
-/**
- * Messages from the supervisor to a worker: a reload, with the config file
- * text now in force (the supervisor read and checked it); a metrics request.
- */
-export type SupervisorMessage = { identd: 'reload'; config?: string } | { identd: 'metrics-request'; id: number };
-
-/** This process's place among the workers, or null when it is not a worker. */
-export function workerIdentity(env: NodeJS.ProcessEnv): WorkerIdentity | null {
-  const m = /^(\d{1,3})\/(\d{1,3})$/.exec(env[ENV_WORKER] ?? '');
-  if (!m) return null;
-  const slot = Number(m[1]);
-  const count = Number(m[2]);
-  return slot < count ? { slot, count } : null;
-}
-
-/** The listening sockets a worker serves (socket activation: the supervisor's inherited fds). */
-export function workerInherited(env: NodeJS.ProcessEnv): { fds: number[]; names: string[] } | undefined {
-  const text = env[ENV_FDS];
-  if (!text) return undefined;
-  try {
-    const v = JSON.parse(text) as { fds?: unknown; names?: unknown };
-    const ints = (a: unknown): a is number[] => Array.isArray(a) && a.every((x) => Number.isInteger(x) && x >= 0);
-    const strs = (a: unknown): a is string[] => Array.isArray(a) && a.every((x) => typeof x === 'string');
-    if (ints(v.fds) && strs(v.names)) return { fds: v.fds, names: v.names };
-  } catch {
-    // fall through
-  }
-  return undefined;
-}
-
-/** The config file text the supervisor runs (a worker uses it, not the file as it is now). */
-export function workerConfigText(env: NodeJS.ProcessEnv): string | undefined {
-  return env[ENV_CONFIG] || undefined;
-}
-
-/** WATCHDOG_USEC for a worker: the supervisor's own, checked as systemd's is. */
-export function workerWatchdogUsec(env: NodeJS.ProcessEnv): number | null {
-  return parseWatchdogUsec({ WATCHDOG_USEC: env[ENV_WATCHDOG] }, process.pid);
-}
-
-/** A worker's notifications go to its supervisor over the cluster IPC channel. */
-export class WorkerNotifier implements Notifier {
-  readonly enabled = true;
-
-  constructor(private readonly send: (m: WorkerMessage) => void = sendToSupervisor) {}
-
-  ready(status?: string): boolean {
-    this.send(status === undefined ? { identd: 'ready' } : { identd: 'ready', status });
-    return true;
-  }
-
-  reloading(): boolean {
-    this.send({ identd: 'reloading' });
-    return true;
-  }
-
-  stopping(): boolean {
-    this.send({ identd: 'stopping' });
-    return true;
-  }
-
-  status(text: string): boolean {
-    this.send({ identd: 'status', text });
-    return true;
-  }
-
-  watchdog(): boolean {
-    this.send({ identd: 'watchdog' });
-    return true;
-  }
-}
-
-/** Sends to the supervisor; a closed channel (the supervisor is gone: cluster then ends this worker) is ignored. */
-export function sendToSupervisor(m: WorkerMessage): void {
-  try {
-    process.send?.(m);
-  } catch {
-    // ERR_IPC_CHANNEL_CLOSED
-  }
 }
 
 interface Slot {
@@ -284,17 +186,14 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
 
   const fork = (slot: number): void => {
     if (stopping) return;
-    const w = cluster.fork({
-      [ENV_WORKER]: `${slot}/${n}`,
-      ...(o.inherited ? { [ENV_FDS]: JSON.stringify(o.inherited) } : {}),
-      ...(o.watchdogUsec ? { [ENV_WATCHDOG]: String(o.watchdogUsec) } : {}),
-      // The config as it is in force here, whatever the file holds by now.
-      ...(current.configText !== undefined ? { [ENV_CONFIG]: current.configText } : {}),
-      // Only this process talks to systemd.
-      NOTIFY_SOCKET: undefined,
-      WATCHDOG_USEC: undefined,
-      WATCHDOG_PID: undefined,
-    });
+    const w = cluster.fork(
+      workerEnv(slot, n, {
+        ...(o.inherited ? { inherited: o.inherited } : {}),
+        watchdogUsec: o.watchdogUsec,
+        // The config as it is in force here, whatever the file holds by now.
+        ...(current.configText !== undefined ? { configText: current.configText } : {}),
+      }),
+    );
     workers.set(slot, w);
     pool.started(slot, w.process.pid ?? null, performance.now());
     log.info({ worker: slot, pid: w.process.pid }, 'worker started');
@@ -304,7 +203,9 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
       ended = true;
       onExit(slot, w, code, signal);
     };
-    w.on('message', (m: WorkerMessage) => onMessage(slot, m));
+    w.on('message', (m: unknown) => {
+      if (isWorkerMessage(m)) onMessage(slot, m);
+    });
     w.on('error', (err) => log.warn({ worker: slot, err: err.message }, 'worker channel error'));
     w.on('exit', end);
     // A fork that failed (EAGAIN under TasksMax=) reports an error and may never exit.
@@ -320,7 +221,6 @@ export function startSupervisor(o: SupervisorOptions): Supervisor {
   };
 
   const onMessage = (slot: number, m: WorkerMessage): void => {
-    if (!m || typeof m !== 'object') return;
     switch (m.identd) {
       case 'ready':
         if (stopping) break;

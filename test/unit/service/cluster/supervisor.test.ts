@@ -4,14 +4,7 @@ import { test } from 'node:test';
 
 import { ConfigError, loadConfig, MAX_WORKERS } from '../../../../src/config/config';
 import { mergeReloadable, planReload } from '../../../../src/service/reload';
-import {
-  WorkerNotifier,
-  WorkerPool,
-  workerIdentity,
-  workerInherited,
-  workerWatchdogUsec,
-  type WorkerMessage,
-} from '../../../../src/service/cluster/supervisor';
+import { WorkerPool } from '../../../../src/service/cluster/supervisor';
 
 test('--workers: 1 by default, a whole number from 1 to the limit, and a change needs a restart', () => {
   assert.equal(loadConfig([], {}).workers, 1);
@@ -23,42 +16,6 @@ test('--workers: 1 by default, a whole number from 1 to the limit, and a change 
   assert.ok(plan.ok);
   assert.deepEqual(plan.diff.needRestart, ['workers']);
   assert.equal(plan.effective.workers, 2, 'the running count stays');
-});
-
-test('a worker knows its place, its sockets and its watchdog from the environment', () => {
-  assert.deepEqual(workerIdentity({ DOCKER_IDENTD_WORKER: '1/2' }), { slot: 1, count: 2 });
-  for (const bad of [undefined, '', '2/2', 'a/b', '1', '1/2/3']) {
-    assert.equal(workerIdentity({ DOCKER_IDENTD_WORKER: bad }), null, String(bad));
-  }
-  assert.deepEqual(workerInherited({ DOCKER_IDENTD_WORKER_FDS: '{"fds":[3,4],"names":["a","b"]}' }), {
-    fds: [3, 4],
-    names: ['a', 'b'],
-  });
-  for (const bad of [undefined, '', 'not json', '{"fds":[-1],"names":[]}', '{"fds":[3]}', '[]']) {
-    assert.equal(workerInherited({ DOCKER_IDENTD_WORKER_FDS: bad }), undefined, String(bad));
-  }
-  assert.equal(workerWatchdogUsec({ DOCKER_IDENTD_WORKER_WATCHDOG_USEC: '30000000' }), 30_000_000);
-  assert.equal(workerWatchdogUsec({ DOCKER_IDENTD_WORKER_WATCHDOG_USEC: '0' }), null);
-  assert.equal(workerWatchdogUsec({}), null);
-});
-
-test("a worker's notifications become messages to the supervisor", () => {
-  const sent: WorkerMessage[] = [];
-  const n = new WorkerNotifier((m) => sent.push(m));
-  n.status('waiting for Docker');
-  n.ready('answering');
-  n.ready();
-  n.reloading();
-  n.watchdog();
-  n.stopping();
-  assert.deepEqual(sent, [
-    { identd: 'status', text: 'waiting for Docker' },
-    { identd: 'ready', status: 'answering' },
-    { identd: 'ready' },
-    { identd: 'reloading' },
-    { identd: 'watchdog' },
-    { identd: 'stopping' },
-  ]);
 });
 
 test('ready once every worker is ready, and again only after all are', () => {
