@@ -8,18 +8,10 @@ import type { Logger } from 'pino';
 import { ConfigError, loadConfig, type Config } from '../config/config';
 import type { RunningDaemon } from '../service/daemon';
 import { createLogger } from '../lib/logger';
-import type { Metrics } from '../service/metrics';
 import { formatListenAddress } from '../ident/server';
-import {
-  startSupervisor,
-  workerIdentity,
-  workerInherited,
-  workerWatchdogUsec,
-  workerConfigText,
-  WorkerNotifier,
-  sendToSupervisor,
-  type SupervisorMessage,
-} from '../service/cluster/supervisor';
+import { startSupervisor } from '../service/cluster/supervisor';
+import { workerConfigText, workerIdentity, workerInherited } from '../service/cluster/ipc';
+import { answerMetrics, onSupervisorMessage, WorkerNotifier, workerWatchdogUsec } from '../service/cluster/worker';
 import { parseListenFds, parseWatchdogUsec, SystemdNotifier, unsetListenEnv, type Notifier } from '../service/systemd';
 import { VERSION } from '../lib/version';
 
@@ -189,13 +181,12 @@ export async function main(argv: string[]): Promise<number> {
   process.on('SIGHUP', onHup);
   if (worker) {
     // Registered before the first await: no message from the supervisor is missed.
-    process.on('message', (m: SupervisorMessage) => {
-      if (m?.identd === 'reload') {
+    onSupervisorMessage({
+      reload(configText) {
         log.info('reloading config (told by the supervisor)');
-        reload(typeof m.config === 'string' ? m.config : undefined);
-      } else if (m?.identd === 'metrics-request') {
-        answerMetrics(m.id, daemon?.metrics ?? null);
-      }
+        reload(configText);
+      },
+      metricsRequest: (id) => answerMetrics(id, daemon?.metrics ?? null),
     });
   }
   try {
@@ -238,19 +229,6 @@ export async function main(argv: string[]): Promise<number> {
       else process.once(signal, () => stop(signal));
     }
   });
-}
-
-/** A worker's metrics, for its supervisor's --metrics endpoint. */
-function answerMetrics(id: number, metrics: Metrics | null): void {
-  if (!metrics) {
-    const checks = [{ name: 'daemon', ok: false, detail: 'starting' }];
-    sendToSupervisor({ identd: 'metrics', id, metrics: [], readiness: { ready: false, checks } });
-    return;
-  }
-  metrics.registry.getMetricsAsJSON().then(
-    (json) => sendToSupervisor({ identd: 'metrics', id, metrics: json, readiness: metrics.readinessNow() }),
-    () => sendToSupervisor({ identd: 'metrics', id, metrics: [], readiness: metrics.readinessNow() }),
-  );
 }
 
 /** `serve --workers N`: this process supervises N workers (src/service/cluster/supervisor.ts). */

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 import type { ConntrackSource, ReplyTuple } from '../conntrack/types';
+import { errorMessage, hasCode } from '../lib/errors';
 import { canonicalIp } from '../lib/ip';
 import type { Answer } from '../ident/protocol';
 import { formatListenAddress, type ListenAddress } from '../ident/server';
@@ -487,11 +488,10 @@ export class MetricsServer {
           return text(404, 'not found\n');
       }
     } catch (err) {
-      this.opts.log.warn({ err: (err as Error).message }, 'metrics request failed');
-      // A source may say "not now" (503: a worker starting); anything else is a 500.
-      const status = (err as { statusCode?: number }).statusCode === 503 ? 503 : 500;
-      if (!res.headersSent)
-        text(status, status === 503 ? `unavailable: ${(err as Error).message}\n` : 'internal error\n');
+      this.opts.log.warn({ err: errorMessage(err) }, 'metrics request failed');
+      // A source may say "not now" (ERR_NOT_READY: a worker starting): 503; anything else is a 500.
+      const status = hasCode(err, 'ERR_NOT_READY') ? 503 : 500;
+      if (!res.headersSent) text(status, status === 503 ? `unavailable: ${errorMessage(err)}\n` : 'internal error\n');
       else res.destroy();
     }
   }

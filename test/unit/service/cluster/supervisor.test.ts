@@ -1,17 +1,21 @@
-/** `serve --workers N`: the supervisor's bookkeeping, its environment contract, and the setting. */
+/** `serve --workers N`: the setting, the config text the workers run, and the supervisor driving fake workers. */
 import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
+import http from 'node:http';
 import { test } from 'node:test';
 
-import { ConfigError, loadConfig, MAX_WORKERS } from '../../../../src/config/config';
+import pino from 'pino';
+
+import { ConfigError, loadConfig, MAX_WORKERS, type Config } from '../../../../src/config/config';
 import { mergeReloadable, planReload } from '../../../../src/service/reload';
 import {
-  WorkerNotifier,
-  WorkerPool,
-  workerIdentity,
-  workerInherited,
-  workerWatchdogUsec,
-  type WorkerMessage,
+  startSupervisor,
+  type ForkWorker,
+  type Supervisor,
+  type WorkerHandle,
 } from '../../../../src/service/cluster/supervisor';
+import type { SupervisorMessage } from '../../../../src/service/cluster/ipc';
+import type { Notifier } from '../../../../src/service/systemd';
 
 test('--workers: 1 by default, a whole number from 1 to the limit, and a change needs a restart', () => {
   assert.equal(loadConfig([], {}).workers, 1);
@@ -23,89 +27,6 @@ test('--workers: 1 by default, a whole number from 1 to the limit, and a change 
   assert.ok(plan.ok);
   assert.deepEqual(plan.diff.needRestart, ['workers']);
   assert.equal(plan.effective.workers, 2, 'the running count stays');
-});
-
-test('a worker knows its place, its sockets and its watchdog from the environment', () => {
-  assert.deepEqual(workerIdentity({ DOCKER_IDENTD_WORKER: '1/2' }), { slot: 1, count: 2 });
-  for (const bad of [undefined, '', '2/2', 'a/b', '1', '1/2/3']) {
-    assert.equal(workerIdentity({ DOCKER_IDENTD_WORKER: bad }), null, String(bad));
-  }
-  assert.deepEqual(workerInherited({ DOCKER_IDENTD_WORKER_FDS: '{"fds":[3,4],"names":["a","b"]}' }), {
-    fds: [3, 4],
-    names: ['a', 'b'],
-  });
-  for (const bad of [undefined, '', 'not json', '{"fds":[-1],"names":[]}', '{"fds":[3]}', '[]']) {
-    assert.equal(workerInherited({ DOCKER_IDENTD_WORKER_FDS: bad }), undefined, String(bad));
-  }
-  assert.equal(workerWatchdogUsec({ DOCKER_IDENTD_WORKER_WATCHDOG_USEC: '30000000' }), 30_000_000);
-  assert.equal(workerWatchdogUsec({ DOCKER_IDENTD_WORKER_WATCHDOG_USEC: '0' }), null);
-  assert.equal(workerWatchdogUsec({}), null);
-});
-
-test("a worker's notifications become messages to the supervisor", () => {
-  const sent: WorkerMessage[] = [];
-  const n = new WorkerNotifier((m) => sent.push(m));
-  n.status('waiting for Docker');
-  n.ready('answering');
-  n.ready();
-  n.reloading();
-  n.watchdog();
-  n.stopping();
-  assert.deepEqual(sent, [
-    { identd: 'status', text: 'waiting for Docker' },
-    { identd: 'ready', status: 'answering' },
-    { identd: 'ready' },
-    { identd: 'reloading' },
-    { identd: 'watchdog' },
-    { identd: 'stopping' },
-  ]);
-});
-
-test('ready once every worker is ready, and again only after all are', () => {
-  const pool = new WorkerPool(2);
-  pool.started(0, 100, 0);
-  pool.started(1, 101, 0);
-  assert.equal(pool.markReady(0, 'answering'), false);
-  assert.equal(pool.allReady(), false);
-  assert.equal(pool.markReady(1, 'answering'), true, 'the second one makes them all ready');
-  assert.equal(pool.markReady(1, 'answering'), false, 'already ready: no new transition');
-  assert.equal(pool.exited(1, 10), 'restart');
-  assert.equal(pool.allReady(), false);
-  assert.match(pool.statusLine(), /^1 of 2 workers running; answering$/);
-  pool.started(1, 102, 20);
-  assert.equal(pool.allReady(), false, 'a restarted worker is not ready before it says so');
-  assert.equal(pool.markReady(1, undefined), true);
-});
-
-test('workers that keep exiting make the supervisor give up', () => {
-  const pool = new WorkerPool(2, 3, 60_000);
-  assert.equal(pool.exited(0, 0), 'restart');
-  assert.equal(pool.exited(1, 1000), 'restart');
-  assert.equal(pool.exited(0, 2000), 'give-up', 'three exits within a minute');
-  const calm = new WorkerPool(1, 3, 60_000);
-  assert.equal(calm.exited(0, 0), 'restart');
-  assert.equal(calm.exited(0, 61_000), 'restart');
-  assert.equal(calm.exited(0, 122_000), 'restart', 'exits spread over minutes are each restarted');
-});
-
-test('the watchdog is fed only while every worker pings, with grace for a restart', () => {
-  const pool = new WorkerPool(2);
-  pool.started(0, 100, 0);
-  pool.started(1, 101, 0);
-  assert.deepEqual(pool.watchdogHealth(1000, 30_000), { ok: true });
-  pool.ping(0, 25_000);
-  const stale = pool.watchdogHealth(31_000, 30_000);
-  assert.equal(stale.ok, false);
-  assert.match(stale.reason ?? '', /worker 1 sent no watchdog ping for 31 s/);
-  pool.ping(1, 31_000);
-  assert.equal(pool.watchdogHealth(31_000, 30_000).ok, true);
-  pool.exited(1, 40_000);
-  pool.ping(0, 50_000);
-  assert.equal(pool.watchdogHealth(50_000, 30_000).ok, true, 'being restarted');
-  pool.ping(0, 70_000);
-  const down = pool.watchdogHealth(71_000, 30_000);
-  assert.equal(down.ok, false);
-  assert.match(down.reason ?? '', /worker 1 is not running/);
 });
 
 test('the config text in force after a reload: the reloadable settings from the new file, the rest as running', () => {
@@ -144,4 +65,186 @@ test('a reload from given config text, as a worker does it, runs what the superv
   assert.equal(restarted.dockerHost, 'unix:///a.sock');
   assert.equal(restarted.logLevel, 'warn');
   assert.throws(() => loadConfig(args, {}, 'x'.repeat(10)), ConfigError);
+});
+
+/** A worker process as the supervisor sees it: the test plays its side. */
+class FakeWorker extends EventEmitter implements WorkerHandle {
+  readonly sent: SupervisorMessage[] = [];
+  readonly signals: string[] = [];
+  readonly process: WorkerHandle['process'] & EventEmitter;
+
+  constructor(
+    readonly env: Record<string, string | undefined>,
+    pid: number,
+  ) {
+    super();
+    const proc = Object.assign(new EventEmitter(), {
+      pid,
+      kill: (signal: NodeJS.Signals): boolean => {
+        this.signals.push(signal);
+        setImmediate(() => this.emit('exit', 0, null));
+        return true;
+      },
+    });
+    this.process = proc;
+  }
+
+  send(m: SupervisorMessage): boolean {
+    this.sent.push(m);
+    return true;
+  }
+
+  /** The worker says something to its supervisor. */
+  say(m: unknown): void {
+    this.emit('message', m);
+  }
+}
+
+interface Harness {
+  supervisor: Supervisor;
+  forked: FakeWorker[];
+  notes: string[];
+  logs: { msg: string; [k: string]: unknown }[];
+}
+
+function supervise(args: string[], tweak: Partial<Config> = {}): Harness {
+  const forked: FakeWorker[] = [];
+  const notes: string[] = [];
+  const logs: Harness['logs'] = [];
+  const note =
+    (what: string) =>
+    (text?: string): boolean => {
+      notes.push(text === undefined ? what : `${what} ${text}`);
+      return true;
+    };
+  const notifier: Notifier = {
+    enabled: true,
+    ready: note('READY'),
+    reloading: note('RELOADING'),
+    stopping: note('STOPPING'),
+    status: note('STATUS'),
+    watchdog: note('WATCHDOG'),
+  };
+  const log = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line)) });
+  const fork: ForkWorker = (env) => {
+    const w = new FakeWorker(env, 1000 + forked.length);
+    forked.push(w);
+    return w;
+  };
+  const config = { ...loadConfig(args, {}), ...tweak };
+  const supervisor = startSupervisor({ config, args, log, notifier, watchdogUsec: null, fork });
+  return { supervisor, forked, notes, logs };
+}
+
+const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+test('the supervisor forks every worker, says READY=1 once all are ready, and stops them on stop()', async () => {
+  const h = supervise(['--workers', '2']);
+  assert.deepEqual(
+    h.forked.map((w) => w.env.DOCKER_IDENTD_WORKER),
+    ['0/2', '1/2'],
+  );
+  h.forked[0].say({ identd: 'status', text: 'waiting for Docker' });
+  h.forked[0].say({ identd: 'ready', status: 'answering' });
+  h.forked[1].say({ identd: 'ready', status: 1 });
+  h.forked[1].say('ready');
+  assert.deepEqual(h.notes, ['STATUS worker 0: waiting for Docker'], 'no READY=1 before both: malformed ones ignored');
+  h.forked[1].say({ identd: 'ready', status: 'answering' });
+  assert.deepEqual(h.notes.slice(1), ['READY 2 of 2 workers running; answering']);
+  h.supervisor.stop();
+  assert.deepEqual(
+    h.forked.map((w) => w.signals),
+    [['SIGTERM'], ['SIGTERM']],
+  );
+  assert.equal(await h.supervisor.done, 0);
+  assert.equal(h.notes.at(-1), 'STOPPING');
+});
+
+test('a worker that exits before it was ever ready stops the service with exit 1', async () => {
+  const h = supervise(['--workers', '2']);
+  h.forked[0].say({ identd: 'ready' });
+  h.forked[1].emit('exit', 1, null);
+  assert.equal(await h.supervisor.done, 1);
+  assert.ok(h.logs.some((l) => l.msg === 'a worker failed to start; stopping'));
+  assert.deepEqual(h.forked[0].signals, ['SIGTERM']);
+  assert.equal(h.forked.length, 2, 'no restart');
+});
+
+test('a worker that dies after start-up is restarted, with the config in force, and the others keep serving', async () => {
+  const h = supervise(['--workers', '2']);
+  for (const w of h.forked) w.say({ identd: 'ready' });
+  h.forked[1].emit('exit', null, 'SIGKILL');
+  const exited = h.logs.find((l) => l.msg === 'worker exited; restarting it');
+  assert.equal(exited?.restartInMs, 1000);
+  assert.equal(h.notes.at(-1), 'STATUS 1 of 2 workers running; starting');
+  await new Promise((r) => setTimeout(r, 1100));
+  assert.equal(h.forked.length, 3);
+  assert.equal(h.forked[2].env.DOCKER_IDENTD_WORKER, '1/2', 'the same slot');
+  h.forked[2].say({ identd: 'ready' });
+  assert.equal(h.notes.filter((n) => n.startsWith('READY')).length, 1, 'READY=1 is not sent again');
+  h.supervisor.stop();
+  assert.equal(await h.supervisor.done, 0);
+});
+
+test('a reload tells every worker and sends READY=1 again once the ready ones confirm it', async () => {
+  const h = supervise(['--workers', '2']);
+  for (const w of h.forked) w.say({ identd: 'ready' });
+  h.supervisor.reload();
+  assert.equal(h.notes.at(-1), 'RELOADING');
+  for (const w of h.forked) assert.deepEqual(w.sent, [{ identd: 'reload', config: undefined }]);
+  h.forked[0].say({ identd: 'ready' });
+  assert.equal(h.notes.at(-1), 'RELOADING', 'waits for both');
+  h.forked[1].say({ identd: 'ready' });
+  assert.match(h.notes.at(-1) ?? '', /^READY 2 of 2 workers running/);
+  h.supervisor.stop();
+  await h.supervisor.done;
+});
+
+test("--metrics: the workers' metrics summed, and 503 (ERR_NOT_READY) while one sends none", async () => {
+  const h = supervise(['--workers', '2'], { metrics: { host: '127.0.0.1', port: 0 } });
+  const listening = async (): Promise<number> => {
+    for (;;) {
+      const l = h.logs.find((x) => x.msg === 'metrics endpoint listening (all workers)');
+      if (l) return Number(String(l.metrics).split(':').at(-1));
+      await turn();
+    }
+  };
+  const port = await listening();
+  const readiness = { ready: true, checks: [{ name: 'docker', ok: true, detail: 'synced' }] };
+  const counter = (v: number) => [
+    { name: 'q_total', help: 'q', type: 'counter', aggregator: 'sum', values: [{ value: v, labels: {} }] },
+  ];
+  // Each fake worker answers the requests it gets: worker 0 with metrics, worker 1 with none.
+  const answer = (w: FakeWorker, metrics: object[]) => {
+    const send = w.send.bind(w);
+    w.send = (m) => {
+      if (m.identd === 'metrics-request')
+        setImmediate(() => w.say({ identd: 'metrics', id: m.id, metrics, readiness }));
+      return send(m);
+    };
+  };
+  answer(h.forked[0], counter(2));
+  answer(h.forked[1], []);
+  const get = (p: string) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      http
+        .get({ host: '127.0.0.1', port, path: p }, (res) => {
+          let body = '';
+          res.setEncoding('utf8').on('data', (d: string) => (body += d));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        })
+        .on('error', reject);
+    });
+  const partial = await get('/metrics');
+  assert.equal(partial.status, 503);
+  assert.match(partial.body, /^unavailable: 1 of 2 workers sent no metrics/);
+  answer(h.forked[1], counter(3));
+  const whole = await get('/metrics');
+  assert.equal(whole.status, 200);
+  assert.match(whole.body, /^q_total 5$/m);
+  const ready = await get('/readyz');
+  assert.equal(ready.status, 200);
+  assert.match(ready.body, /^ok worker 1 docker: synced$/m);
+  h.supervisor.stop();
+  assert.equal(await h.supervisor.done, 0);
 });
