@@ -10,11 +10,8 @@ import { parseArgs } from 'node:util';
 import { canonicalIp, parseCidr, type Cidr } from '../lib/ip';
 import { DEFAULT_NAME_TEMPLATE, NameTemplateError, parseNameTemplate, type NameTemplate } from '../resolve/naming';
 import type { ListenAddress } from '../ident/server';
-
-export type ConntrackMode = 'auto' | 'netlink' | 'procfs';
+import type { ConntrackMode } from '../conntrack/select';
 import { LOG_LEVELS, type LogLevel } from '../lib/logger';
-
-export { LOG_LEVELS, type LogLevel };
 
 export interface Config {
   listen: ListenAddress[];
