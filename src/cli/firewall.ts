@@ -8,7 +8,7 @@
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 
-import { ConfigError, DOCKER_OPTIONS, dockerTlsSettings } from '../config/config';
+import { ConfigError, DOCKER_OPTIONS, dockerTlsSettings } from '../config/load';
 import { dockerOptions } from '../docker/watcher';
 import { withDeadline } from '../lib/deadline';
 import {

@@ -10,7 +10,7 @@
  */
 import { parseArgs } from 'node:util';
 
-import { ConfigError, loadConfig, parseSecondsText, type Config } from '../config/config';
+import { ConfigError, loadConfig, parseSecondsText, type Config } from '../config/load';
 import { selectConntrackSource } from '../conntrack/select';
 import { DockerRegistry } from '../docker/watcher';
 import { explain, explainJson, formatExplain } from '../resolve/explain';

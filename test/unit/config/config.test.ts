@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 
 import { USAGE } from '../../../src/cli/main';
-import { ConfigError, loadConfig, parseListen } from '../../../src/config/config';
+import { ConfigError, loadConfig, parseListen } from '../../../src/config/load';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-config-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { ConfigError, loadConfig, MAX_WORKERS } from '../../../../src/config/config';
+import { ConfigError, loadConfig, MAX_WORKERS } from '../../../../src/config/load';
 import { mergeReloadable, planReload } from '../../../../src/service/reload';
 import {
   WorkerNotifier,
