@@ -8,7 +8,9 @@
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 
-import { ConfigError, DOCKER_OPTIONS, dockerTlsSettings } from '../config/load';
+import { ConfigError } from '../config/config';
+import { DOCKER_OPTIONS } from '../config/settings';
+import { dockerTlsSettings } from '../config/tls';
 import { dockerOptions } from '../docker/watcher';
 import { withDeadline } from '../lib/deadline';
 import {

@@ -5,7 +5,8 @@
 import cluster from 'node:cluster';
 import type { Logger } from 'pino';
 
-import { ConfigError, loadConfig, type Config } from '../config/load';
+import { ConfigError, type Config } from '../config/config';
+import { loadConfig } from '../config/load';
 import type { RunningDaemon } from '../service/daemon';
 import { createLogger } from '../lib/logger';
 import type { Metrics } from '../service/metrics';

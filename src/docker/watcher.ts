@@ -17,7 +17,7 @@
 import Docker from 'dockerode';
 import type { Logger } from 'pino';
 
-import type { DockerTls } from '../config/load';
+import type { DockerTls } from '../config/config';
 import { withDeadline, sleep } from '../lib/deadline';
 import {
   AddressIndex,

@@ -15,7 +15,7 @@ import dgram from 'node:dgram';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 
-import type { Config } from '../config/load';
+import type { Config } from '../config/config';
 import { secondTryAddresses, selectConntrackSource } from '../conntrack/select';
 import {
   formatTuple,

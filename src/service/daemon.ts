@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 
-import type { Config } from '../config/load';
+import type { Config } from '../config/config';
 import { secondTryAddresses, selectConntrackSource } from '../conntrack/select';
 import { ensureConntrackTimestamps } from '../conntrack/timestamps';
 import type { ConntrackSource } from '../conntrack/types';

@@ -5,7 +5,8 @@
  * (logged). A new config that does not load is refused as a whole and the
  * old one stays in force.
  */
-import { ConfigError, loadConfig, type Config } from '../config/load';
+import { ConfigError, type Config } from '../config/config';
+import { loadConfig } from '../config/load';
 import { formatCidr } from '../lib/ip';
 import { formatListenAddress } from '../ident/server';
 

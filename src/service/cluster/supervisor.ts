@@ -21,7 +21,7 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { AggregatorRegistry, Registry } from 'prom-client';
 
-import type { Config } from '../../config/load';
+import type { Config } from '../../config/config';
 import { MetricsServer, type MetricsSource, type ReadyCheck, type Readiness } from '../metrics';
 import { planReload } from '../reload';
 import { formatListenAddress } from '../../ident/server';

@@ -2,7 +2,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { ConfigError, loadConfig, MAX_WORKERS } from '../../../../src/config/load';
+import { ConfigError } from '../../../../src/config/config';
+import { loadConfig } from '../../../../src/config/load';
+import { MAX_WORKERS } from '../../../../src/config/settings';
 import { mergeReloadable, planReload } from '../../../../src/service/reload';
 import {
   WorkerNotifier,
