@@ -9,6 +9,7 @@ import { ConfigError, type Config } from '../config/config';
 import { loadConfig } from '../config/load';
 import { serveFlagsHelp } from '../config/settings';
 import type { RunningDaemon } from '../service/daemon';
+import { errorCode, errorMessage } from '../lib/errors';
 import { createLogger } from '../lib/logger';
 import type { Metrics } from '../service/metrics';
 import { formatListenAddress } from '../ident/server';
@@ -172,8 +173,8 @@ export async function main(argv: string[]): Promise<number> {
     });
   } catch (err) {
     process.off('SIGHUP', onHup);
-    log.fatal({ err: (err as Error).message, code: (err as { code?: string }).code }, 'start-up failed');
-    process.stderr.write(`docker-identd: ${(err as Error).message}\n`);
+    log.fatal({ err: errorMessage(err), code: errorCode(err) }, 'start-up failed');
+    process.stderr.write(`docker-identd: ${errorMessage(err)}\n`);
     return 1;
   }
   // (Set by `reload` while start-up ran: TypeScript cannot see that.)
