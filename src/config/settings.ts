@@ -239,7 +239,7 @@ export const SETTINGS: readonly Setting[] = [
     name: 'max-per-source',
     field: 'maxPerSource',
     arg: 'N',
-    help: [`connections open at once from one address (default: ${DEFAULT_MAX_PER_SOURCE})`],
+    help: ['connections open at once from one address', `(default: ${DEFAULT_MAX_PER_SOURCE})`],
     reload: 'restart',
     default: () => String(DEFAULT_MAX_PER_SOURCE),
     parse: (t) => parseCount('max-per-source', t),
