@@ -109,8 +109,41 @@ export const DEFAULT_MAX_PER_SOURCE = 256;
 export const MAX_WORKERS = 16;
 
 const text = (s: string): string => s;
-/** Milliseconds as the seconds a flag gives (10000: "10"). */
-const seconds = (ms: number): string => String(ms / 1000);
+
+type FieldOfType<V> = { [K in keyof Config]-?: Config[K] extends V ? K : never }[keyof Config];
+
+/** A whole number >= 1 (at most `max`), kept until a restart. */
+const count = (
+  name: string,
+  field: FieldOfType<number>,
+  dflt: number,
+  help: readonly string[],
+  max?: number,
+): OneSetting =>
+  one({
+    name,
+    field,
+    arg: 'N',
+    help,
+    reload: 'restart',
+    default: () => String(dflt),
+    parse: (t) => parseCount(name, t, max),
+    format: String,
+  });
+
+/** Seconds in (0, 600] as milliseconds, kept until a restart; 10 by default. */
+const seconds = (name: string, field: FieldOfType<number>, help: readonly string[]): OneSetting =>
+  one({
+    name,
+    field,
+    arg: 'SECS',
+    help,
+    reload: 'restart',
+    default: () => '10',
+    parse: (t) => parseSecondsSetting(name, t),
+    // Milliseconds as the seconds a flag gives (10000: "10").
+    format: (ms) => String(ms / 1000),
+  });
 
 /**
  * In the order of the help, and of the reload diff's lists (which tests
@@ -215,51 +248,30 @@ export const SETTINGS: readonly Setting[] = [
     parse: (t) => parseChoice('log-level', t, LOG_LEVELS, `must be one of ${LOG_LEVELS.join(', ')}`),
     format: text,
   }),
-  one({
-    name: 'idle-timeout',
-    field: 'idleTimeoutMs',
-    arg: 'SECS',
-    help: ['close a connection idle this long, or open twice this', 'long (default: 10)'],
-    reload: 'restart',
-    default: () => '10',
-    parse: (t) => parseSecondsSetting('idle-timeout', t),
-    format: seconds,
-  }),
-  one({
-    name: 'max-connections',
-    field: 'maxConnections',
-    arg: 'N',
-    help: [`connections open at once (default: ${DEFAULT_MAX_CONNECTIONS}, lowered to`, 'fit the open file limit)'],
-    reload: 'restart',
-    default: () => String(DEFAULT_MAX_CONNECTIONS),
-    parse: (t) => parseCount('max-connections', t),
-    format: String,
-  }),
-  one({
-    name: 'max-per-source',
-    field: 'maxPerSource',
-    arg: 'N',
-    help: ['connections open at once from one address', `(default: ${DEFAULT_MAX_PER_SOURCE})`],
-    reload: 'restart',
-    default: () => String(DEFAULT_MAX_PER_SOURCE),
-    parse: (t) => parseCount('max-per-source', t),
-    format: String,
-  }),
-  one({
-    name: 'workers',
-    field: 'workers',
-    arg: 'N',
-    help: [
+  seconds('idle-timeout', 'idleTimeoutMs', [
+    'close a connection idle this long, or open twice this',
+    'long (default: 10)',
+  ]),
+  count('max-connections', 'maxConnections', DEFAULT_MAX_CONNECTIONS, [
+    `connections open at once (default: ${DEFAULT_MAX_CONNECTIONS}, lowered to`,
+    'fit the open file limit)',
+  ]),
+  count('max-per-source', 'maxPerSource', DEFAULT_MAX_PER_SOURCE, [
+    'connections open at once from one address',
+    `(default: ${DEFAULT_MAX_PER_SOURCE})`,
+  ]),
+  count(
+    'workers',
+    'workers',
+    1,
+    [
       'serving processes sharing the listening sockets',
       `(default: 1, at most ${MAX_WORKERS}); one process answered 2,500 to`,
       '3,600 queries/s with 64 clients at 250,000 entries on',
       'the 2-core benchmark machine (see README.md)',
     ],
-    reload: 'restart',
-    default: () => '1',
-    parse: (t) => parseCount('workers', t, MAX_WORKERS),
-    format: String,
-  }),
+    MAX_WORKERS,
+  ),
   one({
     name: 'name-template',
     field: 'nameTemplate',
@@ -297,20 +309,11 @@ export const SETTINGS: readonly Setting[] = [
     parse: (t) => parseCidrSetting('routed', t),
     format: formatCidr,
   }),
-  one({
-    name: 'resync-interval',
-    field: 'resyncIntervalMs',
-    arg: 'SECS',
-    help: [
-      'compare the Docker index with a full listing this',
-      'often: the longest that an owner change whose events',
-      'Docker dropped goes unseen (default: 10)',
-    ],
-    reload: 'restart',
-    default: () => '10',
-    parse: (t) => parseSecondsSetting('resync-interval', t),
-    format: seconds,
-  }),
+  seconds('resync-interval', 'resyncIntervalMs', [
+    'compare the Docker index with a full listing this',
+    'often: the longest that an owner change whose events',
+    'Docker dropped goes unseen (default: 10)',
+  ]),
 ];
 
 /** The flags of `serve` that are no setting (and no config file key). */
