@@ -13,7 +13,7 @@ import ts from 'typescript';
 /** Top to bottom; folders on one row are siblings and may not import each other. */
 export const LAYERS = [['cli'], ['service'], ['config'], ['resolve'], ['firewall', 'conntrack', 'docker'], ['native'], ['ident'], ['lib']];
 
-const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..');
+const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const SRC = path.join(ROOT, 'src');
 const rank = new Map(LAYERS.flatMap((row, i) => row.map((f) => [f, LAYERS.length - i])));
 

@@ -8,7 +8,9 @@
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 
-import { ConfigError, DOCKER_OPTIONS, dockerTlsSettings } from '../config/config';
+import { ConfigError } from '../config/config';
+import { DEFAULT_DOCKER_HOST, DOCKER_OPTIONS } from '../config/settings';
+import { dockerTlsSettings } from '../config/tls';
 import { dockerOptions } from '../docker/watcher';
 import { withDeadline } from '../lib/deadline';
 import {
@@ -59,8 +61,7 @@ function fail(msg: string, code = 2): number {
 }
 
 async function subnetsFromDocker(v: Record<string, unknown>): Promise<Cidr[]> {
-  const dockerHost =
-    (v['docker-host'] as string | undefined) ?? process.env.DOCKER_HOST ?? 'unix:///var/run/docker.sock';
+  const dockerHost = (v['docker-host'] as string | undefined) ?? process.env.DOCKER_HOST ?? DEFAULT_DOCKER_HOST;
   const tls = dockerTlsSettings(
     dockerHost,
     {

@@ -5,8 +5,11 @@
 import cluster from 'node:cluster';
 import type { Logger } from 'pino';
 
-import { ConfigError, loadConfig, type Config } from '../config/config';
+import { ConfigError, type Config } from '../config/config';
+import { loadConfig } from '../config/load';
+import { serveFlagsHelp } from '../config/settings';
 import type { RunningDaemon } from '../service/daemon';
+import { errorCode, errorMessage } from '../lib/errors';
 import { createLogger } from '../lib/logger';
 import { formatListenAddress } from '../ident/server';
 import { startSupervisor } from '../service/cluster/supervisor';
@@ -29,46 +32,7 @@ an external_acl_type helper for Squid, and firewall prints (or applies) the
 tcp/113 redirect for Squid on the Docker host itself (see README.md).
 
 Options of serve:
-  --listen ADDR:PORT     address to listen on, [IPv6]:PORT for IPv6; repeatable
-                         (default: port 113 on every IPv4 and IPv6 address)
-  --allow CIDR           source address or network whose queries are answered;
-                         repeatable (default: loopback only)
-  --proxy-address CIDR   address the proxy's connections go to when it queries
-                         from another (behind a load balancer): enables the
-                         netlink second try; repeatable (default: none)
-  --docker-host URL      Docker Engine API (default: $DOCKER_HOST, else
-                         unix:///var/run/docker.sock)
-  --docker-tls-ca FILE   CA that verifies a tcp:// Docker host over TLS; with
-  --docker-tls-cert FILE --docker-tls-key FILE, the client certificate and key
-                         (default: with DOCKER_TLS_VERIFY set, ca.pem, cert.pem
-                         and key.pem in $DOCKER_CERT_PATH, else ~/.docker)
-  --conntrack MODE       auto | netlink | procfs (default: auto)
-  --config FILE          JSON file with the same settings, named as the flags
-                         without dashes in front (e.g. "docker-host"); flags win
-  --log-level LEVEL      fatal | error | warn | info | debug | trace | silent
-                         (default: info)
-  --idle-timeout SECS    close a connection idle this long, or open twice this
-                         long (default: 10)
-  --resync-interval SECS compare the Docker index with a full listing this
-                         often: the longest that an owner change whose events
-                         Docker dropped goes unseen (default: 10)
-  --max-connections N    connections open at once (default: 1024, lowered to
-                         fit the open file limit)
-  --max-per-source N     connections open at once from one address (default: 256)
-  --workers N            serving processes sharing the listening sockets
-                         (default: 1); one process answered 2,500 to 3,600
-                         queries/s with 64 clients at 250,000 entries on the
-                         2-core benchmark machine (see README.md)
-  --name-template T      what is answered: name | label:KEY | compose | swarm,
-                         a pattern such as {label:team}-{name}, or alternatives
-                         separated by | (default: name)
-  --metrics ADDR:PORT    serve /metrics, /healthz and /readyz over HTTP there
-                         (a bare PORT means 127.0.0.1:PORT; default: off)
-  --routed CIDR          a routed (not NATed) container network whose ident
-                         queries the host redirects (DNAT) to us; repeatable
-  -h, --help             show this help
-  -V, --version          show the version
-`;
+${serveFlagsHelp()}`;
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -200,8 +164,8 @@ export async function main(argv: string[]): Promise<number> {
     });
   } catch (err) {
     process.off('SIGHUP', onHup);
-    log.fatal({ err: (err as Error).message, code: (err as { code?: string }).code }, 'start-up failed');
-    process.stderr.write(`docker-identd: ${(err as Error).message}\n`);
+    log.fatal({ err: errorMessage(err), code: errorCode(err) }, 'start-up failed');
+    process.stderr.write(`docker-identd: ${errorMessage(err)}\n`);
     return 1;
   }
   // (Set by `reload` while start-up ran: TypeScript cannot see that.)

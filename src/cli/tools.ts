@@ -10,7 +10,9 @@
  */
 import { parseArgs } from 'node:util';
 
-import { ConfigError, loadConfig, parseSecondsText, type Config } from '../config/config';
+import { ConfigError, type Config } from '../config/config';
+import { loadConfig } from '../config/load';
+import { parseSecondsText } from '../config/parse';
 import { selectConntrackSource } from '../conntrack/select';
 import { DockerRegistry } from '../docker/watcher';
 import { explain, explainJson, formatExplain } from '../resolve/explain';

@@ -7,10 +7,12 @@ import { access, constants } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 
-import type { ConntrackMode } from '../config/config';
 import { AddressSet, type Cidr } from '../lib/ip';
 import { DEFAULT_PROCFS_PATH, ProcfsSource } from './procfs';
 import type { ConntrackSource } from './types';
+
+/** `--conntrack`: which source answers lookups (auto: netlink when it works, else procfs). */
+export type ConntrackMode = 'auto' | 'netlink' | 'procfs';
 
 export interface SelectOptions {
   mode: ConntrackMode;

@@ -30,7 +30,7 @@
  * redirect it is delivered locally, not forwarded. Rule generation is pure;
  * the CLI runs the rules.
  */
-import { canonicalIp, expandIPv6, formatCidr, parseCidr, type Cidr } from '../lib/ip';
+import { canonicalIp, expandIPv6, formatCidr, parseCidr, splitHostPort, type Cidr } from '../lib/ip';
 
 /** Every rule we add carries this comment, which is how `firewall remove` finds them. */
 export const RULE_COMMENT = 'docker-identd';
@@ -116,10 +116,10 @@ export function parseTarget(text: string): RedirectTarget | null {
     const port = Number(text);
     return port >= 1 && port <= 65535 ? { port } : null;
   }
-  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(text) ?? /^([^:[\]]+):(\d{1,5})$/.exec(text);
-  if (!m) return null;
-  const host = canonicalIp(m[1]);
-  const port = Number(m[2]);
+  const hp = splitHostPort(text);
+  if (!hp) return null;
+  const host = canonicalIp(hp.host);
+  const port = Number(hp.port);
   if (!host || port < 1 || port > 65535) return null;
   return { host, port };
 }

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 
 import type { Config } from '../config/config';
+import { configLogFields } from '../config/settings';
 import { secondTryAddresses, selectConntrackSource } from '../conntrack/select';
 import { ensureConntrackTimestamps } from '../conntrack/timestamps';
 import type { ConntrackSource } from '../conntrack/types';
@@ -97,24 +98,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   log.info(
     {
       version: VERSION,
-      config: {
-        listen: config.listen.map(formatListenAddress),
-        allow: config.allow.map(formatCidr),
-        proxyAddress: config.proxyAddress.map(formatCidr),
-        dockerHost: config.dockerHost,
-        dockerTls: config.dockerTls ? config.dockerTls.files : null,
-        conntrack: config.conntrack,
-        logLevel: config.logLevel,
-        idleTimeoutMs: config.idleTimeoutMs,
-        resyncIntervalMs: config.resyncIntervalMs,
-        maxConnections: config.maxConnections,
-        maxPerSource: config.maxPerSource,
-        metrics: config.metrics ? formatListenAddress(config.metrics) : null,
-        nameTemplate: config.nameTemplate.text,
-        routed: config.routed.map(formatCidr),
-        workers: config.workers,
-        configFile: config.configFile,
-      },
+      config: configLogFields(config),
       ...(opts.worker ? { worker: opts.worker.slot } : {}),
     },
     'starting',

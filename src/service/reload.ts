@@ -5,12 +5,10 @@
  * (logged). A new config that does not load is refused as a whole and the
  * old one stays in force.
  */
-import { ConfigError, loadConfig, type Config } from '../config/config';
-import { formatCidr } from '../lib/ip';
-import { formatListenAddress } from '../ident/server';
-
-/** Settings a reload applies without a restart. */
-export const RELOADABLE_SETTINGS = ['allow', 'log-level', 'name-template'] as const;
+import { ConfigError, type Config } from '../config/config';
+import { loadConfig } from '../config/load';
+import { RELOADABLE_KEYS, SETTINGS, settingText } from '../config/settings';
+import { errorMessage } from '../lib/errors';
 
 /**
  * The config file text in force after a reload: `running`'s settings, with
@@ -20,7 +18,7 @@ export const RELOADABLE_SETTINGS = ['allow', 'log-level', 'name-template'] as co
 export function mergeReloadable(running: string, next: string): string {
   const r = JSON.parse(running) as Record<string, unknown>;
   const n = JSON.parse(next) as Record<string, unknown>;
-  for (const k of RELOADABLE_SETTINGS) {
+  for (const k of RELOADABLE_KEYS) {
     if (Object.prototype.hasOwnProperty.call(n, k)) r[k] = n[k];
     else delete r[k];
   }
@@ -28,50 +26,25 @@ export function mergeReloadable(running: string, next: string): string {
 }
 
 export interface ConfigDiff {
-  /** Reloadable settings whose value changed. */
-  apply: (typeof RELOADABLE_SETTINGS)[number][];
+  /** Reloadable settings whose value changed, by name (`allow`, `log-level`, `name-template`). */
+  apply: string[];
   /** Changed settings that only take effect after a restart. */
   needRestart: string[];
 }
 
-const sameList = (a: readonly string[], b: readonly string[]): boolean =>
-  a.length === b.length && a.every((x, i) => x === b[i]);
-
 /**
- * What changed between the running config and a freshly loaded one. Under
- * socket activation the listen setting is not used, so it never needs a restart.
+ * What changed between the running config and a freshly loaded one, by
+ * setting, in the table's order. Under socket activation the listen setting
+ * is not used, so it never needs a restart.
  */
 export function diffConfig(current: Config, next: Config, opts: { socketActivated: boolean }): ConfigDiff {
-  const apply: ConfigDiff['apply'] = [];
-  const needRestart: string[] = [];
-  if (!sameList(current.allow.map(formatCidr), next.allow.map(formatCidr))) apply.push('allow');
-  if (current.logLevel !== next.logLevel) apply.push('log-level');
-  if (current.nameTemplate.text !== next.nameTemplate.text) apply.push('name-template');
-  if (
-    !opts.socketActivated &&
-    !sameList(
-      current.listen.map((l) => `${formatListenAddress(l)}${l.optional ? '?' : ''}`),
-      next.listen.map((l) => `${formatListenAddress(l)}${l.optional ? '?' : ''}`),
-    )
-  ) {
-    needRestart.push('listen');
+  const diff: ConfigDiff = { apply: [], needRestart: [] };
+  for (const s of SETTINGS) {
+    if (opts.socketActivated && s.socketActivation === 'replaces') continue;
+    if (JSON.stringify(settingText(s, current)) === JSON.stringify(settingText(s, next))) continue;
+    (s.reload === 'apply' ? diff.apply : diff.needRestart).push(s.name);
   }
-  if (!sameList(current.proxyAddress.map(formatCidr), next.proxyAddress.map(formatCidr))) {
-    needRestart.push('proxy-address');
-  }
-  if (current.dockerHost !== next.dockerHost) needRestart.push('docker-host');
-  const tlsText = (c: Config): string => JSON.stringify(c.dockerTls ? c.dockerTls.files : null);
-  if (tlsText(current) !== tlsText(next)) needRestart.push('docker-tls');
-  if (current.conntrack !== next.conntrack) needRestart.push('conntrack');
-  if (current.idleTimeoutMs !== next.idleTimeoutMs) needRestart.push('idle-timeout');
-  if (current.maxConnections !== next.maxConnections) needRestart.push('max-connections');
-  if (current.maxPerSource !== next.maxPerSource) needRestart.push('max-per-source');
-  if (current.workers !== next.workers) needRestart.push('workers');
-  const metricsText = (c: Config): string => (c.metrics ? formatListenAddress(c.metrics) : '');
-  if (metricsText(current) !== metricsText(next)) needRestart.push('metrics');
-  if (!sameList(current.routed.map(formatCidr), next.routed.map(formatCidr))) needRestart.push('routed');
-  if (current.resyncIntervalMs !== next.resyncIntervalMs) needRestart.push('resync-interval');
-  return { apply, needRestart };
+  return diff;
 }
 
 export type ReloadPlan =
@@ -95,7 +68,7 @@ export function planReload(
     next = loadConfig(args, opts.env ?? process.env, opts.configText);
   } catch (err) {
     if (err instanceof ConfigError) return { ok: false, error: err.message };
-    return { ok: false, error: `unexpected error: ${(err as Error).message}` };
+    return { ok: false, error: `unexpected error: ${errorMessage(err)}` };
   }
   const diff = diffConfig(current, next, opts);
   return {
@@ -103,10 +76,7 @@ export function planReload(
     diff,
     effective: {
       ...current,
-      allow: next.allow,
-      allowDefaulted: next.allowDefaulted,
-      logLevel: next.logLevel,
-      nameTemplate: next.nameTemplate,
+      ...reloadedFields(next),
       // The file as it is in force: what a worker started from now runs.
       configText:
         current.configText !== undefined && next.configText !== undefined
@@ -114,4 +84,15 @@ export function planReload(
           : current.configText,
     },
   };
+}
+
+/** The reloadable settings of `next` (with whether each was given), as Config fields. */
+function reloadedFields(next: Config): Partial<Config> {
+  const out: Partial<Record<keyof Config, unknown>> = {};
+  for (const s of SETTINGS) {
+    if (s.reload !== 'apply') continue;
+    out[s.field] = next[s.field];
+    if (s.kind === 'list' && s.defaulted) out[s.defaulted] = next[s.defaulted];
+  }
+  return out as Partial<Config>;
 }

@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { loadConfig } from '../../src/config/config';
+import { loadConfig } from '../../src/config/load';
 import { TIMESTAMP_SYSCTL } from '../../src/conntrack/timestamps';
 import { formatCidr } from '../../src/lib/ip';
 import { FakeDocker } from '../support/fake-docker';

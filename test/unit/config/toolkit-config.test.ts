@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { ConfigError, loadConfig } from '../../../src/config/config';
+import { ConfigError } from '../../../src/config/config';
+import { loadConfig } from '../../../src/config/load';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../../src/conntrack/types';
 import { AddressSet, formatCidr, parseCidr } from '../../../src/lib/ip';
 import { planReload } from '../../../src/service/reload';

@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { ConfigError, loadConfig } from '../../../src/config/config';
+import { ConfigError } from '../../../src/config/config';
+import { loadConfig } from '../../../src/config/load';
 import { dockerOptions } from '../../../src/docker/watcher';
 import { diffConfig } from '../../../src/service/reload';
 

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { loadConfig } from '../../../src/config/config';
+import { loadConfig } from '../../../src/config/load';
 import { formatCidr } from '../../../src/lib/ip';
 import { diffConfig, planReload } from '../../../src/service/reload';
 

@@ -6,7 +6,9 @@ import { test } from 'node:test';
 
 import pino from 'pino';
 
-import { ConfigError, loadConfig, MAX_WORKERS, type Config } from '../../../../src/config/config';
+import { type Config, ConfigError } from '../../../../src/config/config';
+import { loadConfig } from '../../../../src/config/load';
+import { MAX_WORKERS } from '../../../../src/config/settings';
 import { mergeReloadable, planReload } from '../../../../src/service/reload';
 import {
   startSupervisor,

@@ -6,7 +6,9 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 
 import { USAGE } from '../../../src/cli/main';
-import { ConfigError, loadConfig, parseListen } from '../../../src/config/config';
+import { ConfigError } from '../../../src/config/config';
+import { loadConfig } from '../../../src/config/load';
+import { parseListen } from '../../../src/config/parse';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-config-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
