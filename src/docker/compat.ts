@@ -1,6 +1,6 @@
 /**
  * Where Podman's Docker-compatible API differs from Docker's, for what the
- * registry reads (recorded from Podman 4.3 in test/fixtures/podman/):
+ * watcher reads (recorded from Podman 4.3 in test/fixtures/podman/):
  *
  *   - An inspect of a container removed a moment ago is a 500 whose cause is
  *     "no such container" (Docker: a 404) when Podman finds the name but no

@@ -4,7 +4,7 @@
  * A full listing builds the index; Docker's event stream keeps it current.
  * The stream is opened before the listing so that no change between the two
  * is lost, and events that arrive meanwhile are applied after it. Whenever the
- * stream breaks, the registry is not synced: lookups fail closed (the caller
+ * stream breaks, the watcher is not synced: lookups fail closed (the caller
  * answers ERROR) until it has reconnected (backoff with jitter) and listed
  * everything again.
  *
@@ -34,11 +34,11 @@ import {
 } from './address-index';
 import { eventContainerId, isNoSuchContainer, type DockerEvent } from './compat';
 
-export type RegistryState = 'connecting' | 'syncing' | 'synced' | 'closed';
+export type WatcherState = 'connecting' | 'syncing' | 'synced' | 'closed';
 
-export type RegistryLookup = IndexLookup | { status: 'unavailable'; reason: string };
+export type ContainerLookup = IndexLookup | { status: 'unavailable'; reason: string };
 
-export interface RegistryOptions {
+export interface WatcherOptions {
   /** Per API call. */
   apiTimeoutMs?: number;
   /** Reconnect backoff bounds. */
@@ -95,7 +95,7 @@ interface ListingConfirmation {
 const SWEEP_CONCURRENCY = 1;
 const SWEEP_PAUSE_MS = 20;
 
-/** How the capability sweep after the first sync ended (`DockerRegistry.capabilitySweep`). */
+/** How the capability sweep after the first sync ended (`ContainerWatcher.capabilitySweep`). */
 export interface CapabilitySweep {
   /** Containers inspected, and those whose inspect failed (still unknown). */
   inspected: number;
@@ -191,9 +191,9 @@ class Session {
   }
 }
 
-export class DockerRegistry {
+export class ContainerWatcher {
   private index = new AddressIndex();
-  private _state: RegistryState = 'connecting';
+  private _state: WatcherState = 'connecting';
   private stateReason = 'not connected to Docker yet';
   private readonly api: Docker;
   private readonly stream: Docker;
@@ -249,7 +249,7 @@ export class DockerRegistry {
   constructor(
     dockerHost: string,
     private readonly log: Logger,
-    opts: RegistryOptions = {},
+    opts: WatcherOptions = {},
   ) {
     this.apiTimeoutMs = opts.apiTimeoutMs ?? 5000;
     this.backoffMinMs = opts.backoffMinMs ?? 250;
@@ -262,7 +262,7 @@ export class DockerRegistry {
     this.capabilitySweep = new Promise((resolve) => (this.sweepEnded = resolve));
   }
 
-  get state(): RegistryState {
+  get state(): WatcherState {
     return this._state;
   }
 
@@ -296,7 +296,7 @@ export class DockerRegistry {
    * The owner of `address`, from an index that has applied every event
    * received so far (waits up to `ms` for pending ones), or 'unavailable'.
    */
-  async lookup(address: string, ms: number): Promise<RegistryLookup> {
+  async lookup(address: string, ms: number): Promise<ContainerLookup> {
     const s = this.live;
     if (this._state !== 'synced' || !s || !this.isLive(s)) return { status: 'unavailable', reason: this.stateReason };
     if (s.pending > 0) {
@@ -315,7 +315,7 @@ export class DockerRegistry {
   }
 
   /** `lookup` at once: undefined while events are pending (then `lookup` waits for them). */
-  lookupNow(address: string): RegistryLookup | undefined {
+  lookupNow(address: string): ContainerLookup | undefined {
     const s = this.live;
     if (this._state !== 'synced' || !s || !this.isLive(s)) return { status: 'unavailable', reason: this.stateReason };
     if (s.pending > 0) return undefined;
@@ -451,7 +451,7 @@ export class DockerRegistry {
     return this._state === 'closed';
   }
 
-  private setState(state: RegistryState, reason: string): void {
+  private setState(state: WatcherState, reason: string): void {
     if (this._state === 'closed') return;
     this._state = state;
     this.stateReason = reason;

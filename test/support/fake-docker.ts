@@ -1,6 +1,6 @@
 /**
  * A fault-injecting stand-in for the Docker Engine API on a unix socket, for
- * unit tests of the registry's error paths. The real dockerd is used by the
+ * unit tests of the watcher's error paths. The real dockerd is used by the
  * end-to-end tests.
  */
 import http from 'node:http';

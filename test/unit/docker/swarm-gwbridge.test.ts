@@ -10,7 +10,7 @@ import { after, test } from 'node:test';
 import pino from 'pino';
 
 import { gwbridgeEndpoints, withGwbridge, type ContainerInfo } from '../../../src/docker/address-index';
-import { DockerRegistry } from '../../../src/docker/watcher';
+import { ContainerWatcher } from '../../../src/docker/watcher';
 import { FakeDocker } from '../../support/fake-docker';
 
 const TASK = 'a1b2c3d4e5f6'.padEnd(64, '0');
@@ -71,9 +71,9 @@ async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 
   }
 }
 
-test('the registry indexes gwbridge endpoints at listing and on start/die and connect/disconnect', async () => {
+test('the watcher indexes gwbridge endpoints at listing and on start/die and connect/disconnect', async () => {
   const fake = new FakeDocker(path.join(dir, 'gw.sock'));
-  const registry = new DockerRegistry(fake.url, pino({ level: 'silent' }), {
+  const watcher = new ContainerWatcher(fake.url, pino({ level: 'silent' }), {
     apiTimeoutMs: 500,
     backoffMinMs: 10,
     backoffMaxMs: 50,
@@ -90,13 +90,13 @@ test('the registry indexes gwbridge endpoints at listing and on start/die and co
     gwbridge({ [TASK]: { Name: `gateway_${TASK.slice(0, 12)}`, IPv4Address: '172.18.0.3/16' } }),
   );
   await fake.start();
-  registry.start();
+  watcher.start();
   try {
-    assert.equal(await registry.waitSynced(3000), true);
-    const r = await registry.lookup('172.18.0.3', 1000);
+    assert.equal(await watcher.waitSynced(3000), true);
+    const r = await watcher.lookup('172.18.0.3', 1000);
     assert.ok(r.status === 'found' && r.owner.container.name === 'web.1.k3j4', r.status);
     assert.equal(r.owner.network.networkName, 'docker_gwbridge');
-    assert.equal((await registry.lookup('10.0.1.5', 1000)).status, 'found');
+    assert.equal((await watcher.lookup('10.0.1.5', 1000)).status, 'found');
 
     // A second task starts: its gwbridge endpoint comes with the start event.
     fake.add({ Id: OTHER, Name: 'web.2.m5n6', Running: true, Networks: {} });
@@ -109,7 +109,7 @@ test('the registry indexes gwbridge endpoints at listing and on start/die and co
     );
     fake.emit({ Type: 'container', Action: 'start', Actor: { ID: OTHER } });
     await until('second task indexed', async () => {
-      const l = await registry.lookup('172.18.0.4', 1000);
+      const l = await watcher.lookup('172.18.0.4', 1000);
       return l.status === 'found' && l.owner.container.name === 'web.2.m5n6';
     });
 
@@ -123,26 +123,26 @@ test('the registry indexes gwbridge endpoints at listing and on start/die and co
       Action: 'disconnect',
       Actor: { ID: 'gw0', Attributes: { container: OTHER, name: 'docker_gwbridge' } },
     });
-    await until('gwbridge address released', async () => (await registry.lookup('172.18.0.4', 1000)).status === 'none');
+    await until('gwbridge address released', async () => (await watcher.lookup('172.18.0.4', 1000)).status === 'none');
 
     // The first task dies: all its addresses go.
     task.Running = false;
     fake.emit({ Type: 'container', Action: 'die', Actor: { ID: TASK } });
-    await until('dead task gone', async () => (await registry.lookup('172.18.0.3', 1000)).status === 'none');
+    await until('dead task gone', async () => (await watcher.lookup('172.18.0.3', 1000)).status === 'none');
   } finally {
-    await registry.close();
+    await watcher.close();
     await fake.stop();
   }
 });
 
 test('no swarm (no docker_gwbridge): events do not ask for it again', async () => {
   const fake = new FakeDocker(path.join(dir, 'nogw.sock'));
-  const registry = new DockerRegistry(fake.url, pino({ level: 'silent' }), { apiTimeoutMs: 500 });
+  const watcher = new ContainerWatcher(fake.url, pino({ level: 'silent' }), { apiTimeoutMs: 500 });
   fake.add({ Id: 'c1', Name: 'web', Running: true, Networks: { bridge: { NetworkID: 'n', IPAddress: '172.17.0.2' } } });
   await fake.start();
-  registry.start();
+  watcher.start();
   try {
-    assert.equal(await registry.waitSynced(3000), true);
+    assert.equal(await watcher.waitSynced(3000), true);
     const asked = (): number => fake.requests.filter((p) => p.endsWith('/networks/docker_gwbridge')).length;
     assert.equal(asked(), 1);
     fake.emit({ Type: 'container', Action: 'restart', Actor: { ID: 'c1' } });
@@ -150,7 +150,7 @@ test('no swarm (no docker_gwbridge): events do not ask for it again', async () =
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(asked(), 1);
   } finally {
-    await registry.close();
+    await watcher.close();
     await fake.stop();
   }
 });
