@@ -18,20 +18,21 @@ import Docker from 'dockerode';
 import type { Logger } from 'pino';
 
 import type { DockerTls } from '../config/config';
+import { wallNs } from '../lib/clock';
 import { withDeadline, sleep } from '../lib/deadline';
+import { AddressIndex, type IndexLookup, type NetRawExposure } from './address-index';
 import {
-  AddressIndex,
   addressesOf,
   containerFromDocker,
-  gwbridgeEndpoints,
+  containersFromListing,
+  gwbridgeFromInspect,
   GWBRIDGE,
-  nowNs,
+  NO_GWBRIDGE,
+  runningFromInspect,
   withGwbridge,
   type ContainerInfo,
-  type GwbridgeEndpoint,
-  type IndexLookup,
-  type NetRawExposure,
-} from './address-index';
+  type Gwbridge,
+} from './container-info';
 import { eventContainerId, isNoSuchContainer, type DockerEvent } from './compat';
 
 export type WatcherState = 'connecting' | 'syncing' | 'synced' | 'closed';
@@ -334,7 +335,7 @@ export class ContainerWatcher {
    * What an inspect finds running is recorded in the index, so later queries
    * about connections that started before it need no Docker request at all.
    */
-  async confirm(id: string, address: string, notBeforeNs: bigint = nowNs()): Promise<boolean> {
+  async confirm(id: string, address: string, notBeforeNs: bigint = wallNs()): Promise<boolean> {
     // A request already in flight serves only if it was sent after the
     // connection started (strictly: both clocks are cut to the millisecond).
     // One that this call sends, or queues behind one in flight, goes out
@@ -374,7 +375,7 @@ export class ContainerWatcher {
 
   /** One listing (running containers only) confirms every container it shows, with its addresses. */
   private startConfirmListing(): Promise<ListingConfirmation | null> {
-    const sentNs = nowNs();
+    const sentNs = wallNs();
     const current = { sentNs, done: Promise.resolve<ListingConfirmation | null>(null) };
     this.confirmListing = current;
     this.confirmListings++;
@@ -385,10 +386,7 @@ export class ContainerWatcher {
         if (!Array.isArray(list)) return null;
         const gw = await this.gwbridge(null);
         const addresses = new Map<string, ReadonlySet<string>>();
-        for (const c of list) {
-          const info = containerFromDocker(c as Parameters<typeof containerFromDocker>[0]);
-          if (info) addresses.set(info.id, new Set(addressesOf(withGwbridge(info, gw.endpoints, gw.id))));
-        }
+        for (const info of containersFromListing(list, gw)) addresses.set(info.id, new Set(addressesOf(info)));
         if (s && this.isLive(s)) for (const [id, a] of addresses) this.index.confirm(id, a, sentNs);
         return { sentNs, addresses };
       } catch {
@@ -403,7 +401,7 @@ export class ContainerWatcher {
   /** Sends the confirm inspect of `id` as `turn`'s current one. */
   private startConfirm(id: string, turn: ConfirmTurn): Promise<Confirmation | null> {
     // Set when the request goes out: the answer shows Docker's state at that moment or later.
-    const current = { sentNs: nowNs(), done: Promise.resolve<Confirmation | null>(null) };
+    const current = { sentNs: wallNs(), done: Promise.resolve<Confirmation | null>(null) };
     turn.current = current;
     this.confirmsInFlight++;
     this.confirmInspects++;
@@ -411,7 +409,7 @@ export class ContainerWatcher {
       try {
         const s = this.live;
         const json = await this.inspect(id);
-        const info = json.State?.Running ? await this.withGwbridge(null, containerFromDocker(json)) : null;
+        const info = await this.withGwbridge(null, runningFromInspect(json));
         const c: Confirmation = {
           sentNs: current.sentNs,
           running: !!info,
@@ -590,7 +588,7 @@ export class ContainerWatcher {
    * and releases (now) every address whose owner differs.
    */
   private async listIndex(s: Session): Promise<{ index: AddressIndex; changed: number }> {
-    const sentNs = nowNs();
+    const sentNs = wallNs();
     const list: unknown = await withDeadline(
       this.api.listContainers({ abortSignal: s.signal }),
       this.apiTimeoutMs,
@@ -601,13 +599,10 @@ export class ContainerWatcher {
     }
     const gw = await this.gwbridge(s, true);
     // Whatever changed before this listing changed no later than now.
-    const listedNs = nowNs();
+    const listedNs = wallNs();
     const index = new AddressIndex();
-    for (const c of list) {
-      const info = containerFromDocker(c as Parameters<typeof containerFromDocker>[0]);
-      // The listing shows only running containers, each as Docker saw it after the request was sent.
-      if (info) index.set(withGwbridge(info, gw.endpoints, gw.id), listedNs, sentNs);
-    }
+    // The listing shows only running containers, each as Docker saw it after the request was sent.
+    for (const info of containersFromListing(list, gw)) index.set(info, listedNs, sentNs);
     const changed = index.inheritFrom(this.index, listedNs);
     return { index, changed };
   }
@@ -620,8 +615,8 @@ export class ContainerWatcher {
    * unless `always`. Called for session `s` (null: for no session), its
    * call is cancelled with it, and only a live one records what it found.
    */
-  private async gwbridge(s: Session | null, always = false): Promise<{ endpoints: GwbridgeEndpoint[]; id: string }> {
-    if (!always && !this.gwbridgePresent) return { endpoints: [], id: '' };
+  private async gwbridge(s: Session | null, always = false): Promise<Gwbridge> {
+    if (!always && !this.gwbridgePresent) return NO_GWBRIDGE;
     const record = (present: boolean): void => {
       if (!s || this.isLive(s)) this.gwbridgePresent = present;
     };
@@ -632,12 +627,11 @@ export class ContainerWatcher {
         'docker network inspect docker_gwbridge',
       );
       record(true);
-      const id = (json as { Id?: unknown } | null)?.Id;
-      return { endpoints: gwbridgeEndpoints(json), id: typeof id === 'string' ? id : '' };
+      return gwbridgeFromInspect(json);
     } catch (err) {
       if ((err as { statusCode?: number }).statusCode === 404) {
         record(false);
-        return { endpoints: [], id: '' };
+        return NO_GWBRIDGE;
       }
       throw err;
     }
@@ -694,7 +688,7 @@ export class ContainerWatcher {
     if (!id) return;
     const cid = id;
     // An unreadable time counts as now.
-    const atNs = dockerNs ?? nowNs();
+    const atNs = dockerNs ?? wallNs();
     this.log.debug({ type: ev.Type, action: ev.Action, container: cid }, 'Docker event');
     this.enqueue(s, () => this.refresh(s, cid, atNs));
   }
@@ -792,16 +786,16 @@ export class ContainerWatcher {
    */
   private async refresh(s: Session, id: string, atNs: bigint): Promise<void> {
     try {
-      const sentNs = nowNs();
+      const sentNs = wallNs();
       const json = await this.inspect(id, s.signal);
-      const t = maxNs(atNs, nowNs());
-      const info = json.State?.Running ? await this.withGwbridge(s, containerFromDocker(json)) : null;
+      const t = maxNs(atNs, wallNs());
+      const info = await this.withGwbridge(s, runningFromInspect(json));
       if (!this.isLive(s)) return;
       if (info) this.index.set(info, t, sentNs);
       else this.index.remove(id, t);
     } catch (err) {
       if (isNoSuchContainer(err)) {
-        if (this.isLive(s)) this.index.remove(id, maxNs(atNs, nowNs()));
+        if (this.isLive(s)) this.index.remove(id, maxNs(atNs, wallNs()));
         return;
       }
       throw err;

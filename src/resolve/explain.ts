@@ -24,8 +24,9 @@ import {
   type ReplyTuple,
   type Tuple,
 } from '../conntrack/types';
-import { nowNs, type ContainerInfo } from '../docker/address-index';
+import type { ContainerInfo } from '../docker/container-info';
 import { ContainerWatcher, type ContainerLookup } from '../docker/watcher';
+import { wallNs } from '../lib/clock';
 import { canonicalIp, ipFamily } from '../lib/ip';
 import { applyNameTemplate } from './naming';
 import { formatReply } from '../ident/protocol';
@@ -228,7 +229,7 @@ export async function explain(input: ExplainInput, deps: ExplainDeps): Promise<E
   const synced = registry.waitSynced(input.syncTimeoutMs ?? 10_000).then((ok) => {
     if (ok) {
       report.docker.syncMs = Math.round(performance.now() - t0);
-      syncedAtNs = nowNs();
+      syncedAtNs = wallNs();
     }
     return ok;
   });

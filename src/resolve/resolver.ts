@@ -10,7 +10,7 @@ import type { Answer } from '../ident/protocol';
 import { isAnswerableName } from '../ident/protocol';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../conntrack/types';
 import { answersTuple } from '../conntrack/types';
-import type { ContainerInfo } from '../docker/address-index';
+import type { ContainerInfo } from '../docker/container-info';
 import type { ContainerLookup } from '../docker/watcher';
 
 export interface IdentQuery {

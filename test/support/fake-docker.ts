@@ -29,6 +29,15 @@ export interface HeldRequest {
   readonly settled: Promise<'answered' | 'aborted'>;
 }
 
+/** The shape of `docker network inspect docker_gwbridge` on a swarm node. */
+export const gwbridgeNetwork = (containers: Record<string, object | null>): object => ({
+  Name: 'docker_gwbridge',
+  Id: 'gw0',
+  Driver: 'bridge',
+  IPAM: { Config: [{ Subnet: '172.18.0.0/16', Gateway: '172.18.0.1' }] },
+  Containers: containers,
+});
+
 export class FakeDocker {
   readonly containers = new Map<string, FakeContainer>();
   private readonly streams = new Set<http.ServerResponse>();

@@ -22,7 +22,7 @@ import { after, describe, it } from 'node:test';
 
 import pino from 'pino';
 
-import { containerFromDocker } from '../../../src/docker/address-index';
+import { containerFromDocker } from '../../../src/docker/container-info';
 import { eventContainerId, isNoSuchContainer, type DockerEvent } from '../../../src/docker/compat';
 import { ContainerWatcher } from '../../../src/docker/watcher';
 

@@ -8,7 +8,7 @@ import pino from 'pino';
 import type { ConntrackSource } from '../../../src/conntrack/types';
 import { ContainerWatcher, dockerOptions, type WatcherOptions } from '../../../src/docker/watcher';
 import { Resolver } from '../../../src/resolve/resolver';
-import { FakeDocker } from '../../support/fake-docker';
+import { FakeDocker, gwbridgeNetwork as gwbridge } from '../../support/fake-docker';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-docker-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -575,4 +575,93 @@ test('through the resolver: a container that started a moment ago is named for i
       assert.deepEqual(r.answer, { kind: 'USERID', name: 'web' }, r.reason);
     }
   });
+});
+
+// Swarm task containers reach the outside through docker_gwbridge: their
+// endpoints there (`gateway_<short id>`) are indexed as the container's.
+const TASK = 'a1b2c3d4e5f6'.padEnd(64, '0');
+const OTHER = 'ffeeddccbbaa'.padEnd(64, '1');
+
+test('the watcher indexes gwbridge endpoints at listing and on start/die and connect/disconnect', async () => {
+  const fake = new FakeDocker(path.join(dir, 'gw.sock'));
+  const watcher = new ContainerWatcher(fake.url, log, {
+    apiTimeoutMs: 500,
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+  });
+  const task = {
+    Id: TASK,
+    Name: 'web.1.k3j4',
+    Running: true,
+    Networks: { 'app-overlay': { NetworkID: 'ov', IPAddress: '10.0.1.5' } },
+  };
+  fake.add(task);
+  fake.networks.set(
+    'docker_gwbridge',
+    gwbridge({ [TASK]: { Name: `gateway_${TASK.slice(0, 12)}`, IPv4Address: '172.18.0.3/16' } }),
+  );
+  await fake.start();
+  watcher.start();
+  try {
+    assert.equal(await watcher.waitSynced(3000), true);
+    const r = await watcher.lookup('172.18.0.3', 1000);
+    assert.ok(r.status === 'found' && r.owner.container.name === 'web.1.k3j4', r.status);
+    assert.equal(r.owner.network.networkName, 'docker_gwbridge');
+    assert.equal((await watcher.lookup('10.0.1.5', 1000)).status, 'found');
+
+    // A second task starts: its gwbridge endpoint comes with the start event.
+    fake.add({ Id: OTHER, Name: 'web.2.m5n6', Running: true, Networks: {} });
+    fake.networks.set(
+      'docker_gwbridge',
+      gwbridge({
+        [TASK]: { Name: `gateway_${TASK.slice(0, 12)}`, IPv4Address: '172.18.0.3/16' },
+        [OTHER]: { Name: `gateway_${OTHER.slice(0, 12)}`, IPv4Address: '172.18.0.4/16' },
+      }),
+    );
+    fake.emit({ Type: 'container', Action: 'start', Actor: { ID: OTHER } });
+    await until('second task indexed', async () => {
+      const l = await watcher.lookup('172.18.0.4', 1000);
+      return l.status === 'found' && l.owner.container.name === 'web.2.m5n6';
+    });
+
+    // Disconnected from docker_gwbridge: the address goes.
+    fake.networks.set(
+      'docker_gwbridge',
+      gwbridge({ [TASK]: { Name: `gateway_${TASK.slice(0, 12)}`, IPv4Address: '172.18.0.3/16' } }),
+    );
+    fake.emit({
+      Type: 'network',
+      Action: 'disconnect',
+      Actor: { ID: 'gw0', Attributes: { container: OTHER, name: 'docker_gwbridge' } },
+    });
+    await until('gwbridge address released', async () => (await watcher.lookup('172.18.0.4', 1000)).status === 'none');
+
+    // The first task dies: all its addresses go.
+    task.Running = false;
+    fake.emit({ Type: 'container', Action: 'die', Actor: { ID: TASK } });
+    await until('dead task gone', async () => (await watcher.lookup('172.18.0.3', 1000)).status === 'none');
+  } finally {
+    await watcher.close();
+    await fake.stop();
+  }
+});
+
+test('no swarm (no docker_gwbridge): events do not ask for it again', async () => {
+  const fake = new FakeDocker(path.join(dir, 'nogw.sock'));
+  const watcher = new ContainerWatcher(fake.url, log, { apiTimeoutMs: 500 });
+  fake.add({ Id: 'c1', Name: 'web', Running: true, Networks: { bridge: { NetworkID: 'n', IPAddress: '172.17.0.2' } } });
+  await fake.start();
+  watcher.start();
+  try {
+    assert.equal(await watcher.waitSynced(3000), true);
+    const asked = (): number => fake.requests.filter((p) => p.endsWith('/networks/docker_gwbridge')).length;
+    assert.equal(asked(), 1);
+    fake.emit({ Type: 'container', Action: 'restart', Actor: { ID: 'c1' } });
+    await until('restart applied', () => fake.requests.filter((p) => p.endsWith('/containers/c1/json')).length > 0);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(asked(), 1);
+  } finally {
+    await watcher.close();
+    await fake.stop();
+  }
 });

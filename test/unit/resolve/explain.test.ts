@@ -4,7 +4,8 @@ import pino from 'pino';
 
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../../src/conntrack/types';
 import { conntrackError } from '../../../src/conntrack/types';
-import { AddressIndex, type ContainerInfo } from '../../../src/docker/address-index';
+import { AddressIndex } from '../../../src/docker/address-index';
+import type { ContainerInfo } from '../../../src/docker/container-info';
 import type { ContainerLookup } from '../../../src/docker/watcher';
 import { explain, explainJson, formatExplain, routeSource, type ExplainDocker } from '../../../src/resolve/explain';
 import { parseNameTemplate } from '../../../src/resolve/naming';

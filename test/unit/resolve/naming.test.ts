@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 
 import type { ConntrackEntry, ConntrackSource } from '../../../src/conntrack/types';
-import { containerFromDocker, type ContainerInfo } from '../../../src/docker/address-index';
+import { containerFromDocker, type ContainerInfo } from '../../../src/docker/container-info';
 import type { ContainerLookup } from '../../../src/docker/watcher';
 import { applyNameTemplate, NameTemplateError, namer, parseNameTemplate } from '../../../src/resolve/naming';
 import { Resolver } from '../../../src/resolve/resolver';
