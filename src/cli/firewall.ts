@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 
 import { ConfigError, DOCKER_OPTIONS, dockerTlsSettings } from '../config/config';
-import { dockerOptions } from '../docker/watcher';
+import { dockerOptions } from '../docker/client';
 import { withDeadline } from '../lib/deadline';
 import {
   containerSubnets,

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { canonicalIp, parseCidr, type Cidr } from '../lib/ip';
+import type { DockerTls } from '../docker/client';
 import { DEFAULT_NAME_TEMPLATE, NameTemplateError, parseNameTemplate, type NameTemplate } from '../resolve/naming';
 import type { ListenAddress } from '../ident/server';
 
@@ -60,19 +61,6 @@ export interface Config {
 }
 
 export class ConfigError extends Error {}
-
-/**
- * TLS settings for the Docker Engine API, read at start-up: the files' contents
- * and where they came from. The server is verified against `ca` (or, without
- * one, the system's CAs); `cert` and `key` are the client certificate that a
- * dockerd running with `--tlsverify` asks for.
- */
-export interface DockerTls {
-  ca?: Buffer;
-  cert?: Buffer;
-  key?: Buffer;
-  files: { ca?: string; cert?: string; key?: string };
-}
 
 export const DEFAULT_LISTEN: ListenAddress[] = [
   { host: '0.0.0.0', port: 113 },

@@ -14,13 +14,12 @@
  * lists nothing until the old queue has drained, so a slow answer to the old
  * session can never land on top of the new session's index.
  */
-import Docker from 'dockerode';
 import type { Logger } from 'pino';
 
-import type { DockerTls } from '../config/config';
 import { wallNs } from '../lib/clock';
 import { withDeadline, sleep } from '../lib/deadline';
 import { AddressIndex, type IndexLookup, type NetRawExposure } from './address-index';
+import { DockerClient, httpStatus, type DockerTls } from './client';
 import {
   addressesOf,
   containerFromDocker,
@@ -106,32 +105,6 @@ export interface CapabilitySweep {
   ms: number;
 }
 
-/**
- * dockerode connection options from a DOCKER_HOST-style URL; with `tls`,
- * tcp:// is spoken over TLS (port 2376 by default, as the docker CLI does).
- */
-export function dockerOptions(dockerHost: string, tls?: DockerTls | null): Docker.DockerOptions {
-  const u = new URL(dockerHost);
-  if (u.protocol === 'unix:') return { socketPath: decodeURIComponent(u.pathname) };
-  if (tls && (u.protocol === 'tcp:' || u.protocol === 'https:')) {
-    return {
-      host: u.hostname.replace(/^\[|\]$/g, ''),
-      port: Number(u.port || 2376),
-      protocol: 'https',
-      ...(tls.ca ? { ca: tls.ca } : {}),
-      ...(tls.cert ? { cert: tls.cert } : {}),
-      ...(tls.key ? { key: tls.key } : {}),
-    };
-  }
-  if (u.protocol === 'tcp:' || u.protocol === 'http:') {
-    return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 2375), protocol: 'http' };
-  }
-  if (u.protocol === 'https:') {
-    return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 2376), protocol: 'https' };
-  }
-  throw new Error(`unsupported Docker host URL scheme ${u.protocol}`);
-}
-
 /** The event's time by Docker's clock, or null when it has none that can be read. */
 function dockerEventTimeNs(ev: DockerEvent): bigint | null {
   try {
@@ -145,15 +118,6 @@ function dockerEventTimeNs(ev: DockerEvent): bigint | null {
 }
 
 const maxNs = (a: bigint, b: bigint): bigint => (a > b ? a : b);
-
-/** An inspect answer that is not a container description is a failure, not an empty container. */
-function checkInspect(json: Docker.ContainerInspectInfo): Docker.ContainerInspectInfo {
-  const j: unknown = json;
-  if (typeof j !== 'object' || j === null || typeof (j as { Id?: unknown }).Id !== 'string') {
-    throw new Error('docker inspect answered something that is not a container');
-  }
-  return json;
-}
 
 /** One connection to the event stream, and the work it queued. */
 class Session {
@@ -196,8 +160,7 @@ export class ContainerWatcher {
   private index = new AddressIndex();
   private _state: WatcherState = 'connecting';
   private stateReason = 'not connected to Docker yet';
-  private readonly api: Docker;
-  private readonly stream: Docker;
+  private readonly docker: DockerClient;
   /**
    * The live session's generation. A session's end moves it on, so that no
    * task of a finished session passes `isLive` again.
@@ -257,9 +220,7 @@ export class ContainerWatcher {
     this.backoffMaxMs = opts.backoffMaxMs ?? 30_000;
     this.maxEventBytes = opts.maxEventBytes ?? 1024 * 1024;
     this.verifyIntervalMs = opts.verifyIntervalMs ?? 10_000;
-    const base = dockerOptions(dockerHost, opts.tls);
-    this.api = new Docker({ ...base, timeout: this.apiTimeoutMs });
-    this.stream = new Docker(base);
+    this.docker = new DockerClient(dockerHost, { apiTimeoutMs: this.apiTimeoutMs, tls: opts.tls });
     this.capabilitySweep = new Promise((resolve) => (this.sweepEnded = resolve));
   }
 
@@ -382,8 +343,7 @@ export class ContainerWatcher {
     current.done = (async (): Promise<ListingConfirmation | null> => {
       try {
         const s = this.live;
-        const list: unknown = await withDeadline(this.api.listContainers(), this.apiTimeoutMs, 'docker ps');
-        if (!Array.isArray(list)) return null;
+        const list = await this.docker.listContainers();
         const gw = await this.gwbridge(null);
         const addresses = new Map<string, ReadonlySet<string>>();
         for (const info of containersFromListing(list, gw)) addresses.set(info.id, new Set(addressesOf(info)));
@@ -408,7 +368,7 @@ export class ContainerWatcher {
     current.done = (async (): Promise<Confirmation | null> => {
       try {
         const s = this.live;
-        const json = await this.inspect(id);
+        const json = await this.docker.inspectContainer(id);
         const info = await this.withGwbridge(null, runningFromInspect(json));
         const c: Confirmation = {
           sentNs: current.sentNs,
@@ -500,20 +460,8 @@ export class ContainerWatcher {
   }
 
   private async follow(s: Session, previous: Session | null): Promise<void> {
-    // Whole seconds (a JSON number's nanoseconds are not exact): the events of
-    // that second are replayed again, which is harmless (each is a re-read).
-    const since = this.lastEventNs === null ? {} : { since: String(this.lastEventNs / 1_000_000_000n) };
-    const events = await withDeadline(
-      this.stream.getEvents({
-        filters: { type: ['container', 'network'] },
-        ...since,
-        abortSignal: s.signal,
-      } as Docker.GetEventsOptions),
-      this.apiTimeoutMs,
-      'docker events',
-    );
+    const readable = await this.docker.events(this.lastEventNs, s.signal);
     this.setState('syncing', 'listing containers');
-    const readable = events as NodeJS.ReadableStream & { destroy?: () => void };
 
     const ended = new Promise<void>((_, reject) => {
       let buf = '';
@@ -589,14 +537,7 @@ export class ContainerWatcher {
    */
   private async listIndex(s: Session): Promise<{ index: AddressIndex; changed: number }> {
     const sentNs = wallNs();
-    const list: unknown = await withDeadline(
-      this.api.listContainers({ abortSignal: s.signal }),
-      this.apiTimeoutMs,
-      'docker ps',
-    );
-    if (!Array.isArray(list) || !list.every((c) => typeof c === 'object' && c !== null && typeof c.Id === 'string')) {
-      throw new Error('docker ps answered something that is not a list of containers');
-    }
+    const list = await this.docker.listContainers(s.signal);
     const gw = await this.gwbridge(s, true);
     // Whatever changed before this listing changed no later than now.
     const listedNs = wallNs();
@@ -621,36 +562,16 @@ export class ContainerWatcher {
       if (!s || this.isLive(s)) this.gwbridgePresent = present;
     };
     try {
-      const json = await withDeadline(
-        this.networkInspect(GWBRIDGE, s?.signal),
-        this.apiTimeoutMs,
-        'docker network inspect docker_gwbridge',
-      );
+      const json = await this.docker.inspectNetwork(GWBRIDGE, s?.signal);
       record(true);
       return gwbridgeFromInspect(json);
     } catch (err) {
-      if ((err as { statusCode?: number }).statusCode === 404) {
+      if (httpStatus(err) === 404) {
         record(false);
         return NO_GWBRIDGE;
       }
       throw err;
     }
-  }
-
-  /** `docker network inspect NAME`: dockerode's Network.inspect takes no AbortSignal, so the same call through its modem. */
-  private networkInspect(name: string, signal?: AbortSignal): Promise<unknown> {
-    return new Promise((resolve, reject) => {
-      this.api.modem.dial(
-        {
-          path: `/networks/${encodeURIComponent(name)}?`,
-          method: 'GET',
-          statusCodes: { 200: true, 404: 'no such network', 500: 'server error' },
-          options: {},
-          ...(signal ? { abortSignal: signal } : {}),
-        },
-        (err, data) => (err ? reject(err) : resolve(data)),
-      );
-    });
   }
 
   private async withGwbridge(s: Session | null, info: ContainerInfo | null): Promise<ContainerInfo | null> {
@@ -717,17 +638,6 @@ export class ContainerWatcher {
       });
   }
 
-  /** `docker inspect` of one container, within the API deadline, checked; cancelled with `signal`. */
-  private async inspect(id: string, signal?: AbortSignal): Promise<Docker.ContainerInspectInfo> {
-    return checkInspect(
-      await withDeadline(
-        this.api.getContainer(id).inspect(signal ? { abortSignal: signal } : {}),
-        this.apiTimeoutMs,
-        'docker inspect',
-      ),
-    );
-  }
-
   /**
    * Inspects each container of the index whose capabilities are not known,
    * once, at most SWEEP_CONCURRENCY at a time, beside the session's queue
@@ -754,7 +664,8 @@ export class ContainerWatcher {
         try {
           // Known meanwhile (an event's inspect) or gone: nothing to ask.
           if (this.index.netRawUnknownOf(id)) {
-            const json = await this.inspect(id, AbortSignal.any([s.signal, AbortSignal.timeout(this.apiTimeoutMs)]));
+            const signal = AbortSignal.any([s.signal, AbortSignal.timeout(this.apiTimeoutMs)]);
+            const json = await this.docker.inspectContainer(id, signal);
             const netRaw = containerFromDocker(json)?.netRaw;
             if (!this.isLive(s)) return;
             r.inspected++;
@@ -787,7 +698,7 @@ export class ContainerWatcher {
   private async refresh(s: Session, id: string, atNs: bigint): Promise<void> {
     try {
       const sentNs = wallNs();
-      const json = await this.inspect(id, s.signal);
+      const json = await this.docker.inspectContainer(id, s.signal);
       const t = maxNs(atNs, wallNs());
       const info = await this.withGwbridge(s, runningFromInspect(json));
       if (!this.isLive(s)) return;

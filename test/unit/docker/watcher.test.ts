@@ -6,7 +6,7 @@ import { after, test } from 'node:test';
 import pino from 'pino';
 
 import type { ConntrackSource } from '../../../src/conntrack/types';
-import { ContainerWatcher, dockerOptions, type WatcherOptions } from '../../../src/docker/watcher';
+import { ContainerWatcher, type WatcherOptions } from '../../../src/docker/watcher';
 import { Resolver } from '../../../src/resolve/resolver';
 import { FakeDocker, gwbridgeNetwork as gwbridge } from '../../support/fake-docker';
 
@@ -52,12 +52,6 @@ const web = {
   Running: true,
   Networks: { bridge: { NetworkID: 'n1', IPAddress: '172.17.0.2' } },
 };
-
-test('docker host URLs', () => {
-  assert.deepEqual(dockerOptions('unix:///var/run/docker.sock'), { socketPath: '/var/run/docker.sock' });
-  assert.deepEqual(dockerOptions('tcp://127.0.0.1:2375'), { host: '127.0.0.1', port: 2375, protocol: 'http' });
-  assert.throws(() => dockerOptions('ftp://x'), /unsupported/);
-});
 
 test('full listing at start, then events keep the index current', async () => {
   await withWatcher(async (fake, watcher) => {
