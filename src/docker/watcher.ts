@@ -32,7 +32,8 @@ import {
   type ContainerInfo,
   type Gwbridge,
 } from './container-info';
-import { eventContainerId, isNoSuchContainer, type DockerEvent } from './compat';
+import { isNoSuchContainer } from './compat';
+import { EventLines, parseEvent } from './events';
 
 export type WatcherState = 'connecting' | 'syncing' | 'synced' | 'closed';
 
@@ -103,18 +104,6 @@ export interface CapabilitySweep {
   /** Its session ended first: some containers were not inspected. */
   gaveUp: boolean;
   ms: number;
-}
-
-/** The event's time by Docker's clock, or null when it has none that can be read. */
-function dockerEventTimeNs(ev: DockerEvent): bigint | null {
-  try {
-    if (ev.timeNano !== undefined)
-      return BigInt(typeof ev.timeNano === 'number' ? Math.trunc(ev.timeNano) : ev.timeNano);
-    if (ev.time !== undefined) return BigInt(Math.trunc(ev.time)) * 1_000_000_000n;
-  } catch {
-    // fall through
-  }
-  return null;
 }
 
 const maxNs = (a: bigint, b: bigint): bigint => (a > b ? a : b);
@@ -464,16 +453,11 @@ export class ContainerWatcher {
     this.setState('syncing', 'listing containers');
 
     const ended = new Promise<void>((_, reject) => {
-      let buf = '';
+      const framing = new EventLines(this.maxEventBytes);
       readable.on('data', (chunk: Buffer | string) => {
-        buf += chunk.toString();
-        let nl: number;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, nl).trim();
-          buf = buf.slice(nl + 1);
-          if (line) this.onEventLine(s, line);
-        }
-        if (buf.length > this.maxEventBytes) {
+        const { lines, overlong } = framing.push(chunk);
+        for (const line of lines) this.onEventLine(s, line);
+        if (overlong) {
           readable.destroy?.();
           reject(new Error('Docker event line over the size limit'));
         }
@@ -593,24 +577,21 @@ export class ContainerWatcher {
 
   private onEventLine(s: Session, line: string): void {
     if (!this.isLive(s)) return;
-    let ev: DockerEvent;
-    try {
-      ev = JSON.parse(line) as DockerEvent;
-    } catch {
+    const ev = parseEvent(line);
+    if (!ev) {
       this.log.warn('unparseable Docker event; resyncing');
       this.endSession(s, new Error('unparseable Docker event'));
       return;
     }
-    // Docker's and Podman's events name the container differently (see compat.ts).
-    const id = eventContainerId(ev);
-    if (ev.Type === 'network' && ev.Actor?.Attributes?.name === GWBRIDGE) this.gwbridgePresent = true;
-    const dockerNs = dockerEventTimeNs(ev);
+    if (ev.gwbridge) this.gwbridgePresent = true;
+    const dockerNs = ev.timeNs;
     if (dockerNs !== null && (this.lastEventNs === null || dockerNs > this.lastEventNs)) this.lastEventNs = dockerNs;
-    if (!id) return;
-    const cid = id;
+    // Docker's and Podman's events name the container differently (see compat.ts).
+    const cid = ev.containerId;
+    if (!cid) return;
     // An unreadable time counts as now.
     const atNs = dockerNs ?? wallNs();
-    this.log.debug({ type: ev.Type, action: ev.Action, container: cid }, 'Docker event');
+    this.log.debug({ type: ev.type, action: ev.action, container: cid }, 'Docker event');
     this.enqueue(s, () => this.refresh(s, cid, atNs));
   }
 
