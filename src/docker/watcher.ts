@@ -18,6 +18,9 @@ import type { Logger } from 'pino';
 
 import { wallNs } from '../lib/clock';
 import { withDeadline, sleep } from '../lib/deadline';
+import { errorMessage } from '../lib/errors';
+import { SerialQueue } from '../lib/serial-queue';
+import { Waiters } from '../lib/waiters';
 import { AddressIndex, type IndexLookup, type NetRawExposure } from './address-index';
 import { DockerClient, httpStatus, type DockerTls } from './client';
 import {
@@ -112,20 +115,24 @@ const maxNs = (a: bigint, b: bigint): bigint => (a > b ? a : b);
 class Session {
   private readonly abort = new AbortController();
   /**
-   * Its tasks, one at a time in the order they were queued; never rejects.
-   * It starts after the previous session's queue, so that it drains only when
-   * every earlier session's tasks are done too.
+   * Its tasks, one at a time in the order they were queued (each catches its
+   * own failure). It starts after the tasks the previous session had queued,
+   * so that it is idle only when every earlier session's tasks are done too.
    */
-  queue: Promise<void>;
+  readonly queue = new SerialQueue();
   /** Events queued and not yet applied: lookups wait for them. */
   pending = 0;
-  drainWaiters: (() => void)[] = [];
+  /** Lookups waiting for the pending events (released when none is left, or when the session ends). */
+  readonly drains = new Waiters();
 
   constructor(
     readonly generation: number,
     previous: Session | null,
   ) {
-    this.queue = previous ? previous.queue : Promise.resolve();
+    if (previous) {
+      const before = previous.queue.idle();
+      void this.queue.push(() => before);
+    }
   }
 
   /** Cancels the session's HTTP calls (and its event stream). */
@@ -133,15 +140,14 @@ class Session {
     return this.abort.signal;
   }
 
-  end(reason: Error): void {
-    if (!this.abort.signal.aborted) this.abort.abort(reason);
-    this.drained();
+  /** Why it ended (the reason given to `end`). */
+  get reason(): Error {
+    return this.abort.signal.reason as Error;
   }
 
-  drained(): void {
-    const w = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const f of w) f();
+  end(reason: Error): void {
+    if (!this.abort.signal.aborted) this.abort.abort(reason);
+    this.drains.release();
   }
 }
 
@@ -164,7 +170,8 @@ export class ContainerWatcher {
   private readonly verifyIntervalMs: number;
   /** Periodic comparisons with a full listing done. */
   verifications = 0;
-  private syncedWaiters: (() => void)[] = [];
+  /** `waitSynced` callers. */
+  private readonly synced = new Waiters();
   reconnects = 0;
   /** Full listings applied (the first sync included). */
   resyncs = 0;
@@ -234,13 +241,10 @@ export class ContainerWatcher {
   /** Resolves when synced, or false after `ms`. */
   waitSynced(ms: number): Promise<boolean> {
     if (this._state === 'synced') return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const t = setTimeout(() => resolve(false), ms);
-      this.syncedWaiters.push(() => {
-        clearTimeout(t);
-        resolve(true);
-      });
-    });
+    return this.synced.wait(ms).then(
+      () => true,
+      () => false,
+    );
   }
 
   /**
@@ -251,13 +255,10 @@ export class ContainerWatcher {
     const s = this.live;
     if (this._state !== 'synced' || !s || !this.isLive(s)) return { status: 'unavailable', reason: this.stateReason };
     if (s.pending > 0) {
-      const drained = await new Promise<boolean>((resolve) => {
-        const t = setTimeout(() => resolve(false), ms);
-        s.drainWaiters.push(() => {
-          clearTimeout(t);
-          resolve(true);
-        });
-      });
+      const drained = await s.drains.wait(ms).then(
+        () => true,
+        () => false,
+      );
       if (!drained) return { status: 'unavailable', reason: 'Docker events are still being applied' };
       // The state, or the session, may have changed while waiting.
       if (this.state !== 'synced' || !this.isLive(s)) return { status: 'unavailable', reason: this.stateReason };
@@ -402,11 +403,7 @@ export class ContainerWatcher {
     if (this._state === 'closed') return;
     this._state = state;
     this.stateReason = reason;
-    if (state === 'synced') {
-      const w = this.syncedWaiters;
-      this.syncedWaiters = [];
-      for (const f of w) f();
-    }
+    if (state === 'synced') this.synced.release();
   }
 
   private async run(): Promise<void> {
@@ -418,7 +415,7 @@ export class ContainerWatcher {
         await this.session();
       } catch (err) {
         if (this.closed()) return;
-        const msg = (err as Error).message;
+        const msg = errorMessage(err);
         this.setState('connecting', `Docker event stream down: ${msg}`);
         if (!incidentLogged) {
           this.log.warn({ err: msg }, 'Docker unavailable; answering ERROR until resynced');
@@ -465,8 +462,8 @@ export class ContainerWatcher {
       readable.on('end', () => reject(new Error('Docker event stream ended')));
       readable.on('close', () => reject(new Error('Docker event stream closed')));
       readable.on('error', (e: Error) => reject(e));
-      if (s.signal.aborted) reject(s.signal.reason as Error);
-      else s.signal.addEventListener('abort', () => reject(s.signal.reason as Error), { once: true });
+      if (s.signal.aborted) reject(s.reason);
+      else s.signal.addEventListener('abort', () => reject(s.reason), { once: true });
     });
     // Rejections before the listing is done are read by the `await ended` below.
     ended.catch(() => undefined);
@@ -479,9 +476,9 @@ export class ContainerWatcher {
       // tasks can write nothing now; nothing is listed until they are done
       // all the same, so that one session at a time talks to Docker and no
       // late answer to the old one is in flight beside the new listing.
-      if (previous) await withDeadline(previous.queue, this.apiTimeoutMs, "the previous session's Docker calls");
+      if (previous) await withDeadline(previous.queue.idle(), this.apiTimeoutMs, "the previous session's Docker calls");
       const { index } = await this.listIndex(s);
-      if (!this.isLive(s)) throw s.signal.reason as Error;
+      if (!this.isLive(s)) throw s.reason;
       this.index = index;
     } catch (err) {
       readable.destroy?.();
@@ -489,9 +486,9 @@ export class ContainerWatcher {
     } finally {
       listed();
     }
-    await s.queue;
+    await s.queue.idle();
     // A task that failed meanwhile ended the session.
-    if (!this.isLive(s)) throw s.signal.reason as Error;
+    if (!this.isLive(s)) throw s.reason;
     this.resyncs++;
     this.setState('synced', 'synced');
     this.log.info({ containers: this.index.containers, addresses: this.index.addresses }, 'Docker index synced');
@@ -604,19 +601,21 @@ export class ContainerWatcher {
   private enqueue(s: Session, task: () => Promise<void>, isEvent = true): void {
     const counted = isEvent ? 1 : 0;
     s.pending += counted;
-    s.queue = s.queue
-      .then(() => (this.isLive(s) ? task() : undefined))
-      .catch((err: Error) => {
+    void s.queue.push(async () => {
+      try {
+        if (this.isLive(s)) await task();
+      } catch (err) {
         if (!this.isLive(s)) return;
         // Could not learn a container's state: the index may be wrong, so resync.
-        this.log.warn({ err: err.message }, 'Docker inspect failed; resyncing');
-        this.setState('connecting', `Docker inspect failed: ${err.message}`);
-        this.endSession(s, err);
-      })
-      .finally(() => {
+        const msg = errorMessage(err);
+        this.log.warn({ err: msg }, 'Docker inspect failed; resyncing');
+        this.setState('connecting', `Docker inspect failed: ${msg}`);
+        this.endSession(s, err instanceof Error ? err : new Error(msg));
+      } finally {
         s.pending -= counted;
-        if (s.pending === 0) s.drained();
-      });
+        if (s.pending === 0) s.drains.release();
+      }
+    });
   }
 
   /**
@@ -656,7 +655,7 @@ export class ContainerWatcher {
           if (!this.isLive(s)) return;
           if (!isNoSuchContainer(err)) {
             r.failed++;
-            this.log.debug({ container: id, err: (err as Error).message }, 'capability inspect failed');
+            this.log.debug({ container: id, err: errorMessage(err) }, 'capability inspect failed');
           }
         }
         settled++;
