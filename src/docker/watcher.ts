@@ -13,6 +13,9 @@
  * session. When a session ends its HTTP calls are cancelled, and the next one
  * lists nothing until the old queue has drained, so a slow answer to the old
  * session can never land on top of the new session's index.
+ *
+ * The calls themselves are client.ts's, the stream's lines and events
+ * events.ts's, and the JSON -> container mapping container-info.ts's.
  */
 import type { Logger } from 'pino';
 
