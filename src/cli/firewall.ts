@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/config';
 import { DEFAULT_DOCKER_HOST, DOCKER_OPTIONS } from '../config/settings';
 import { dockerTlsSettings } from '../config/tls';
-import { dockerOptions } from '../docker/watcher';
+import { dockerOptions } from '../docker/client';
 import { withDeadline } from '../lib/deadline';
 import {
   containerSubnets,

@@ -14,7 +14,7 @@ import { ConfigError, type Config } from '../config/config';
 import { loadConfig } from '../config/load';
 import { parseSecondsText } from '../config/parse';
 import { selectConntrackSource } from '../conntrack/select';
-import { DockerRegistry } from '../docker/watcher';
+import { ContainerWatcher } from '../docker/watcher';
 import { explain, explainJson, formatExplain } from '../resolve/explain';
 import { IdentClientError, queryIdent } from '../ident/client';
 import { AddressSet, canonicalIp, parseCidr, type Cidr } from '../lib/ip';
@@ -303,7 +303,7 @@ export async function squidHelperMain(args: string[]): Promise<number> {
         proxyAddresses: new AddressSet([]),
         log,
       });
-      const registry = new DockerRegistry(config.dockerHost, log, { tls: config.dockerTls });
+      const registry = new ContainerWatcher(config.dockerHost, log, { tls: config.dockerTls });
       registry.start();
       const template = config.nameTemplate;
       const resolver = new Resolver(conntrack, registry, { nameFor: (c) => applyNameTemplate(template, c) });

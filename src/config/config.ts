@@ -4,6 +4,7 @@
  * and explained is in settings.ts; loading and merging in load.ts.
  */
 import type { ConntrackMode } from '../conntrack/select';
+import type { DockerTls } from '../docker/client';
 import type { ListenAddress } from '../ident/server';
 import type { Cidr } from '../lib/ip';
 import type { LogLevel } from '../lib/logger';
@@ -54,16 +55,3 @@ export interface Config {
 
 /** A bad setting: its message is one line that names the flag. */
 export class ConfigError extends Error {}
-
-/**
- * TLS settings for the Docker Engine API, read at start-up: the files' contents
- * and where they came from. The server is verified against `ca` (or, without
- * one, the system's CAs); `cert` and `key` are the client certificate that a
- * dockerd running with `--tlsverify` asks for.
- */
-export interface DockerTls {
-  ca?: Buffer;
-  cert?: Buffer;
-  key?: Buffer;
-  files: { ca?: string; cert?: string; key?: string };
-}

@@ -7,7 +7,8 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 
 import { errorCode, errorMessage } from '../lib/errors';
-import { ConfigError, type DockerTls } from './config';
+import type { DockerTls } from '../docker/client';
+import { ConfigError } from './config';
 
 function readTlsFile(flag: string, file: string, source: string): Buffer {
   try {

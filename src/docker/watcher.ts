@@ -4,7 +4,7 @@
  * A full listing builds the index; Docker's event stream keeps it current.
  * The stream is opened before the listing so that no change between the two
  * is lost, and events that arrive meanwhile are applied after it. Whenever the
- * stream breaks, the registry is not synced: lookups fail closed (the caller
+ * stream breaks, the watcher is not synced: lookups fail closed (the caller
  * answers ERROR) until it has reconnected (backoff with jitter) and listed
  * everything again.
  *
@@ -13,32 +13,39 @@
  * session. When a session ends its HTTP calls are cancelled, and the next one
  * lists nothing until the old queue has drained, so a slow answer to the old
  * session can never land on top of the new session's index.
+ *
+ * The calls themselves are client.ts's, the stream's lines and events
+ * events.ts's, and the JSON -> container mapping container-info.ts's.
  */
-import Docker from 'dockerode';
 import type { Logger } from 'pino';
 
-import type { DockerTls } from '../config/config';
+import { wallNs } from '../lib/clock';
 import { withDeadline, sleep } from '../lib/deadline';
+import { errorMessage } from '../lib/errors';
+import { SerialQueue } from '../lib/serial-queue';
+import { Waiters } from '../lib/waiters';
+import { AddressIndex, type IndexLookup, type NetRawExposure } from './address-index';
+import { DockerClient, httpStatus, type DockerTls } from './client';
 import {
-  AddressIndex,
   addressesOf,
   containerFromDocker,
-  gwbridgeEndpoints,
+  containersFromListing,
+  gwbridgeFromInspect,
   GWBRIDGE,
-  nowNs,
+  NO_GWBRIDGE,
+  runningFromInspect,
   withGwbridge,
   type ContainerInfo,
-  type GwbridgeEndpoint,
-  type IndexLookup,
-  type NetRawExposure,
-} from './address-index';
-import { eventContainerId, isNoSuchContainer, type DockerEvent } from './compat';
+  type Gwbridge,
+} from './container-info';
+import { isNoSuchContainer } from './compat';
+import { EventLines, parseEvent } from './events';
 
-export type RegistryState = 'connecting' | 'syncing' | 'synced' | 'closed';
+export type WatcherState = 'connecting' | 'syncing' | 'synced' | 'closed';
 
-export type RegistryLookup = IndexLookup | { status: 'unavailable'; reason: string };
+export type ContainerLookup = IndexLookup | { status: 'unavailable'; reason: string };
 
-export interface RegistryOptions {
+export interface WatcherOptions {
   /** Per API call. */
   apiTimeoutMs?: number;
   /** Reconnect backoff bounds. */
@@ -95,7 +102,7 @@ interface ListingConfirmation {
 const SWEEP_CONCURRENCY = 1;
 const SWEEP_PAUSE_MS = 20;
 
-/** How the capability sweep after the first sync ended (`DockerRegistry.capabilitySweep`). */
+/** How the capability sweep after the first sync ended (`ContainerWatcher.capabilitySweep`). */
 export interface CapabilitySweep {
   /** Containers inspected, and those whose inspect failed (still unknown). */
   inspected: number;
@@ -105,73 +112,30 @@ export interface CapabilitySweep {
   ms: number;
 }
 
-/**
- * dockerode connection options from a DOCKER_HOST-style URL; with `tls`,
- * tcp:// is spoken over TLS (port 2376 by default, as the docker CLI does).
- */
-export function dockerOptions(dockerHost: string, tls?: DockerTls | null): Docker.DockerOptions {
-  const u = new URL(dockerHost);
-  if (u.protocol === 'unix:') return { socketPath: decodeURIComponent(u.pathname) };
-  if (tls && (u.protocol === 'tcp:' || u.protocol === 'https:')) {
-    return {
-      host: u.hostname.replace(/^\[|\]$/g, ''),
-      port: Number(u.port || 2376),
-      protocol: 'https',
-      ...(tls.ca ? { ca: tls.ca } : {}),
-      ...(tls.cert ? { cert: tls.cert } : {}),
-      ...(tls.key ? { key: tls.key } : {}),
-    };
-  }
-  if (u.protocol === 'tcp:' || u.protocol === 'http:') {
-    return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 2375), protocol: 'http' };
-  }
-  if (u.protocol === 'https:') {
-    return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 2376), protocol: 'https' };
-  }
-  throw new Error(`unsupported Docker host URL scheme ${u.protocol}`);
-}
-
-/** The event's time by Docker's clock, or null when it has none that can be read. */
-function dockerEventTimeNs(ev: DockerEvent): bigint | null {
-  try {
-    if (ev.timeNano !== undefined)
-      return BigInt(typeof ev.timeNano === 'number' ? Math.trunc(ev.timeNano) : ev.timeNano);
-    if (ev.time !== undefined) return BigInt(Math.trunc(ev.time)) * 1_000_000_000n;
-  } catch {
-    // fall through
-  }
-  return null;
-}
-
 const maxNs = (a: bigint, b: bigint): bigint => (a > b ? a : b);
-
-/** An inspect answer that is not a container description is a failure, not an empty container. */
-function checkInspect(json: Docker.ContainerInspectInfo): Docker.ContainerInspectInfo {
-  const j: unknown = json;
-  if (typeof j !== 'object' || j === null || typeof (j as { Id?: unknown }).Id !== 'string') {
-    throw new Error('docker inspect answered something that is not a container');
-  }
-  return json;
-}
 
 /** One connection to the event stream, and the work it queued. */
 class Session {
   private readonly abort = new AbortController();
   /**
-   * Its tasks, one at a time in the order they were queued; never rejects.
-   * It starts after the previous session's queue, so that it drains only when
-   * every earlier session's tasks are done too.
+   * Its tasks, one at a time in the order they were queued (each catches its
+   * own failure). It starts after the tasks the previous session had queued,
+   * so that it is idle only when every earlier session's tasks are done too.
    */
-  queue: Promise<void>;
+  readonly queue = new SerialQueue();
   /** Events queued and not yet applied: lookups wait for them. */
   pending = 0;
-  drainWaiters: (() => void)[] = [];
+  /** Lookups waiting for the pending events (released when none is left, or when the session ends). */
+  readonly drains = new Waiters();
 
   constructor(
     readonly generation: number,
     previous: Session | null,
   ) {
-    this.queue = previous ? previous.queue : Promise.resolve();
+    if (previous) {
+      const before = previous.queue.idle();
+      void this.queue.push(() => before);
+    }
   }
 
   /** Cancels the session's HTTP calls (and its event stream). */
@@ -179,24 +143,22 @@ class Session {
     return this.abort.signal;
   }
 
-  end(reason: Error): void {
-    if (!this.abort.signal.aborted) this.abort.abort(reason);
-    this.drained();
+  /** Why it ended (the reason given to `end`). */
+  get reason(): Error {
+    return this.abort.signal.reason as Error;
   }
 
-  drained(): void {
-    const w = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const f of w) f();
+  end(reason: Error): void {
+    if (!this.abort.signal.aborted) this.abort.abort(reason);
+    this.drains.release();
   }
 }
 
-export class DockerRegistry {
+export class ContainerWatcher {
   private index = new AddressIndex();
-  private _state: RegistryState = 'connecting';
+  private _state: WatcherState = 'connecting';
   private stateReason = 'not connected to Docker yet';
-  private readonly api: Docker;
-  private readonly stream: Docker;
+  private readonly docker: DockerClient;
   /**
    * The live session's generation. A session's end moves it on, so that no
    * task of a finished session passes `isLive` again.
@@ -211,7 +173,8 @@ export class DockerRegistry {
   private readonly verifyIntervalMs: number;
   /** Periodic comparisons with a full listing done. */
   verifications = 0;
-  private syncedWaiters: (() => void)[] = [];
+  /** `waitSynced` callers. */
+  private readonly synced = new Waiters();
   reconnects = 0;
   /** Full listings applied (the first sync included). */
   resyncs = 0;
@@ -249,20 +212,18 @@ export class DockerRegistry {
   constructor(
     dockerHost: string,
     private readonly log: Logger,
-    opts: RegistryOptions = {},
+    opts: WatcherOptions = {},
   ) {
     this.apiTimeoutMs = opts.apiTimeoutMs ?? 5000;
     this.backoffMinMs = opts.backoffMinMs ?? 250;
     this.backoffMaxMs = opts.backoffMaxMs ?? 30_000;
     this.maxEventBytes = opts.maxEventBytes ?? 1024 * 1024;
     this.verifyIntervalMs = opts.verifyIntervalMs ?? 10_000;
-    const base = dockerOptions(dockerHost, opts.tls);
-    this.api = new Docker({ ...base, timeout: this.apiTimeoutMs });
-    this.stream = new Docker(base);
+    this.docker = new DockerClient(dockerHost, { apiTimeoutMs: this.apiTimeoutMs, tls: opts.tls });
     this.capabilitySweep = new Promise((resolve) => (this.sweepEnded = resolve));
   }
 
-  get state(): RegistryState {
+  get state(): WatcherState {
     return this._state;
   }
 
@@ -283,30 +244,24 @@ export class DockerRegistry {
   /** Resolves when synced, or false after `ms`. */
   waitSynced(ms: number): Promise<boolean> {
     if (this._state === 'synced') return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const t = setTimeout(() => resolve(false), ms);
-      this.syncedWaiters.push(() => {
-        clearTimeout(t);
-        resolve(true);
-      });
-    });
+    return this.synced.wait(ms).then(
+      () => true,
+      () => false,
+    );
   }
 
   /**
    * The owner of `address`, from an index that has applied every event
    * received so far (waits up to `ms` for pending ones), or 'unavailable'.
    */
-  async lookup(address: string, ms: number): Promise<RegistryLookup> {
+  async lookup(address: string, ms: number): Promise<ContainerLookup> {
     const s = this.live;
     if (this._state !== 'synced' || !s || !this.isLive(s)) return { status: 'unavailable', reason: this.stateReason };
     if (s.pending > 0) {
-      const drained = await new Promise<boolean>((resolve) => {
-        const t = setTimeout(() => resolve(false), ms);
-        s.drainWaiters.push(() => {
-          clearTimeout(t);
-          resolve(true);
-        });
-      });
+      const drained = await s.drains.wait(ms).then(
+        () => true,
+        () => false,
+      );
       if (!drained) return { status: 'unavailable', reason: 'Docker events are still being applied' };
       // The state, or the session, may have changed while waiting.
       if (this.state !== 'synced' || !this.isLive(s)) return { status: 'unavailable', reason: this.stateReason };
@@ -315,7 +270,7 @@ export class DockerRegistry {
   }
 
   /** `lookup` at once: undefined while events are pending (then `lookup` waits for them). */
-  lookupNow(address: string): RegistryLookup | undefined {
+  lookupNow(address: string): ContainerLookup | undefined {
     const s = this.live;
     if (this._state !== 'synced' || !s || !this.isLive(s)) return { status: 'unavailable', reason: this.stateReason };
     if (s.pending > 0) return undefined;
@@ -334,7 +289,7 @@ export class DockerRegistry {
    * What an inspect finds running is recorded in the index, so later queries
    * about connections that started before it need no Docker request at all.
    */
-  async confirm(id: string, address: string, notBeforeNs: bigint = nowNs()): Promise<boolean> {
+  async confirm(id: string, address: string, notBeforeNs: bigint = wallNs()): Promise<boolean> {
     // A request already in flight serves only if it was sent after the
     // connection started (strictly: both clocks are cut to the millisecond).
     // One that this call sends, or queues behind one in flight, goes out
@@ -374,21 +329,17 @@ export class DockerRegistry {
 
   /** One listing (running containers only) confirms every container it shows, with its addresses. */
   private startConfirmListing(): Promise<ListingConfirmation | null> {
-    const sentNs = nowNs();
+    const sentNs = wallNs();
     const current = { sentNs, done: Promise.resolve<ListingConfirmation | null>(null) };
     this.confirmListing = current;
     this.confirmListings++;
     current.done = (async (): Promise<ListingConfirmation | null> => {
       try {
         const s = this.live;
-        const list: unknown = await withDeadline(this.api.listContainers(), this.apiTimeoutMs, 'docker ps');
-        if (!Array.isArray(list)) return null;
+        const list = await this.docker.listContainers();
         const gw = await this.gwbridge(null);
         const addresses = new Map<string, ReadonlySet<string>>();
-        for (const c of list) {
-          const info = containerFromDocker(c as Parameters<typeof containerFromDocker>[0]);
-          if (info) addresses.set(info.id, new Set(addressesOf(withGwbridge(info, gw.endpoints, gw.id))));
-        }
+        for (const info of containersFromListing(list, gw)) addresses.set(info.id, new Set(addressesOf(info)));
         if (s && this.isLive(s)) for (const [id, a] of addresses) this.index.confirm(id, a, sentNs);
         return { sentNs, addresses };
       } catch {
@@ -403,15 +354,15 @@ export class DockerRegistry {
   /** Sends the confirm inspect of `id` as `turn`'s current one. */
   private startConfirm(id: string, turn: ConfirmTurn): Promise<Confirmation | null> {
     // Set when the request goes out: the answer shows Docker's state at that moment or later.
-    const current = { sentNs: nowNs(), done: Promise.resolve<Confirmation | null>(null) };
+    const current = { sentNs: wallNs(), done: Promise.resolve<Confirmation | null>(null) };
     turn.current = current;
     this.confirmsInFlight++;
     this.confirmInspects++;
     current.done = (async (): Promise<Confirmation | null> => {
       try {
         const s = this.live;
-        const json = await this.inspect(id);
-        const info = json.State?.Running ? await this.withGwbridge(null, containerFromDocker(json)) : null;
+        const json = await this.docker.inspectContainer(id);
+        const info = await this.withGwbridge(null, runningFromInspect(json));
         const c: Confirmation = {
           sentNs: current.sentNs,
           running: !!info,
@@ -451,15 +402,11 @@ export class DockerRegistry {
     return this._state === 'closed';
   }
 
-  private setState(state: RegistryState, reason: string): void {
+  private setState(state: WatcherState, reason: string): void {
     if (this._state === 'closed') return;
     this._state = state;
     this.stateReason = reason;
-    if (state === 'synced') {
-      const w = this.syncedWaiters;
-      this.syncedWaiters = [];
-      for (const f of w) f();
-    }
+    if (state === 'synced') this.synced.release();
   }
 
   private async run(): Promise<void> {
@@ -471,7 +418,7 @@ export class DockerRegistry {
         await this.session();
       } catch (err) {
         if (this.closed()) return;
-        const msg = (err as Error).message;
+        const msg = errorMessage(err);
         this.setState('connecting', `Docker event stream down: ${msg}`);
         if (!incidentLogged) {
           this.log.warn({ err: msg }, 'Docker unavailable; answering ERROR until resynced');
@@ -502,32 +449,15 @@ export class DockerRegistry {
   }
 
   private async follow(s: Session, previous: Session | null): Promise<void> {
-    // Whole seconds (a JSON number's nanoseconds are not exact): the events of
-    // that second are replayed again, which is harmless (each is a re-read).
-    const since = this.lastEventNs === null ? {} : { since: String(this.lastEventNs / 1_000_000_000n) };
-    const events = await withDeadline(
-      this.stream.getEvents({
-        filters: { type: ['container', 'network'] },
-        ...since,
-        abortSignal: s.signal,
-      } as Docker.GetEventsOptions),
-      this.apiTimeoutMs,
-      'docker events',
-    );
+    const readable = await this.docker.events(this.lastEventNs, s.signal);
     this.setState('syncing', 'listing containers');
-    const readable = events as NodeJS.ReadableStream & { destroy?: () => void };
 
     const ended = new Promise<void>((_, reject) => {
-      let buf = '';
+      const framing = new EventLines(this.maxEventBytes);
       readable.on('data', (chunk: Buffer | string) => {
-        buf += chunk.toString();
-        let nl: number;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, nl).trim();
-          buf = buf.slice(nl + 1);
-          if (line) this.onEventLine(s, line);
-        }
-        if (buf.length > this.maxEventBytes) {
+        const { lines, overlong } = framing.push(chunk);
+        for (const line of lines) this.onEventLine(s, line);
+        if (overlong) {
           readable.destroy?.();
           reject(new Error('Docker event line over the size limit'));
         }
@@ -535,8 +465,8 @@ export class DockerRegistry {
       readable.on('end', () => reject(new Error('Docker event stream ended')));
       readable.on('close', () => reject(new Error('Docker event stream closed')));
       readable.on('error', (e: Error) => reject(e));
-      if (s.signal.aborted) reject(s.signal.reason as Error);
-      else s.signal.addEventListener('abort', () => reject(s.signal.reason as Error), { once: true });
+      if (s.signal.aborted) reject(s.reason);
+      else s.signal.addEventListener('abort', () => reject(s.reason), { once: true });
     });
     // Rejections before the listing is done are read by the `await ended` below.
     ended.catch(() => undefined);
@@ -549,9 +479,9 @@ export class DockerRegistry {
       // tasks can write nothing now; nothing is listed until they are done
       // all the same, so that one session at a time talks to Docker and no
       // late answer to the old one is in flight beside the new listing.
-      if (previous) await withDeadline(previous.queue, this.apiTimeoutMs, "the previous session's Docker calls");
+      if (previous) await withDeadline(previous.queue.idle(), this.apiTimeoutMs, "the previous session's Docker calls");
       const { index } = await this.listIndex(s);
-      if (!this.isLive(s)) throw s.signal.reason as Error;
+      if (!this.isLive(s)) throw s.reason;
       this.index = index;
     } catch (err) {
       readable.destroy?.();
@@ -559,9 +489,9 @@ export class DockerRegistry {
     } finally {
       listed();
     }
-    await s.queue;
+    await s.queue.idle();
     // A task that failed meanwhile ended the session.
-    if (!this.isLive(s)) throw s.signal.reason as Error;
+    if (!this.isLive(s)) throw s.reason;
     this.resyncs++;
     this.setState('synced', 'synced');
     this.log.info({ containers: this.index.containers, addresses: this.index.addresses }, 'Docker index synced');
@@ -590,24 +520,14 @@ export class DockerRegistry {
    * and releases (now) every address whose owner differs.
    */
   private async listIndex(s: Session): Promise<{ index: AddressIndex; changed: number }> {
-    const sentNs = nowNs();
-    const list: unknown = await withDeadline(
-      this.api.listContainers({ abortSignal: s.signal }),
-      this.apiTimeoutMs,
-      'docker ps',
-    );
-    if (!Array.isArray(list) || !list.every((c) => typeof c === 'object' && c !== null && typeof c.Id === 'string')) {
-      throw new Error('docker ps answered something that is not a list of containers');
-    }
+    const sentNs = wallNs();
+    const list = await this.docker.listContainers(s.signal);
     const gw = await this.gwbridge(s, true);
     // Whatever changed before this listing changed no later than now.
-    const listedNs = nowNs();
+    const listedNs = wallNs();
     const index = new AddressIndex();
-    for (const c of list) {
-      const info = containerFromDocker(c as Parameters<typeof containerFromDocker>[0]);
-      // The listing shows only running containers, each as Docker saw it after the request was sent.
-      if (info) index.set(withGwbridge(info, gw.endpoints, gw.id), listedNs, sentNs);
-    }
+    // The listing shows only running containers, each as Docker saw it after the request was sent.
+    for (const info of containersFromListing(list, gw)) index.set(info, listedNs, sentNs);
     const changed = index.inheritFrom(this.index, listedNs);
     return { index, changed };
   }
@@ -620,43 +540,22 @@ export class DockerRegistry {
    * unless `always`. Called for session `s` (null: for no session), its
    * call is cancelled with it, and only a live one records what it found.
    */
-  private async gwbridge(s: Session | null, always = false): Promise<{ endpoints: GwbridgeEndpoint[]; id: string }> {
-    if (!always && !this.gwbridgePresent) return { endpoints: [], id: '' };
+  private async gwbridge(s: Session | null, always = false): Promise<Gwbridge> {
+    if (!always && !this.gwbridgePresent) return NO_GWBRIDGE;
     const record = (present: boolean): void => {
       if (!s || this.isLive(s)) this.gwbridgePresent = present;
     };
     try {
-      const json = await withDeadline(
-        this.networkInspect(GWBRIDGE, s?.signal),
-        this.apiTimeoutMs,
-        'docker network inspect docker_gwbridge',
-      );
+      const json = await this.docker.inspectNetwork(GWBRIDGE, s?.signal);
       record(true);
-      const id = (json as { Id?: unknown } | null)?.Id;
-      return { endpoints: gwbridgeEndpoints(json), id: typeof id === 'string' ? id : '' };
+      return gwbridgeFromInspect(json);
     } catch (err) {
-      if ((err as { statusCode?: number }).statusCode === 404) {
+      if (httpStatus(err) === 404) {
         record(false);
-        return { endpoints: [], id: '' };
+        return NO_GWBRIDGE;
       }
       throw err;
     }
-  }
-
-  /** `docker network inspect NAME`: dockerode's Network.inspect takes no AbortSignal, so the same call through its modem. */
-  private networkInspect(name: string, signal?: AbortSignal): Promise<unknown> {
-    return new Promise((resolve, reject) => {
-      this.api.modem.dial(
-        {
-          path: `/networks/${encodeURIComponent(name)}?`,
-          method: 'GET',
-          statusCodes: { 200: true, 404: 'no such network', 500: 'server error' },
-          options: {},
-          ...(signal ? { abortSignal: signal } : {}),
-        },
-        (err, data) => (err ? reject(err) : resolve(data)),
-      );
-    });
   }
 
   private async withGwbridge(s: Session | null, info: ContainerInfo | null): Promise<ContainerInfo | null> {
@@ -678,24 +577,21 @@ export class DockerRegistry {
 
   private onEventLine(s: Session, line: string): void {
     if (!this.isLive(s)) return;
-    let ev: DockerEvent;
-    try {
-      ev = JSON.parse(line) as DockerEvent;
-    } catch {
+    const ev = parseEvent(line);
+    if (!ev) {
       this.log.warn('unparseable Docker event; resyncing');
       this.endSession(s, new Error('unparseable Docker event'));
       return;
     }
-    // Docker's and Podman's events name the container differently (see compat.ts).
-    const id = eventContainerId(ev);
-    if (ev.Type === 'network' && ev.Actor?.Attributes?.name === GWBRIDGE) this.gwbridgePresent = true;
-    const dockerNs = dockerEventTimeNs(ev);
+    if (ev.gwbridge) this.gwbridgePresent = true;
+    const dockerNs = ev.timeNs;
     if (dockerNs !== null && (this.lastEventNs === null || dockerNs > this.lastEventNs)) this.lastEventNs = dockerNs;
-    if (!id) return;
-    const cid = id;
+    // Docker's and Podman's events name the container differently (see compat.ts).
+    const cid = ev.containerId;
+    if (!cid) return;
     // An unreadable time counts as now.
-    const atNs = dockerNs ?? nowNs();
-    this.log.debug({ type: ev.Type, action: ev.Action, container: cid }, 'Docker event');
+    const atNs = dockerNs ?? wallNs();
+    this.log.debug({ type: ev.type, action: ev.action, container: cid }, 'Docker event');
     this.enqueue(s, () => this.refresh(s, cid, atNs));
   }
 
@@ -708,30 +604,21 @@ export class DockerRegistry {
   private enqueue(s: Session, task: () => Promise<void>, isEvent = true): void {
     const counted = isEvent ? 1 : 0;
     s.pending += counted;
-    s.queue = s.queue
-      .then(() => (this.isLive(s) ? task() : undefined))
-      .catch((err: Error) => {
+    void s.queue.push(async () => {
+      try {
+        if (this.isLive(s)) await task();
+      } catch (err) {
         if (!this.isLive(s)) return;
         // Could not learn a container's state: the index may be wrong, so resync.
-        this.log.warn({ err: err.message }, 'Docker inspect failed; resyncing');
-        this.setState('connecting', `Docker inspect failed: ${err.message}`);
-        this.endSession(s, err);
-      })
-      .finally(() => {
+        const msg = errorMessage(err);
+        this.log.warn({ err: msg }, 'Docker inspect failed; resyncing');
+        this.setState('connecting', `Docker inspect failed: ${msg}`);
+        this.endSession(s, err instanceof Error ? err : new Error(msg));
+      } finally {
         s.pending -= counted;
-        if (s.pending === 0) s.drained();
-      });
-  }
-
-  /** `docker inspect` of one container, within the API deadline, checked; cancelled with `signal`. */
-  private async inspect(id: string, signal?: AbortSignal): Promise<Docker.ContainerInspectInfo> {
-    return checkInspect(
-      await withDeadline(
-        this.api.getContainer(id).inspect(signal ? { abortSignal: signal } : {}),
-        this.apiTimeoutMs,
-        'docker inspect',
-      ),
-    );
+        if (s.pending === 0) s.drains.release();
+      }
+    });
   }
 
   /**
@@ -760,7 +647,8 @@ export class DockerRegistry {
         try {
           // Known meanwhile (an event's inspect) or gone: nothing to ask.
           if (this.index.netRawUnknownOf(id)) {
-            const json = await this.inspect(id, AbortSignal.any([s.signal, AbortSignal.timeout(this.apiTimeoutMs)]));
+            const signal = AbortSignal.any([s.signal, AbortSignal.timeout(this.apiTimeoutMs)]);
+            const json = await this.docker.inspectContainer(id, signal);
             const netRaw = containerFromDocker(json)?.netRaw;
             if (!this.isLive(s)) return;
             r.inspected++;
@@ -770,7 +658,7 @@ export class DockerRegistry {
           if (!this.isLive(s)) return;
           if (!isNoSuchContainer(err)) {
             r.failed++;
-            this.log.debug({ container: id, err: (err as Error).message }, 'capability inspect failed');
+            this.log.debug({ container: id, err: errorMessage(err) }, 'capability inspect failed');
           }
         }
         settled++;
@@ -792,16 +680,16 @@ export class DockerRegistry {
    */
   private async refresh(s: Session, id: string, atNs: bigint): Promise<void> {
     try {
-      const sentNs = nowNs();
-      const json = await this.inspect(id, s.signal);
-      const t = maxNs(atNs, nowNs());
-      const info = json.State?.Running ? await this.withGwbridge(s, containerFromDocker(json)) : null;
+      const sentNs = wallNs();
+      const json = await this.docker.inspectContainer(id, s.signal);
+      const t = maxNs(atNs, wallNs());
+      const info = await this.withGwbridge(s, runningFromInspect(json));
       if (!this.isLive(s)) return;
       if (info) this.index.set(info, t, sentNs);
       else this.index.remove(id, t);
     } catch (err) {
       if (isNoSuchContainer(err)) {
-        if (this.isLive(s)) this.index.remove(id, maxNs(atNs, nowNs()));
+        if (this.isLive(s)) this.index.remove(id, maxNs(atNs, wallNs()));
         return;
       }
       throw err;

@@ -13,6 +13,7 @@ export const ERROR_CODES = {
   ERR_CONNTRACK_AMBIGUOUS: 'several conntrack entries match one reply tuple',
   ERR_CONNTRACK_ZONE: 'the only matching conntrack entries are in a zone other than 0',
   ERR_CONNTRACK_ADDON_ABI: 'the native addon was built for another interface version',
+  ERR_DOCKER_BAD_ANSWER: 'the Docker API answered something that is not what was asked for',
   ERR_IDENT_BAD_REPLY: 'the ident server sent a reply that is not RFC 1413',
   ERR_IDENT_REPLY_TOO_LONG: 'the ident server sent no line end within the cap',
   ERR_IDENT_NO_REPLY: 'the ident server closed the connection without a reply',

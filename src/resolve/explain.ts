@@ -24,20 +24,21 @@ import {
   type ReplyTuple,
   type Tuple,
 } from '../conntrack/types';
-import { nowNs, type ContainerInfo } from '../docker/address-index';
-import { DockerRegistry, type RegistryLookup } from '../docker/watcher';
+import type { ContainerInfo } from '../docker/container-info';
+import { ContainerWatcher, type ContainerLookup } from '../docker/watcher';
+import { wallNs } from '../lib/clock';
 import { canonicalIp, ipFamily } from '../lib/ip';
 import { applyNameTemplate } from './naming';
 import { formatReply } from '../ident/protocol';
 import { Resolver, type Resolution } from './resolver';
 
-/** What explain needs of the Docker side (DockerRegistry fits). */
+/** What explain needs of the Docker side (ContainerWatcher fits). */
 export interface ExplainDocker {
   readonly state: string;
   readonly containers: number;
   start(): void;
   waitSynced(ms: number): Promise<boolean>;
-  lookup(address: string, ms: number): Promise<RegistryLookup>;
+  lookup(address: string, ms: number): Promise<ContainerLookup>;
   confirm(id: string, address: string, notBeforeNs: bigint): Promise<boolean>;
   close(): Promise<void>;
 }
@@ -221,14 +222,14 @@ export async function explain(input: ExplainInput, deps: ExplainDeps): Promise<E
   // Docker first (it takes longest), conntrack meanwhile.
   const registry =
     deps.openDocker?.() ??
-    new DockerRegistry(config.dockerHost, deps.log, { backoffMinMs: 250, backoffMaxMs: 2000, tls: config.dockerTls });
+    new ContainerWatcher(config.dockerHost, deps.log, { backoffMinMs: 250, backoffMaxMs: 2000, tls: config.dockerTls });
   registry.start();
   const t0 = performance.now();
   let syncedAtNs: bigint | null = null;
   const synced = registry.waitSynced(input.syncTimeoutMs ?? 10_000).then((ok) => {
     if (ok) {
       report.docker.syncMs = Math.round(performance.now() - t0);
-      syncedAtNs = nowNs();
+      syncedAtNs = wallNs();
     }
     return ok;
   });

@@ -10,8 +10,8 @@ import type { Answer } from '../ident/protocol';
 import { isAnswerableName } from '../ident/protocol';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../conntrack/types';
 import { answersTuple } from '../conntrack/types';
-import type { ContainerInfo } from '../docker/address-index';
-import type { RegistryLookup } from '../docker/watcher';
+import type { ContainerInfo } from '../docker/container-info';
+import type { ContainerLookup } from '../docker/watcher';
 
 export interface IdentQuery {
   /** Canonical address of the querier (the ident connection's remote end). */
@@ -37,11 +37,11 @@ export interface Resolution {
   lookupUs?: number;
 }
 
-/** What the resolver needs of the Docker registry. */
-export interface OwnerRegistry {
-  lookup(address: string, ms: number): Promise<RegistryLookup>;
+/** What the resolver needs of the Docker side (ContainerWatcher fits). */
+export interface ContainerOwners {
+  lookup(address: string, ms: number): Promise<ContainerLookup>;
   /** The same at once, when nothing needs waiting for (no event pending); undefined otherwise. */
-  lookupNow?(address: string): RegistryLookup | undefined;
+  lookupNow?(address: string): ContainerLookup | undefined;
   /** Whether Docker shows `id` running with `address` in an answer to a request sent after `notBeforeNs`. */
   confirm(id: string, address: string, notBeforeNs: bigint): Promise<boolean>;
 }
@@ -80,7 +80,7 @@ export class Resolver {
 
   constructor(
     private readonly conntrack: ConntrackSource,
-    private readonly registry: OwnerRegistry,
+    private readonly registry: ContainerOwners,
     opts: ResolverOptions = {},
     private readonly now: () => number = Date.now,
   ) {
@@ -174,7 +174,7 @@ export class Resolver {
   private withOwner(
     withEntry: Resolution,
     entry: ConntrackEntry,
-    owner: RegistryLookup,
+    owner: ContainerLookup,
     arrivedMs: number,
   ): Resolution | Promise<Resolution> {
     switch (owner.status) {

@@ -8,7 +8,7 @@ import { secondTryAddresses, selectConntrackSource } from '../conntrack/select';
 import { ensureConntrackTimestamps } from '../conntrack/timestamps';
 import type { ConntrackSource } from '../conntrack/types';
 import type { NetRawExposure } from '../docker/address-index';
-import { DockerRegistry, type CapabilitySweep } from '../docker/watcher';
+import { ContainerWatcher, type CapabilitySweep } from '../docker/watcher';
 import { AddressSet, formatCidr } from '../lib/ip';
 import { Metrics, MetricsServer } from './metrics';
 import { applyNameTemplate } from '../resolve/naming';
@@ -119,7 +119,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   log.info({ source: conntrack.name }, 'conntrack source ready');
   notifier.status(`conntrack source ${conntrack.name} ready; connecting to Docker`);
 
-  const registry = new DockerRegistry(config.dockerHost, log, {
+  const registry = new ContainerWatcher(config.dockerHost, log, {
     tls: config.dockerTls,
     verifyIntervalMs: config.resyncIntervalMs,
   });

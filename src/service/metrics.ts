@@ -30,7 +30,7 @@ export function resultLabel(a: Answer): QueryResult {
   }
 }
 
-/** What the metrics read of the Docker registry (DockerRegistry fits). */
+/** What the metrics read of the Docker side (ContainerWatcher fits). */
 export interface DockerView {
   readonly state: string;
   readonly containers: number;
@@ -40,7 +40,7 @@ export interface DockerView {
   readonly verifications?: number;
   /** Inspects sent to confirm a recent owner (coalesced: at most one per container at a time). */
   readonly confirmInspects?: number;
-  /** Containers that keep NET_RAW on a shared network, and those not known yet (DockerRegistry). */
+  /** Containers that keep NET_RAW on a shared network, and those not known yet (ContainerWatcher). */
   netRawExposure?(): { shared: readonly string[]; unknown: number };
 }
 

@@ -1,6 +1,6 @@
 /**
  * A fault-injecting stand-in for the Docker Engine API on a unix socket, for
- * unit tests of the registry's error paths. The real dockerd is used by the
+ * unit tests of the watcher's error paths. The real dockerd is used by the
  * end-to-end tests.
  */
 import http from 'node:http';
@@ -28,6 +28,15 @@ export interface HeldRequest {
   /** 'answered' once the answer was sent; 'aborted' when the client gave up first. */
   readonly settled: Promise<'answered' | 'aborted'>;
 }
+
+/** The shape of `docker network inspect docker_gwbridge` on a swarm node. */
+export const gwbridgeNetwork = (containers: Record<string, object | null>): object => ({
+  Name: 'docker_gwbridge',
+  Id: 'gw0',
+  Driver: 'bridge',
+  IPAM: { Config: [{ Subnet: '172.18.0.0/16', Gateway: '172.18.0.1' }] },
+  Containers: containers,
+});
 
 export class FakeDocker {
   readonly containers = new Map<string, FakeContainer>();

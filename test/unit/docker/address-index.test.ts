@@ -1,42 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import {
-  AddressIndex,
-  containerFromDocker,
-  keepsNetRaw,
-  type ContainerInfo,
-  type DockerHostConfigJson,
-} from '../../../src/docker/address-index';
-
-test('containerFromDocker reads list and inspect JSON, every network, IPv4 and IPv6', () => {
-  const fromList = containerFromDocker({
-    Id: 'abc',
-    Names: ['/web'],
-    NetworkSettings: {
-      Networks: {
-        bridge: { NetworkID: 'n1', IPAddress: '172.17.0.2', GlobalIPv6Address: '' },
-        app_default: { NetworkID: 'n2', IPAddress: '172.20.0.3', GlobalIPv6Address: 'fd00:0:0:0::3' },
-      },
-    },
-  });
-  assert.deepEqual(fromList, {
-    id: 'abc',
-    name: 'web',
-    networks: [
-      { networkId: 'n1', networkName: 'bridge', ipv4: '172.17.0.2' },
-      { networkId: 'n2', networkName: 'app_default', ipv4: '172.20.0.3', ipv6: 'fd00::3' },
-    ],
-    labels: {},
-  });
-  // Host network / container: network mode: no addresses.
-  assert.deepEqual(
-    containerFromDocker({ Id: 'h', Name: '/hostnet', NetworkSettings: { Networks: { host: { IPAddress: '' } } } })
-      ?.networks,
-    [],
-  );
-  assert.equal(containerFromDocker({ Names: ['/x'] }), null);
-});
+import { AddressIndex } from '../../../src/docker/address-index';
+import type { ContainerInfo } from '../../../src/docker/container-info';
 
 test('lookup by address; replace and remove keep the index exact', () => {
   let now = 1000;
@@ -108,34 +74,6 @@ test('a resync releases every address whose owner changed while unobserved', () 
   assert.equal(after.releasedAt('10.9.0.2'), undefined);
   assert.equal(after.releasedAt('10.9.0.3'), 50n);
   assert.equal(after.releasedAt('10.9.0.7'), 3n);
-});
-
-test('NET_RAW by Docker’s rule, from inspect JSON only', () => {
-  const inspect = { NetworkMode: 'bridge', Privileged: false, CapAdd: null, CapDrop: null };
-  for (const [hc, want] of [
-    [undefined, undefined],
-    [{ NetworkMode: 'bridge' }, undefined], // the listing's HostConfig
-    [inspect, true], // Docker's defaults include NET_RAW
-    [{ ...inspect, CapDrop: ['NET_RAW'] }, false],
-    [{ ...inspect, CapDrop: ['cap_net_raw'] }, false],
-    [{ ...inspect, CapDrop: ['NET_ADMIN'] }, true],
-    [{ ...inspect, CapDrop: ['ALL'] }, false],
-    [{ ...inspect, CapDrop: ['ALL'], CapAdd: ['NET_RAW'] }, true],
-    [{ ...inspect, CapAdd: ['ALL'], CapDrop: ['NET_RAW'] }, false],
-    [{ ...inspect, CapAdd: ['ALL'], CapDrop: ['ALL'] }, true], // moby: ALL added wins, only named drops apply
-    [{ ...inspect, Privileged: true, CapDrop: ['NET_RAW'] }, true],
-  ] as [DockerHostConfigJson | undefined, boolean | undefined][]) {
-    assert.equal(keepsNetRaw(hc), want, JSON.stringify(hc));
-  }
-  const listed = containerFromDocker({ Id: 'a', Names: ['/a'], HostConfig: { NetworkMode: 'bridge' } });
-  assert.equal(listed?.netRaw, undefined);
-  const inspected = containerFromDocker({
-    Id: 'a',
-    Name: '/a',
-    HostConfig: { ...inspect, NetworkMode: 'container:b1' },
-  });
-  assert.equal(inspected?.netRaw, true);
-  assert.equal(inspected?.netnsOf, 'b1');
 });
 
 test('NET_RAW exposure: shared networks, shared namespaces, and what a listing cannot tell', () => {

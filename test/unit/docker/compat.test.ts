@@ -11,7 +11,7 @@
  *     an inspect that races a removal is a 500 whose cause is "no such
  *     container".
  *
- * The registry tests serve those recorded bodies verbatim.
+ * The watcher tests serve those recorded bodies verbatim.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -22,9 +22,9 @@ import { after, describe, it } from 'node:test';
 
 import pino from 'pino';
 
-import { containerFromDocker } from '../../../src/docker/address-index';
+import { containerFromDocker } from '../../../src/docker/container-info';
 import { eventContainerId, isNoSuchContainer, type DockerEvent } from '../../../src/docker/compat';
-import { DockerRegistry } from '../../../src/docker/watcher';
+import { ContainerWatcher } from '../../../src/docker/watcher';
 
 const FIX = path.join(__dirname, '..', '..', 'fixtures', 'podman');
 const read = (f: string): string => fs.readFileSync(path.join(FIX, f), 'utf8');
@@ -175,16 +175,16 @@ class RecordedPodman {
   }
 }
 
-describe('DockerRegistry against the recorded Podman answers', () => {
+describe('ContainerWatcher against the recorded Podman answers', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'idt-podman-'));
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const log = pino({ level: 'silent' });
 
-  async function withPodman(body: (p: RecordedPodman, r: DockerRegistry) => Promise<void>): Promise<void> {
+  async function withPodman(body: (p: RecordedPodman, r: ContainerWatcher) => Promise<void>): Promise<void> {
     const p = new RecordedPodman(path.join(dir, `p${Math.random().toString(36).slice(2)}.sock`));
     await p.start();
     // No periodic listing during the test: only the events can change the index.
-    const r = new DockerRegistry(`unix://${p.socketPath}`, log, { apiTimeoutMs: 1000, verifyIntervalMs: 3_600_000 });
+    const r = new ContainerWatcher(`unix://${p.socketPath}`, log, { apiTimeoutMs: 1000, verifyIntervalMs: 3_600_000 });
     try {
       r.start();
       assert.equal(await r.waitSynced(3000), true, 'synced from the recorded listing');
@@ -202,7 +202,7 @@ describe('DockerRegistry against the recorded Podman answers', () => {
       await new Promise((res) => setTimeout(res, 10));
     }
   };
-  const owner = async (r: DockerRegistry, addr: string): Promise<string> => {
+  const owner = async (r: ContainerWatcher, addr: string): Promise<string> => {
     const l = await r.lookup(addr, 1000);
     return l.status === 'found' ? l.owner.container.name : l.status;
   };

@@ -4,8 +4,9 @@ import pino from 'pino';
 
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../../src/conntrack/types';
 import { conntrackError } from '../../../src/conntrack/types';
-import { AddressIndex, type ContainerInfo } from '../../../src/docker/address-index';
-import type { RegistryLookup } from '../../../src/docker/watcher';
+import { AddressIndex } from '../../../src/docker/address-index';
+import type { ContainerInfo } from '../../../src/docker/container-info';
+import type { ContainerLookup } from '../../../src/docker/watcher';
 import { explain, explainJson, formatExplain, routeSource, type ExplainDocker } from '../../../src/resolve/explain';
 import { parseNameTemplate } from '../../../src/resolve/naming';
 
@@ -55,7 +56,7 @@ function docker(index: AddressIndex, synced = true): ExplainDocker & { closed: b
     closed: false,
     start: () => undefined,
     waitSynced: async () => synced,
-    lookup: async (a: string): Promise<RegistryLookup> =>
+    lookup: async (a: string): Promise<ContainerLookup> =>
       synced ? index.lookup(a) : { status: 'unavailable', reason: 'Docker event stream down: ECONNREFUSED' },
     confirm: async () => true,
     close: async () => {

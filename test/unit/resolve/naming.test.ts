@@ -3,8 +3,8 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 
 import type { ConntrackEntry, ConntrackSource } from '../../../src/conntrack/types';
-import { containerFromDocker, type ContainerInfo } from '../../../src/docker/address-index';
-import type { RegistryLookup } from '../../../src/docker/watcher';
+import { containerFromDocker, type ContainerInfo } from '../../../src/docker/container-info';
+import type { ContainerLookup } from '../../../src/docker/watcher';
 import { applyNameTemplate, NameTemplateError, namer, parseNameTemplate } from '../../../src/resolve/naming';
 import { Resolver } from '../../../src/resolve/resolver';
 
@@ -136,7 +136,7 @@ const source: ConntrackSource = { name: 'procfs', lookup: async () => entry, clo
 const query = { querier: '10.213.0.2', local: '10.213.0.1', portOnServer: 40001, portOnClient: 3128 };
 
 function owning(c: ContainerInfo) {
-  const found: RegistryLookup = {
+  const found: ContainerLookup = {
     status: 'found',
     owner: { container: c, network: { networkId: 'n', networkName: 'bridge', ipv4: '172.17.0.3' }, since: 0 },
   };

@@ -3,8 +3,8 @@ import { test } from 'node:test';
 
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../../src/conntrack/types';
 import { conntrackError } from '../../../src/conntrack/types';
-import type { RegistryLookup } from '../../../src/docker/watcher';
-import { Resolver, type OwnerRegistry } from '../../../src/resolve/resolver';
+import type { ContainerLookup } from '../../../src/docker/watcher';
+import { Resolver, type ContainerOwners } from '../../../src/resolve/resolver';
 
 const query = { querier: '10.213.0.2', local: '10.213.0.1', portOnServer: 40001, portOnClient: 3128 };
 const entry: ConntrackEntry = {
@@ -27,7 +27,7 @@ function source(impl: (t: ReplyTuple) => Promise<ConntrackEntry | null>): Conntr
   };
 }
 
-const owner = (name: string, since = 0): RegistryLookup => ({
+const owner = (name: string, since = 0): ContainerLookup => ({
   status: 'found',
   owner: {
     container: { id: 'id-' + name, name, networks: [] },
@@ -36,7 +36,7 @@ const owner = (name: string, since = 0): RegistryLookup => ({
   },
 });
 
-function registry(r: RegistryLookup, confirm = true): OwnerRegistry & { confirmed: number } {
+function registry(r: ContainerLookup, confirm = true): ContainerOwners & { confirmed: number } {
   const reg = {
     confirmed: 0,
     lookup: async () => r,
@@ -168,7 +168,7 @@ test('mixed address families cannot form a tuple', async () => {
 
 test('a connection older than its address’s current owner is never answered with that owner', async () => {
   const released = 5_000_000_000_000n;
-  const found = (releasedNs: bigint): RegistryLookup => {
+  const found = (releasedNs: bigint): ContainerLookup => {
     const o = owner('newcomer', 0);
     return o.status === 'found' ? { ...o, releasedNs } : o;
   };
@@ -188,7 +188,7 @@ test('a connection older than its address’s current owner is never answered wi
 test('without a conntrack timestamp, a recently reused address is an ERROR for a while', async () => {
   const now = 1_700_000_000_000;
   const nowNs = BigInt(now) * 1_000_000n;
-  const found = (ageMs: number): RegistryLookup => {
+  const found = (ageMs: number): ContainerLookup => {
     const o = owner('newcomer', 0);
     return o.status === 'found' ? { ...o, releasedNs: nowNs - BigInt(ageMs) * 1_000_000n } : o;
   };
@@ -312,7 +312,7 @@ test('the whole answer comes at once when the source and the index can answer at
     lookupNow: () => entry,
     close: async () => undefined,
   };
-  const reg: OwnerRegistry = {
+  const reg: ContainerOwners = {
     lookup: async () => assert.fail('the promise path is not taken'),
     lookupNow: () => owner('web'),
     confirm: async () => assert.fail('an old owner is not confirmed'),
@@ -349,12 +349,12 @@ test('ENOBUFS from the GET made at once is tried once more on the promise path; 
 
 test('a recent owner is confirmed for the connection: a confirmation since its start serves, an older one does not', async () => {
   const startNs = BigInt(Date.now() - 1000) * 1_000_000n;
-  const recent = (confirmedNs?: bigint): RegistryLookup => {
+  const recent = (confirmedNs?: bigint): ContainerLookup => {
     const o = owner('web', Date.now());
     return o.status === 'found' ? { ...o, owner: { ...o.owner, ...(confirmedNs ? { confirmedNs } : {}) } } : o;
   };
   const asked: bigint[] = [];
-  const reg = (r: RegistryLookup): OwnerRegistry => ({
+  const reg = (r: ContainerLookup): ContainerOwners => ({
     lookup: async () => r,
     confirm: async (_id, _addr, notBeforeNs) => {
       asked.push(notBeforeNs);

@@ -10,7 +10,7 @@ import { after, test } from 'node:test';
 
 import { ConfigError } from '../../../src/config/config';
 import { loadConfig } from '../../../src/config/load';
-import { dockerOptions } from '../../../src/docker/watcher';
+import { dockerOptions } from '../../../src/docker/client';
 import { diffConfig } from '../../../src/service/reload';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'identd-tls-'));
@@ -41,16 +41,8 @@ test('flags name the CA, client certificate and key; their contents are read at 
   assert.equal(c.dockerTls.cert?.toString(), '-- cert.pem --\n');
   assert.equal(c.dockerTls.key?.toString(), '-- key.pem --\n');
   assert.deepEqual(c.dockerTls.files, { ca, cert, key });
-  const o = dockerOptions(c.dockerHost, c.dockerTls);
-  assert.equal(o.protocol, 'https');
-  assert.equal(o.host, '127.0.0.1');
-  assert.equal(o.port, 23760);
-  assert.equal(String(o.ca), '-- ca.pem --\n');
-  assert.equal(String(o.cert), '-- cert.pem --\n');
-  assert.equal(String(o.key), '-- key.pem --\n');
-  // tcp:// without a port over TLS is 2376, as with the docker CLI.
-  assert.equal(dockerOptions('tcp://[::1]', c.dockerTls).port, 2376);
-  assert.equal(dockerOptions('tcp://[::1]', c.dockerTls).host, '::1');
+  // What dockerode is given for them: test/unit/docker/client.test.ts.
+  assert.equal(dockerOptions(c.dockerHost, c.dockerTls).protocol, 'https');
   // A CA alone verifies the server and presents no client certificate.
   const caOnly = loadConfig(['--docker-host', TCP, '--docker-tls-ca', ca], {}).dockerTls;
   assert.ok(caOnly?.ca && !caOnly.cert && !caOnly.key);
