@@ -48,7 +48,6 @@ import { PerformanceObserver, performance, type PerformanceEntry } from 'node:pe
 
 import type { SyntheticEntry } from '../test/support/native-extras';
 import { FakeDocker } from '../test/support/fake-docker';
-import type { BenchContext, BenchFixture, BenchMethod, MethodResult, Row } from './conntrack';
 import {
   buildC,
   clockTicks,
@@ -59,6 +58,7 @@ import {
   type DaemonLogStats,
   type IdentLoadOutput,
 } from './daemon-process';
+import type { BenchContext, BenchFixture, BenchMethod, MethodResult, Row } from './harness';
 import { stats as statsOf, type Budget, type Stats } from './stats';
 
 const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
