@@ -9,13 +9,11 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 
-import { stats as statsOf, type Stats } from './stats';
+import { parseQueryLog, type QueryLog } from './daemon-log';
 
 const REPO_ROOT = path.join(__dirname, '..');
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-export const us = (n: number): string => (n >= 1000 ? `${(n / 1000).toFixed(2)} ms` : `${Math.round(n)} µs`);
 
 export function run(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
@@ -81,17 +79,6 @@ export interface IdentLoadOutput {
   activeSeconds: number;
   hitBuckets: number[];
   missBuckets: number[];
-}
-
-export interface DaemonLogStats {
-  queries: number;
-  /** The conntrack lookup, as the daemon timed it. */
-  lookupUs: Stats;
-  /** From the parsed request to the reply (resolve + format), as the daemon timed it. */
-  totalUs: Stats;
-  answers: Record<string, number>;
-  /** The daemon's GC pauses, when it runs with --trace-gc. */
-  gc?: { pauses: number; totalMs: number; maxMs: number; over1ms: number };
 }
 
 /** `bin/docker-identd.js serve` as a child process; its JSON log goes to a file. */
@@ -203,37 +190,8 @@ export class DaemonProcess {
   }
 
   /** The per-query log lines written since byte `from`; `lookup` and `total` per query, in log order. */
-  queryStats(from: number): { stats: DaemonLogStats; lookup: number[]; total: number[] } {
-    const lookup: number[] = [];
-    const total: number[] = [];
-    const gcMs: number[] = [];
-    const answers: Record<string, number> = {};
-    for (const line of this.readLog(from).split('\n')) {
-      // With IDENTD_BENCH_NODE_ARGS=--trace-gc: "... ms: Scavenge 4.5 (5.6) -> 3.9 (6.6) MB, 0.74 / 0.00 ms ..."
-      const gc = / ms: (?:Scavenge|Mark-Compact|Mark-sweep|Minor Mark-Sweep)[^,]*, ([\d.]+) \/ /.exec(line);
-      if (gc) gcMs.push(Number(gc[1]));
-      if (!line.includes('"msg":"query"')) continue;
-      const q = JSON.parse(line) as { lookupUs?: number; totalUs?: number; answer?: string };
-      lookup.push(q.lookupUs ?? NaN);
-      total.push(q.totalUs ?? NaN);
-      const a = q.answer?.startsWith('USERID:') ? 'USERID' : (q.answer ?? '?');
-      answers[a] = (answers[a] ?? 0) + 1;
-    }
-    const stats: DaemonLogStats = {
-      queries: total.length,
-      lookupUs: statsOf(lookup),
-      totalUs: statsOf(total),
-      answers,
-    };
-    if (gcMs.length > 0) {
-      stats.gc = {
-        pauses: gcMs.length,
-        totalMs: gcMs.reduce((a, b) => a + b, 0),
-        maxMs: Math.max(...gcMs),
-        over1ms: gcMs.filter((m) => m >= 1).length,
-      };
-    }
-    return { stats, lookup, total };
+  queryStats(from: number): QueryLog {
+    return parseQueryLog(this.readLog(from));
   }
 
   async stop(): Promise<void> {

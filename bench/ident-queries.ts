@@ -48,18 +48,10 @@ import { PerformanceObserver, performance, type PerformanceEntry } from 'node:pe
 
 import type { SyntheticEntry } from '../test/support/native-extras';
 import { FakeDocker } from '../test/support/fake-docker';
-import {
-  buildC,
-  clockTicks,
-  DaemonProcess,
-  run,
-  sleep,
-  us,
-  type DaemonLogStats,
-  type IdentLoadOutput,
-} from './daemon-process';
+import { buildC, clockTicks, DaemonProcess, run, sleep, type IdentLoadOutput } from './daemon-process';
+import { daemonTimes } from './daemon-log';
 import type { BenchContext, BenchFixture, BenchMethod, MethodResult, Row } from './harness';
-import { stats as statsOf, type Budget, type Stats } from './stats';
+import { stats as statsOf, us, type Budget, type Stats } from './stats';
 
 const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
 /** The daemons' ports (both listen on the entries' reply destination address). */
@@ -201,16 +193,6 @@ class Verifier {
   }
 }
 
-/** The daemon's own view of the queries (from its log), for the notes column. */
-function daemonTimes(d: DaemonLogStats, resolveToo = true): string {
-  if (d.queries === 0) return `daemon timings n/a (log level ${LOG_LEVEL})`;
-  const lookup = `daemon: lookup p50 ${us(d.lookupUs.median)} p99 ${us(d.lookupUs.p99)}`;
-  const gc = d.gc
-    ? `; daemon GC: ${d.gc.pauses} pauses, ${d.gc.over1ms} of >= 1 ms, longest ${d.gc.maxMs.toFixed(2)} ms`
-    : '';
-  return (resolveToo ? `${lookup}, resolve+reply p50 ${us(d.totalUs.median)} p99 ${us(d.totalUs.p99)}` : lookup) + gc;
-}
-
 // ------------------------------------------------------------ the bench
 
 /** Per table size: the procfs references the burst is compared with. */
@@ -320,7 +302,7 @@ export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixtur
     return {
       ...statsOf(samples),
       notes:
-        `${daemonTimes(daemon)}; daemon CPU ${us(cpuPerQuery)}/query${tail}` +
+        `${daemonTimes(daemon, LOG_LEVEL)}; daemon CPU ${us(cpuPerQuery)}/query${tail}` +
         (verifier.wrong > wrong0 ? `; ${verifier.wrong - wrong0} WRONG replies` : ''),
       details: { daemon, slowest, daemonCpuUsPerQuery: cpuPerQuery, wrong: verifier.wrong - wrong0 },
     };
@@ -449,7 +431,7 @@ export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixtur
                 `(${((daemonCpu * qps) / 1e4).toFixed(0)}% of a core; its JavaScript thread ${us(mainCpu)}/query, ` +
                 `${((mainCpu * qps) / 1e4).toFixed(0)}% of a core), client ${us(clientCpu)}/query, ` +
                 `${machine.text}; ` +
-                daemonTimes(daemon) +
+                daemonTimes(daemon, LOG_LEVEL) +
                 (wrong > 0 ? `; ${wrong} WRONG replies` : ''),
               details: {
                 qps,
@@ -708,7 +690,7 @@ export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixtur
               notes:
                 `time until all ${BURST} answered (per round); **${ratioToFullScan.toFixed(2)}x a full scan**, ` +
                 `${ratioToSingleQuery.toFixed(2)}x a single query; per query p50 ${us(perQuery.median)} ` +
-                `p99 ${us(perQuery.p99)}; ${daemonTimes(daemon, false)}` +
+                `p99 ${us(perQuery.p99)}; ${daemonTimes(daemon, LOG_LEVEL, false)}` +
                 (wrong > 0 ? `; ${wrong} WRONG replies` : ''),
               details: {
                 rounds,

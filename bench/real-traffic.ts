@@ -61,7 +61,9 @@ import { performance } from 'node:perf_hooks';
 import { loadBinding } from '../src/native/binding';
 import { type SyntheticEntry } from '../test/support/native-extras';
 import { FakeDocker } from '../test/support/fake-docker';
-import { buildC, cpuUsOf, DaemonProcess, rssKbOf, run, us, type IdentLoadOutput } from './daemon-process';
+import type { DaemonLogStats } from './daemon-log';
+import { buildC, cpuUsOf, DaemonProcess, rssKbOf, run, type IdentLoadOutput } from './daemon-process';
+import { us } from './stats';
 import { HOST, insertEntries, PORTS, PROXY_CIDR, readNumber, remote, REMOTES, runInOwnNamespace } from './table';
 
 const INSIDE_FLAG = '--inside-namespace';
@@ -348,7 +350,7 @@ interface VariantResult {
   /** Queries answered over all of this variant's loads. */
   queries: number;
   dockerRequests: { main: Record<string, number>; total: Record<string, number> };
-  daemonLog?: ReturnType<DaemonProcess['queryStats']>['stats'];
+  daemonLog?: DaemonLogStats;
   wrong: { wrongReplies: number; unexpectedErrors: number; timeouts: number; connectionErrors: number };
   examples: string[];
 }
