@@ -9,11 +9,9 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 
+import { REPO_ROOT, sleep } from '../test/support/daemon';
+import { FakeDocker } from '../test/support/fake-docker';
 import { parseQueryLog, type QueryLog } from './daemon-log';
-
-const REPO_ROOT = path.join(__dirname, '..');
-
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export function run(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
@@ -37,6 +35,16 @@ export function rssKbOf(pid: number): number {
   return m ? Number(m[1]) : NaN;
 }
 
+/** CPU µs (user + system) of processes, all threads, summed. */
+export function cpuUsOfTree(pids: number[]): number {
+  return pids.reduce((sum, pid) => sum + cpuUsOf(`/proc/${pid}/stat`), 0);
+}
+
+/** Resident set size of processes, summed, in KiB. */
+export function rssKbOfTree(pids: number[]): number {
+  return pids.reduce((sum, pid) => sum + rssKbOf(pid), 0);
+}
+
 /** This process and its children (e.g. the workers of `serve --workers N`). */
 export function processTree(pid: number): number[] {
   const children = fs
@@ -56,30 +64,39 @@ export function buildC(dir: string, name: string, libs: string[] = []): string {
   return bin;
 }
 
-// ------------------------------------------------------------ the daemon
-
-/** What bench/ident-load.c prints (one JSON object), for every bench that runs it. */
-export interface IdentLoadOutput {
-  measured: number;
-  seconds: number;
-  qps: number;
-  medianUs: number;
-  p99Us: number;
-  all: number;
-  wrong: number;
-  cpuUsPerQuery: number;
-  cpuUsTotal: number;
-  examples: string[];
-  hits: number;
-  misses: number;
-  unexpectedErrors: number;
-  timeouts: number;
-  connectionErrors: number;
-  wrongReplies: number;
-  activeSeconds: number;
-  hitBuckets: number[];
-  missBuckets: number[];
+/** SIGTERM, then SIGKILL if `child` has not exited after `graceMs`; resolves once it has exited. */
+export async function terminate(child: ChildProcess, graceMs = 10_000): Promise<void> {
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  if (!(await Promise.race([exited.then(() => true), sleep(graceMs).then(() => false)]))) {
+    child.kill('SIGKILL');
+    await exited;
+  }
 }
+
+/**
+ * A FakeDocker (not started yet) at `socketPath` listing `count` running
+ * containers: container i is `nameOf(i)`, at `addressOf(i)` on one network.
+ */
+export function fakeDockerOf(
+  socketPath: string,
+  count: number,
+  nameOf: (i: number) => string,
+  addressOf: (i: number) => string,
+): FakeDocker {
+  const docker = new FakeDocker(socketPath);
+  for (let i = 0; i < count; i++) {
+    docker.add({
+      Id: (i + 1).toString(16).padStart(64, '0'),
+      Name: nameOf(i),
+      Running: true,
+      Networks: { bench: { NetworkID: 'bench-net', IPAddress: addressOf(i) } },
+    });
+  }
+  return docker;
+}
+
+// ------------------------------------------------------------ the daemon
 
 /** `bin/docker-identd.js serve` as a child process; its JSON log goes to a file. */
 export class DaemonProcess {
@@ -177,12 +194,12 @@ export class DaemonProcess {
 
   /** Resident set size of the whole process (workers included), KiB. */
   rssKb(): number {
-    return this.pids().reduce((sum, pid) => sum + rssKbOf(pid), 0);
+    return rssKbOfTree(this.pids());
   }
 
   /** CPU µs of the whole process (workers included), and of its main (JavaScript) threads. */
   cpuUs(): number {
-    return this.pids().reduce((sum, pid) => sum + cpuUsOf(`/proc/${pid}/stat`), 0);
+    return cpuUsOfTree(this.pids());
   }
 
   mainThreadCpuUs(): number {
@@ -196,11 +213,6 @@ export class DaemonProcess {
 
   async stop(): Promise<void> {
     if (!this.child || this.exit) return;
-    const exited = new Promise<void>((r) => this.child!.once('exit', () => r()));
-    this.child.kill('SIGTERM');
-    if (!(await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)]))) {
-      this.child.kill('SIGKILL');
-      await exited;
-    }
+    await terminate(this.child);
   }
 }

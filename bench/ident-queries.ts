@@ -39,7 +39,6 @@
  * are then not available, and the sync is recognised by the fake Docker
  * having been listed).
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -47,13 +46,15 @@ import path from 'node:path';
 import { PerformanceObserver, performance, type PerformanceEntry } from 'node:perf_hooks';
 
 import type { SyntheticEntry } from '../test/support/native-extras';
-import { FakeDocker } from '../test/support/fake-docker';
-import { buildC, clockTicks, DaemonProcess, run, sleep, type IdentLoadOutput } from './daemon-process';
+import { sleep } from '../test/support/daemon';
+import type { FakeDocker } from '../test/support/fake-docker';
 import { daemonTimes } from './daemon-log';
+import { buildC, clockTicks, DaemonProcess, fakeDockerOf } from './daemon-process';
 import type { BenchContext, BenchFixture, BenchMethod, MethodResult, Row } from './harness';
+import { queryFileLine, runIdentLoad, shuffle } from './ident-load';
 import { stats as statsOf, us, type Budget, type Stats } from './stats';
+import { setUpQueryNamespace } from './table';
 
-const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
 /** The daemons' ports (both listen on the entries' reply destination address). */
 const NETLINK_PORT = 113;
 const PROCFS_PORT = 114;
@@ -364,24 +365,12 @@ export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixtur
    * expected text as the Node client.
    */
   async function loadWithC(d: DaemonProcess, ctx: BenchContext, clients: number): Promise<LoadResult> {
-    const n = chosen(ctx);
-    const order = Array.from({ length: n }, (_, i) => i);
-    for (let i = n - 1; i > 0; i--) {
-      const j = Math.floor(Math.random() * (i + 1));
-      [order[i], order[j]] = [order[j], order[i]];
-    }
+    const order = shuffle(Array.from({ length: chosen(ctx) }, (_, i) => i));
     const file = path.join(dir, `queries-${ctx.size}.tsv`);
-    const line = (q: Query): string => `${q.querier}\t${q.request.trimEnd()}\t${q.expected.trimEnd()}\n`;
+    const line = (q: Query): string => queryFileLine(q.querier, q.request.trimEnd(), q.expected.trimEnd());
     fs.writeFileSync(file, order.map((i) => line(found(i))).join(''));
     const args = [host, String(d.port), String(clients), String(LOAD_WARMUP_MS), String(LOAD_MS), file];
-    const child = spawn(loadClient(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.setEncoding('utf8').on('data', (t: string) => (out += t));
-    child.stderr.setEncoding('utf8').on('data', (t: string) => (err += t));
-    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
-    if (code !== 0) throw new Error(`ident-load exited with ${code}: ${err.trim()}`);
-    const r = JSON.parse(out) as IdentLoadOutput;
+    const r = await runIdentLoad(loadClient(), args);
     verifier.add(
       r.all,
       r.wrong,
@@ -456,22 +445,8 @@ export function identQueryBench(opts: IdentBenchOptions): { fixture: BenchFixtur
   const fixture: BenchFixture = {
     async before() {
       dir = fs.mkdtempSync(path.join(os.tmpdir(), 'identd-bench-'));
-      // Start times for the entries inserted from now on (per namespace, off by default).
-      fs.writeFileSync(TIMESTAMP_SYSCTL, '1\n');
-      if (fs.readFileSync(TIMESTAMP_SYSCTL, 'utf8').trim() !== '1')
-        throw new Error('cannot turn conntrack timestamps on');
-      run('ip', ['addr', 'add', `${host}/32`, 'dev', 'lo']);
-      run('ip', ['addr', 'add', opts.querierCidr, 'dev', 'lo']);
-
-      docker = new FakeDocker(path.join(dir, 'docker.sock'));
-      for (let i = 0; i < opts.containers; i++) {
-        docker.add({
-          Id: (i + 1).toString(16).padStart(64, '0'),
-          Name: name(i),
-          Running: true,
-          Networks: { bench: { NetworkID: 'bench-net', IPAddress: opts.entry(i).orig.src } },
-        });
-      }
+      setUpQueryNamespace(host, opts.querierCidr);
+      docker = fakeDockerOf(path.join(dir, 'docker.sock'), opts.containers, name, (i) => opts.entry(i).orig.src);
       await docker.start();
       const common = ['--allow', opts.querierCidr, '--docker-host', docker.url, '--log-level', LOG_LEVEL];
       netlinkd = new DaemonProcess('netlink', NETLINK_PORT, path.join(dir, 'netlink.log'), [

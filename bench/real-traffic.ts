@@ -60,15 +60,25 @@ import { performance } from 'node:perf_hooks';
 
 import { loadBinding } from '../src/native/binding';
 import { type SyntheticEntry } from '../test/support/native-extras';
-import { FakeDocker } from '../test/support/fake-docker';
+import type { FakeDocker } from '../test/support/fake-docker';
 import type { DaemonLogStats } from './daemon-log';
-import { buildC, cpuUsOf, DaemonProcess, rssKbOf, run, type IdentLoadOutput } from './daemon-process';
+import { buildC, cpuUsOfTree, DaemonProcess, fakeDockerOf, rssKbOfTree, terminate } from './daemon-process';
+import { queryFileLine, runIdentLoad, shuffle, type IdentLoadOutput } from './ident-load';
 import { us } from './stats';
-import { HOST, insertEntries, PORTS, PROXY_CIDR, readNumber, remote, REMOTES, runInOwnNamespace } from './table';
+import {
+  HOST,
+  insertEntries,
+  PORTS,
+  PROXY_CIDR,
+  readNumber,
+  remote,
+  REMOTES,
+  runInOwnNamespace,
+  setUpQueryNamespace,
+} from './table';
 
 const INSIDE_FLAG = '--inside-namespace';
 const RESULTS_DIR = path.join(__dirname, 'results');
-const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
 /** The proxies' port: every queried connection goes to a proxy j:3128. */
 const PROXY_PORT = 3128;
 /** A port-on-client no connection uses: a query for an absent connection. */
@@ -176,7 +186,7 @@ function queryLine(g: number, containers: number, miss: boolean): string {
   const r = connection(g, containers).reply;
   const ports = `${r.dport} , ${miss ? ABSENT_PORT : r.sport}`;
   const expected = miss ? `${ports} : ERROR : NO-USER` : `${ports} : USERID : OTHER : ${containerName(g % containers)}`;
-  return `${r.src}\t${ports}\t${expected}\n`;
+  return queryFileLine(r.src, ports, expected);
 }
 
 /**
@@ -190,11 +200,7 @@ function writeQueries(file: string, from: number, n: number, containers: number,
     const isMiss = Math.floor((i + 1) * miss) > Math.floor(i * miss);
     out.push(queryLine(from + (i % n), containers, isMiss));
   }
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(Math.random() * (i + 1));
-    [out[i], out[j]] = [out[j], out[i]];
-  }
-  fs.writeFileSync(file, out.join(''));
+  fs.writeFileSync(file, shuffle(out).join(''));
 }
 
 // ------------------------------------------------------------ load runs
@@ -210,14 +216,7 @@ async function runLoad(port: number, clients: number, measureMs: number, file: s
   const args = [HOST, String(port), String(clients), '0', String(Math.round(measureMs)), file];
   if (maxQueries > 0) args.push(String(maxQueries));
   const startedAt = performance.now();
-  const child = spawn(loadBin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout.setEncoding('utf8').on('data', (t: string) => (out += t));
-  child.stderr.setEncoding('utf8').on('data', (t: string) => (err += t));
-  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
-  if (code !== 0) throw new Error(`ident-load exited with ${code}: ${err.trim()}`);
-  return { ...(JSON.parse(out) as IdentLoadOutput), startedAt };
+  return { ...(await runIdentLoad(loadBin, args)), startedAt };
 }
 
 const sum = (a: number[], from = 0, to = a.length): number => a.slice(from, to).reduce((x, y) => x + y, 0);
@@ -231,13 +230,6 @@ interface Server {
   pids(): number[];
   alive(): void;
   stop(): Promise<void>;
-}
-
-function cpuUsOfTree(pids: number[]): number {
-  return pids.reduce((s, pid) => s + cpuUsOf(`/proc/${pid}/stat`), 0);
-}
-function rssKbOfTree(pids: number[]): number {
-  return pids.reduce((s, pid) => s + rssKbOf(pid), 0);
 }
 
 /** The C floor (bench/floor-identd.c), or the same work in Node (bench/node-floor.ts): `cmd` HOST PORT SOCKET. */
@@ -283,9 +275,7 @@ class FloorProcess implements Server {
 
   async stop(): Promise<void> {
     if (!this.child || this.exit) return;
-    const exited = new Promise<void>((r) => this.child!.once('exit', () => r()));
-    this.child.kill('SIGTERM');
-    await exited;
+    await terminate(this.child);
   }
 }
 
@@ -731,10 +721,7 @@ async function inside(o: Options): Promise<number> {
   let docker: FakeDocker | null = null;
   let failed = true;
   try {
-    fs.writeFileSync(TIMESTAMP_SYSCTL, '1\n');
-    if (readNumber(TIMESTAMP_SYSCTL) !== 1) throw new Error('cannot turn conntrack timestamps on');
-    run('ip', ['addr', 'add', `${HOST}/32`, 'dev', 'lo']);
-    run('ip', ['addr', 'add', PROXY_CIDR, 'dev', 'lo']);
+    setUpQueryNamespace(HOST, PROXY_CIDR);
     loadBin = buildC(dir, 'ident-load');
     const floorBin = o.floor ? buildC(dir, 'floor-identd', ['-lnetfilter_conntrack']) : '';
 
@@ -779,15 +766,7 @@ async function inside(o: Options): Promise<number> {
         `${o.containers} containers, ${o.clients} clients, ${o.miss * 100} % misses`,
     );
 
-    docker = new FakeDocker(path.join(dir, 'docker.sock'));
-    for (let c = 0; c < o.containers; c++) {
-      docker.add({
-        Id: (c + 1).toString(16).padStart(64, '0'),
-        Name: containerName(c),
-        Running: true,
-        Networks: { bench: { NetworkID: 'bench-net', IPAddress: containerAddress(c) } },
-      });
-    }
+    docker = fakeDockerOf(path.join(dir, 'docker.sock'), o.containers, containerName, containerAddress);
     await docker.start();
     const dockerSocket = docker.socketPath;
     const common = [

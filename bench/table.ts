@@ -11,6 +11,9 @@ import path from 'node:path';
 import { loadBinding } from '../src/native/binding';
 import { insertSyntheticEntries, type SyntheticEntry } from '../test/support/native-extras';
 import type { ReplyTuple } from '../src/conntrack/types';
+import { run } from './daemon-process';
+
+const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
 
 // ---------------------------------------------------------------- entries
 
@@ -59,6 +62,19 @@ export async function insertEntries(
     const r = await insertSyntheticEntries(4, batch, 3600);
     if (r.inserted + r.existed !== batch.length) throw new Error(`insert: ${JSON.stringify(r)}`);
   }
+}
+
+/**
+ * Inside the namespace, before the queried entries are inserted: conntrack
+ * timestamps on (per namespace, off by default; entries inserted from then on
+ * carry a start time, which the daemon's address-reuse guard needs), and on
+ * `lo` the entries' reply destination `host` and the queriers' prefix.
+ */
+export function setUpQueryNamespace(host: string, querierCidr: string): void {
+  fs.writeFileSync(TIMESTAMP_SYSCTL, '1\n');
+  if (readNumber(TIMESTAMP_SYSCTL) !== 1) throw new Error('cannot turn conntrack timestamps on');
+  run('ip', ['addr', 'add', `${host}/32`, 'dev', 'lo']);
+  run('ip', ['addr', 'add', querierCidr, 'dev', 'lo']);
 }
 
 // ---------------------------------------------------- namespace wrapper
