@@ -16,11 +16,9 @@
  * JSON to bench/results/. Deletes the namespace at the end, also on failure.
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 
 import { NetlinkSource, type NetlinkSourceOptions } from '../src/conntrack/netlink';
-import { loadBinding } from '../src/native/binding';
 import type { ConntrackSource, ReplyTuple } from '../src/conntrack/types';
 import { AddressSet, parseCidr, type Cidr } from '../src/lib/ip';
 import {
@@ -32,12 +30,11 @@ import {
   type Row,
 } from './harness';
 import { identQueryBench } from './ident-queries';
+import { addonPath, runInfo, writeResults } from './results';
 import type { Budget } from './stats';
-import { entry, HOST, insertEntries, OTHER_PROXY, PROXY_CIDR, readNumber, replyOf, runInOwnNamespace } from './table';
+import { benchMain, entry, HOST, insertEntries, OTHER_PROXY, PROXY_CIDR, readNumber, replyOf } from './table';
 
 const DEFAULT_SIZES = [1_000, 10_000, 100_000, 250_000];
-const RESULTS_DIR = path.join(__dirname, 'results');
-const INSIDE_FLAG = '--inside-namespace';
 
 /** Whole ident queries over TCP against the real daemon process (bench/ident-queries.ts). */
 const identQueries = identQueryBench({ entry, host: HOST, querierCidr: PROXY_CIDR, containers: 1000 });
@@ -219,20 +216,7 @@ function printSummary(rows: Row[], tables: TableInfo[]): void {
 }
 
 function writeJson(rows: Row[], tables: unknown, sizes: number[], checks: string[]): void {
-  fs.mkdirSync(RESULTS_DIR, { recursive: true });
-  const file = path.join(RESULTS_DIR, `conntrack-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  const addon = loadBinding();
-  const doc = {
-    date: new Date().toISOString(),
-    machine: { kernel: os.release(), cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version },
-    addon: addon.ok ? addon.path : null,
-    sizes,
-    tables,
-    results: rows,
-    checks,
-  };
-  fs.writeFileSync(file, JSON.stringify(doc, null, 2) + '\n');
-  console.log(`wrote ${path.relative(process.cwd(), file)}`);
+  writeResults('conntrack', { ...runInfo(), addon: addonPath(), sizes, tables, results: rows, checks });
 }
 
 // ---------------------------------------------------- namespace wrapper
@@ -246,20 +230,4 @@ function parseSizes(argv: string[]): number[] {
   return sizes.sort((a, b) => a - b);
 }
 
-if (require.main === module) {
-  const argv = process.argv.slice(2);
-  const run = argv.includes(INSIDE_FLAG)
-    ? inside(parseSizes(argv)).then(() => 0)
-    : runInOwnNamespace(
-        __filename,
-        INSIDE_FLAG,
-        argv.filter((a) => a !== INSIDE_FLAG),
-      );
-  run.then(
-    (code) => process.exit(code),
-    (e: unknown) => {
-      console.error(e);
-      process.exit(1);
-    },
-  );
-}
+if (require.main === module) benchMain(__filename, (argv) => inside(parseSizes(argv)).then(() => 0), parseSizes);

@@ -58,27 +58,26 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 
-import { loadBinding } from '../src/native/binding';
 import { type SyntheticEntry } from '../test/support/native-extras';
 import type { FakeDocker } from '../test/support/fake-docker';
 import type { DaemonLogStats } from './daemon-log';
 import { buildC, cpuUsOfTree, DaemonProcess, fakeDockerOf, rssKbOfTree, terminate } from './daemon-process';
 import { queryFileLine, runIdentLoad, shuffle, type IdentLoadOutput } from './ident-load';
+import { addonPath, runInfo, writeResults } from './results';
 import { us } from './stats';
 import {
+  benchMain,
   HOST,
   insertEntries,
+  INSIDE_FLAG,
   PORTS,
   PROXY_CIDR,
   readNumber,
   remote,
   REMOTES,
-  runInOwnNamespace,
   setUpQueryNamespace,
 } from './table';
 
-const INSIDE_FLAG = '--inside-namespace';
-const RESULTS_DIR = path.join(__dirname, 'results');
 /** The proxies' port: every queried connection goes to a proxy j:3128. */
 const PROXY_PORT = 3128;
 /** A port-on-client no connection uses: a query for an absent connection. */
@@ -839,43 +838,15 @@ async function inside(o: Options): Promise<number> {
 }
 
 function writeJson(o: Options, results: VariantResult[], cs: Check[], seconds: number): void {
-  fs.mkdirSync(RESULTS_DIR, { recursive: true });
-  const file = path.join(RESULTS_DIR, `real-traffic-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  const addon = loadBinding();
-  const doc = {
-    date: new Date().toISOString(),
-    machine: { kernel: os.release(), cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version },
+  writeResults('real-traffic', {
+    ...runInfo(),
     daemon: process.env.IDENTD_BENCH_DAEMON ?? 'bin/docker-identd.js',
-    addon: addon.ok ? addon.path : null,
+    addon: addonPath(),
     options: o,
     seconds,
     results,
     checks: cs,
-  };
-  fs.writeFileSync(file, JSON.stringify(doc, null, 2) + '\n');
-  console.log(`wrote ${path.relative(process.cwd(), file)}`);
+  });
 }
 
-if (require.main === module) {
-  const argv = process.argv.slice(2);
-  let run: Promise<number>;
-  try {
-    const o = parseOptions(argv);
-    run = argv.includes(INSIDE_FLAG)
-      ? inside(o)
-      : runInOwnNamespace(
-          __filename,
-          INSIDE_FLAG,
-          argv.filter((a) => a !== INSIDE_FLAG),
-        );
-  } catch (e) {
-    run = Promise.reject(e);
-  }
-  run.then(
-    (code) => process.exit(code),
-    (e: unknown) => {
-      console.error(e);
-      process.exit(1);
-    },
-  );
-}
+if (require.main === module) benchMain(__filename, (argv) => inside(parseOptions(argv)), parseOptions);

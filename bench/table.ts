@@ -13,6 +13,8 @@ import { insertSyntheticEntries, type SyntheticEntry } from '../test/support/nat
 import type { ReplyTuple } from '../src/conntrack/types';
 import { run } from './daemon-process';
 
+/** The flag with which a benchmark re-runs itself inside its namespace. */
+export const INSIDE_FLAG = '--inside-namespace';
 const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
 
 // ---------------------------------------------------------------- entries
@@ -116,4 +118,38 @@ export async function runInOwnNamespace(script: string, insideFlag: string, argv
   } finally {
     del();
   }
+}
+
+/**
+ * A benchmark's entry point: with INSIDE_FLAG, `inside(argv)`; without it,
+ * the same script re-run inside a namespace of its own (runInOwnNamespace).
+ * `check` validates argv first, on both sides. Exits with the run's status
+ * (1 and the error, when it throws).
+ */
+export function benchMain(
+  script: string,
+  inside: (argv: string[]) => Promise<number>,
+  check?: (argv: string[]) => void,
+): void {
+  const argv = process.argv.slice(2);
+  let run: Promise<number>;
+  try {
+    check?.(argv);
+    run = argv.includes(INSIDE_FLAG)
+      ? inside(argv)
+      : runInOwnNamespace(
+          script,
+          INSIDE_FLAG,
+          argv.filter((a) => a !== INSIDE_FLAG),
+        );
+  } catch (e) {
+    run = Promise.reject(e);
+  }
+  run.then(
+    (code) => process.exit(code),
+    (e: unknown) => {
+      console.error(e);
+      process.exit(1);
+    },
+  );
 }
