@@ -14,7 +14,7 @@ import { sleep } from '../test/support/daemon';
 import { daemonTimes } from './daemon-log';
 import { buildC, clockTicks, type DaemonProcess } from './daemon-process';
 import { underBudget, type BenchContext, type MethodResult } from './harness';
-import { runIdentLoad, shuffle } from './ident-load';
+import { queryFileLine, runIdentLoad, shuffle } from './ident-load';
 import type { Query, QuerySet } from './ident-query-set';
 import { BURST, CLIENTS, LOAD_CLIENT, LOAD_MS, LOAD_WARMUP_MS, LOG_LEVEL, QUERY_TIMEOUT_MS } from './ident-settings';
 import { stats as statsOf, us, type Budget, type Stats } from './stats';
@@ -300,7 +300,8 @@ export class IdentMeasure {
     const dir = this.dirOf();
     const order = shuffle(Array.from({ length: this.queries.chosen(ctx) }, (_, i) => i));
     const file = path.join(dir, `queries-${ctx.size}.tsv`);
-    fs.writeFileSync(file, order.map((i) => this.queries.fileLine(this.queries.found(i))).join(''));
+    const line = (q: Query): string => queryFileLine(q.querier, q.request.trimEnd(), q.expected.trimEnd());
+    fs.writeFileSync(file, order.map((i) => line(this.queries.found(i))).join(''));
     const args = [this.host, String(d.port), String(clients), String(LOAD_WARMUP_MS), String(LOAD_MS), file];
     const r = await runIdentLoad(buildC(dir, 'ident-load'), args);
     this.verifier.add(

@@ -5,7 +5,6 @@
  */
 import type { SyntheticEntry } from '../test/support/native-extras';
 import type { BenchContext } from './harness';
-import { queryFileLine } from './ident-load';
 
 export interface Query {
   querier: string;
@@ -58,10 +57,5 @@ export class QuerySet {
     const r = this.entry(i).reply;
     const ports = `${r.dport} , 444`;
     return { querier: r.src, request: `${ports}\r\n`, expected: `${ports} : ERROR : NO-USER\r\n`, what: `absent ${i}` };
-  }
-
-  /** `q` as a line of bench/ident-load.c's query file. */
-  fileLine(q: Query): string {
-    return queryFileLine(q.querier, q.request.trimEnd(), q.expected.trimEnd());
   }
 }
