@@ -1,19 +1,18 @@
 /**
- * Metrics and health (`--metrics ADDR:PORT`, off by default): Prometheus text
- * from a prom-client registry of our own, `/healthz` and `/readyz`, on an HTTP
- * server of its own (loopback unless told otherwise) with short timeouts and
- * a connection cap. Labels never carry addresses or names: only bounded sets
+ * Metrics (`--metrics ADDR:PORT`, off by default): the definitions, in a
+ * prom-client registry of our own, and what feeds them. The HTTP endpoint is
+ * metrics-http.ts, readiness readiness.ts, the conntrack wrapper
+ * conntrack-metrics.ts. Labels never carry addresses or names: only bounded sets
  * (the answer kind, the conntrack source, a refusal reason).
  */
-import http from 'node:http';
-import type { Logger } from 'pino';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
-import type { ConntrackSource, ReplyTuple } from '../conntrack/types';
-import { errorMessage, hasCode } from '../lib/errors';
-import { canonicalIp } from '../lib/ip';
+import type { ConntrackSource } from '../conntrack/types';
+import { errorCode, errorMessage } from '../lib/errors';
 import type { Answer } from '../ident/protocol';
-import { formatListenAddress, type ListenAddress } from '../ident/server';
+import { instrumentConntrack } from './conntrack-metrics';
+import type { MetricsSource } from './metrics-http';
+import { readinessOf, type Readiness } from './readiness';
 
 export type QueryResult = 'userid' | 'no-user' | 'unknown-error' | 'invalid-port' | 'hidden-user';
 const RESULTS: readonly QueryResult[] = ['userid', 'no-user', 'unknown-error', 'invalid-port'];
@@ -53,19 +52,6 @@ export interface ServerView {
   readonly notAllowed?: number;
 }
 
-export interface ReadyCheck {
-  /** docker, conntrack or daemon (with --workers N: prefixed by the worker, "worker 0 docker"). */
-  name: string;
-  ok: boolean;
-  detail: string;
-}
-
-/** Whether the daemon is ready, and each check behind it (/readyz). */
-export interface Readiness {
-  ready: boolean;
-  checks: ReadyCheck[];
-}
-
 /**
  * Conntrack failures that say nothing about the source working: an
  * ambiguous second try, its one candidate in another conntrack zone, or a
@@ -82,14 +68,6 @@ const NOT_SOURCE_FAILURES = new Set([
 const LOOKUP_BUCKETS = [
   0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 ];
-
-/** What the HTTP endpoint serves: one daemon's metrics, or the workers' together (src/service/cluster/supervisor.ts). */
-export interface MetricsSource {
-  readonly contentType: string;
-  /** The Prometheus text exposition. */
-  metricsText(): Promise<string>;
-  readiness(): Promise<Readiness>;
-}
 
 /**
  * With --workers N the supervisor adds the workers' metrics up (prom-client's
@@ -301,58 +279,25 @@ export class Metrics implements MetricsSource {
   }
 
   /**
-   * Wraps a conntrack source: the lookup latency by source, failures, and
-   * whether the source works (for /readyz). Answers are passed through untouched.
+   * Wraps a conntrack source (conntrack-metrics.ts): the lookup latency by
+   * source, failures, and whether the source works (for /readyz).
    */
   instrumentConntrack(source: ConntrackSource): ConntrackSource {
     const name = source.name;
     this.conntrackName = name;
     this.conntrackSource.reset();
     this.conntrackSource.set({ source: name }, 1);
-    const failed = (err: unknown): void => {
-      const e = err as Error & { code?: string };
-      if (!e.code || !NOT_SOURCE_FAILURES.has(e.code)) {
-        this.lookupErrors.inc({ source: name });
-        this.conntrackError = `${e.code ?? 'error'}: ${e.message}`;
-      }
-    };
-    const wrapped: ConntrackSource = {
-      name,
-      lookup: async (tuple: ReplyTuple) => {
-        const end = this.lookupDuration.startTimer({ source: name });
-        try {
-          const entry = await source.lookup(tuple);
-          end();
-          this.conntrackError = null;
-          return entry;
-        } catch (err) {
-          end();
-          failed(err);
-          throw err;
+    return instrumentConntrack(source, {
+      observe: (seconds) => this.lookupDuration.observe({ source: name }, seconds),
+      succeeded: () => (this.conntrackError = null),
+      failed: (err) => {
+        const code = errorCode(err);
+        if (!code || !NOT_SOURCE_FAILURES.has(code)) {
+          this.lookupErrors.inc({ source: name });
+          this.conntrackError = `${code ?? 'error'}: ${errorMessage(err)}`;
         }
       },
-      close: () => source.close(),
-    };
-    if (source.lookupNow) {
-      const now = source.lookupNow.bind(source);
-      wrapped.lookupNow = (tuple: ReplyTuple) => {
-        const t0 = performance.now();
-        try {
-          const entry = now(tuple);
-          // undefined: not looked up here; the promise path measures it.
-          if (entry !== undefined) {
-            this.lookupDuration.observe({ source: name }, (performance.now() - t0) / 1000);
-            this.conntrackError = null;
-          }
-          return entry;
-        } catch (err) {
-          this.lookupDuration.observe({ source: name }, (performance.now() - t0) / 1000);
-          failed(err);
-          throw err;
-        }
-      };
-    }
-    return wrapped;
+    });
   }
 
   get contentType(): string {
@@ -368,131 +313,10 @@ export class Metrics implements MetricsSource {
   }
 
   readinessNow(): Readiness {
-    const checks: ReadyCheck[] = [];
-    const d = this.docker;
-    checks.push(
-      d
-        ? { name: 'docker', ok: d.state === 'synced', detail: `${d.state}, ${d.containers} containers indexed` }
-        : { name: 'docker', ok: false, detail: 'not connected yet' },
-    );
-    checks.push(
-      this.conntrackName === null
-        ? { name: 'conntrack', ok: false, detail: 'no source yet' }
-        : this.conntrackError === null
-          ? { name: 'conntrack', ok: true, detail: `${this.conntrackName} working` }
-          : { name: 'conntrack', ok: false, detail: `${this.conntrackName} failing: ${this.conntrackError}` },
-    );
-    if (this.stopping) checks.push({ name: 'daemon', ok: false, detail: 'stopping' });
-    return { ready: checks.every((c) => c.ok), checks };
-  }
-}
-
-export interface MetricsServerOptions {
-  listen: ListenAddress;
-  log: Logger;
-  /** Per request (headers and body). Default 5000. */
-  requestTimeoutMs?: number;
-  /** Connections open at once. Default 16. */
-  maxConnections?: number;
-}
-
-const LOOPBACK = (host: string): boolean => host === '::1' || host.startsWith('127.');
-
-/** The HTTP endpoint: GET /metrics, /healthz, /readyz. */
-export class MetricsServer {
-  private server: http.Server | null = null;
-
-  constructor(
-    private readonly metrics: MetricsSource,
-    private readonly opts: MetricsServerOptions,
-  ) {}
-
-  async start(): Promise<ListenAddress> {
-    const timeout = this.opts.requestTimeoutMs ?? 5000;
-    const server = http.createServer(
-      { requestTimeout: timeout, headersTimeout: timeout, keepAliveTimeout: 2000, maxHeaderSize: 8192 },
-      (req, res) => void this.handle(req, res),
-    );
-    server.maxConnections = this.opts.maxConnections ?? 16;
-    server.maxHeadersCount = 32;
-    server.maxRequestsPerSocket = 100;
-    // A connection that sends nothing is closed (requestTimeout covers slow requests).
-    server.setTimeout(timeout * 2, (socket) => socket.destroy());
-    server.on('clientError', (_err, socket) => socket.destroy());
-    const { host, port } = this.opts.listen;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host, port, ipv6Only: host.includes(':') }, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    }).catch((err: NodeJS.ErrnoException) => {
-      throw Object.assign(
-        new Error(`metrics: cannot listen on ${formatListenAddress(this.opts.listen)}: ${err.message}`),
-        {
-          code: err.code,
-        },
-      );
+    return readinessOf({
+      docker: this.docker,
+      conntrack: this.conntrackName === null ? null : { name: this.conntrackName, error: this.conntrackError },
+      stopping: this.stopping,
     });
-    server.on('error', (err) => this.opts.log.error({ err: err.message }, 'metrics server error'));
-    this.server = server;
-    const a = server.address() as { address: string; port: number };
-    const bound = { host: canonicalIp(a.address) ?? a.address, port: a.port };
-    if (!LOOPBACK(bound.host)) {
-      this.opts.log.warn(
-        { metrics: formatListenAddress(bound) },
-        'metrics endpoint is not on loopback: it has no authentication; firewall it',
-      );
-    }
-    return bound;
-  }
-
-  async close(): Promise<void> {
-    const s = this.server;
-    this.server = null;
-    if (!s) return;
-    s.closeAllConnections();
-    await new Promise<void>((r) => s.close(() => r()));
-  }
-
-  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    res.on('error', () => undefined);
-    const text = (status: number, body: string, headers: http.OutgoingHttpHeaders = {}): void => {
-      res.writeHead(status, {
-        'content-type': 'text/plain; charset=utf-8',
-        'cache-control': 'no-store',
-        'content-length': Buffer.byteLength(body),
-        ...headers,
-      });
-      res.end(req.method === 'HEAD' ? undefined : body);
-    };
-    try {
-      if (req.method !== 'GET' && req.method !== 'HEAD')
-        return text(405, 'method not allowed\n', { allow: 'GET, HEAD' });
-      const path = (req.url ?? '/').split('?')[0];
-      switch (path) {
-        case '/metrics': {
-          const body = await this.metrics.metricsText();
-          return text(200, body, { 'content-type': this.metrics.contentType });
-        }
-        case '/healthz':
-          return text(200, 'ok\n');
-        case '/readyz': {
-          const r = await this.metrics.readiness();
-          const lines = r.checks.map((c) => `${c.ok ? 'ok' : 'FAIL'} ${c.name}: ${c.detail}`).join('\n');
-          return text(r.ready ? 200 : 503, `${r.ready ? 'ready' : 'not ready'}\n${lines}\n`);
-        }
-        case '/':
-          return text(200, 'docker-identd: /metrics /healthz /readyz\n');
-        default:
-          return text(404, 'not found\n');
-      }
-    } catch (err) {
-      this.opts.log.warn({ err: errorMessage(err) }, 'metrics request failed');
-      // A source may say "not now" (ERR_NOT_READY: a worker starting): 503; anything else is a 500.
-      const status = hasCode(err, 'ERR_NOT_READY') ? 503 : 500;
-      if (!res.headersSent) text(status, status === 503 ? `unavailable: ${errorMessage(err)}\n` : 'internal error\n');
-      else res.destroy();
-    }
   }
 }

@@ -5,7 +5,7 @@
  * a guard for every message received, so that neither side acts on a
  * message of the wrong shape (it is dropped, as an unknown one is).
  */
-import type { Readiness } from '../metrics';
+import type { Readiness } from '../readiness';
 
 /** The environment variables the supervisor sets for a worker. */
 export const WORKER_ENV = {

@@ -26,7 +26,8 @@ import type { Config } from '../../config/config';
 import { codedError, errorMessage } from '../../lib/errors';
 import { Waiters } from '../../lib/waiters';
 import { formatListenAddress } from '../../ident/server';
-import { MetricsServer, type MetricsSource, type ReadyCheck, type Readiness } from '../metrics';
+import { MetricsServer, type MetricsSource } from '../metrics-http';
+import type { ReadyCheck, Readiness } from '../readiness';
 import { planReload } from '../reload';
 import { Watchdog, type Notifier } from '../systemd';
 import {

@@ -6,7 +6,8 @@ import pino from 'pino';
 
 import type { ConntrackSource, ReplyTuple } from '../../../src/conntrack/types';
 import { conntrackError } from '../../../src/conntrack/types';
-import { Metrics, MetricsServer, resultLabel } from '../../../src/service/metrics';
+import { Metrics, resultLabel } from '../../../src/service/metrics';
+import { MetricsServer } from '../../../src/service/metrics-http';
 
 const log = pino({ level: 'silent' });
 const tuple: ReplyTuple = { family: 4, src: '10.213.0.2', sport: 3128, dst: '10.213.0.1', dport: 40001 };
