@@ -244,7 +244,7 @@ test('direct lookups resolve in-process with Squid’s address as the querier', 
 
 /** `docker-identd squid-helper ARGS` from the sources, with `input` on stdin. */
 function helperCli(args: string[], input = ''): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const code = "require('./src/cli/tools').squidHelperMain(process.argv.slice(1)).then((c) => process.exit(c))";
+  const code = "require('./src/cli/squid-helper').squidHelperMain(process.argv.slice(1)).then((c) => process.exit(c))";
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', '-e', code, '--', ...args], {
       cwd: path.join(__dirname, '..', '..', '..'),
