@@ -19,8 +19,8 @@ import type { Readable, Writable } from 'node:stream';
 
 import { canonicalIp, ipFamily, type AddressSet } from '../lib/ip';
 import { queryIdent } from './client';
-import { isAnswerableName, parsePortText } from './protocol';
-import type { IdentQuery, Resolution } from '../resolve/resolver';
+import { isAnswerableName, parsePortText, type Answer } from './protocol';
+import type { IdentQuery } from './server';
 
 /** Longest request line read; the rest of a longer line is dropped and the request answered ERR. */
 export const MAX_HELPER_LINE = 4096;
@@ -139,12 +139,15 @@ export function remoteLookup(opts: RemoteLookupOptions): HelperLookup {
   };
 }
 
+/** Answers an ident query in-process (with --direct: the resolver, through resolve/engine). */
+export type DirectResolve = (q: IdentQuery) => Promise<{ answer: Answer }> | { answer: Answer };
+
 /**
  * Squid on the Docker host itself: the connection was not NATed on its way to
  * Squid, so its reply tuple is Squid's address and port to the client's, and
  * the resolver answers it in-process. Needs %>la.
  */
-export function directLookup(resolve: (q: IdentQuery) => Promise<Resolution>): HelperLookup {
+export function directLookup(resolve: DirectResolve): HelperLookup {
   return async (req) => {
     if (!req.localAddress) return { ok: false, message: 'no-local-address' };
     const r = await resolve({

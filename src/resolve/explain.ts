@@ -24,12 +24,12 @@ import {
   type ReplyTuple,
   type Tuple,
 } from '../conntrack/types';
-import { nowNs, type ContainerInfo } from '../docker/address-index';
+import { nowNs } from '../docker/address-index';
 import { DockerRegistry, type RegistryLookup } from '../docker/watcher';
 import { canonicalIp, ipFamily } from '../lib/ip';
 import { applyNameTemplate } from './naming';
 import { formatReply } from '../ident/protocol';
-import { Resolver, type Resolution } from './resolver';
+import { Resolver, type OwnerContainer, type Resolution } from './resolver';
 
 /** What explain needs of the Docker side (DockerRegistry fits). */
 export interface ExplainDocker {
@@ -160,7 +160,7 @@ function entryReport(e: ConntrackEntry): EntryReport {
   };
 }
 
-function containerReport(c: ContainerInfo, labelKeys: readonly string[]): ContainerReport {
+function containerReport(c: OwnerContainer, labelKeys: readonly string[]): ContainerReport {
   const labels: Record<string, string> = {};
   for (const k of labelKeys) {
     if (c.labels && Object.prototype.hasOwnProperty.call(c.labels, k)) labels[k] = c.labels[k];

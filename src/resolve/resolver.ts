@@ -8,19 +8,32 @@ import { withDeadline } from '../lib/deadline';
 import { ipFamily } from '../lib/ip';
 import type { Answer } from '../ident/protocol';
 import { isAnswerableName } from '../ident/protocol';
+import type { IdentQuery } from '../ident/server';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../conntrack/types';
 import { answersTuple } from '../conntrack/types';
-import type { ContainerInfo } from '../docker/address-index';
-import type { RegistryLookup } from '../docker/watcher';
+import type { NamedContainer } from './naming';
 
-export interface IdentQuery {
-  /** Canonical address of the querier (the ident connection's remote end). */
-  querier: string;
-  /** Canonical address of our end of the ident connection. */
-  local: string;
-  portOnServer: number;
-  portOnClient: number;
+/** A container as the resolver (and explain) read it; docker's OwnerContainer fits. */
+export interface OwnerContainer extends NamedContainer {
+  id: string;
+  networks: readonly { networkName: string; ipv4?: string; ipv6?: string }[];
 }
+
+/** A container holding an address, as the Docker index knows it. */
+export interface Owner {
+  container: OwnerContainer;
+  /** When the container was indexed under the address (ms since the epoch). */
+  since: number;
+  /** The latest time (ns since the epoch) a Docker answer to a request sent then showed it with the address. */
+  confirmedNs?: bigint;
+}
+
+/** Who holds an address (docker's OwnerLookup fits). `releasedNs`: when a previous owner gave it up. */
+export type OwnerLookup =
+  | { status: 'found'; owner: Owner; releasedNs?: bigint }
+  | { status: 'none' }
+  | { status: 'ambiguous'; owners: readonly Owner[] }
+  | { status: 'unavailable'; reason: string };
 
 export interface Resolution {
   answer: Answer;
@@ -32,16 +45,16 @@ export interface Resolution {
   containerAddress?: string;
   containerId?: string;
   /** The container found at the address (for `explain`). */
-  container?: ContainerInfo;
+  container?: OwnerContainer;
   source?: string;
   lookupUs?: number;
 }
 
-/** What the resolver needs of the Docker registry. */
+/** What the resolver needs of the Docker side (the container watcher fits). */
 export interface OwnerRegistry {
-  lookup(address: string, ms: number): Promise<RegistryLookup>;
+  lookup(address: string, ms: number): Promise<OwnerLookup>;
   /** The same at once, when nothing needs waiting for (no event pending); undefined otherwise. */
-  lookupNow?(address: string): RegistryLookup | undefined;
+  lookupNow?(address: string): OwnerLookup | undefined;
   /** Whether Docker shows `id` running with `address` in an answer to a request sent after `notBeforeNs`. */
   confirm(id: string, address: string, notBeforeNs: bigint): Promise<boolean>;
 }
@@ -60,7 +73,7 @@ export interface ResolverOptions {
    */
   reuseWindowMs?: number;
   /** What is answered for a container (the naming template); null gives NO-USER. Default: its name. */
-  nameFor?: (c: ContainerInfo) => string | null;
+  nameFor?: (c: OwnerContainer) => string | null;
 }
 
 const ERR = (code: 'NO-USER' | 'UNKNOWN-ERROR'): Answer => ({ kind: 'ERROR', code });
@@ -76,7 +89,7 @@ export class Resolver {
   private readonly dockerTimeoutMs: number;
   private readonly recentOwnerMs: number;
   private readonly reuseWindowMs: number;
-  private readonly nameFor: (c: ContainerInfo) => string | null;
+  private readonly nameFor: (c: OwnerContainer) => string | null;
 
   constructor(
     private readonly conntrack: ConntrackSource,
@@ -174,7 +187,7 @@ export class Resolver {
   private withOwner(
     withEntry: Resolution,
     entry: ConntrackEntry,
-    owner: RegistryLookup,
+    owner: OwnerLookup,
     arrivedMs: number,
   ): Resolution | Promise<Resolution> {
     switch (owner.status) {
@@ -241,7 +254,7 @@ export class Resolver {
     return this.named(withOwner, container);
   }
 
-  private named(withOwner: Resolution, container: ContainerInfo): Resolution {
+  private named(withOwner: Resolution, container: OwnerContainer): Resolution {
     const name = this.nameFor(container);
     if (name === null) {
       return { ...withOwner, answer: ERR('NO-USER'), reason: 'the name template yields nothing for this container' };

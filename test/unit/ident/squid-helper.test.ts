@@ -8,8 +8,7 @@ import fc from 'fast-check';
 import pino from 'pino';
 
 import { AddressSet, parseCidr } from '../../../src/lib/ip';
-import type { IdentQuery, Resolution } from '../../../src/resolve/resolver';
-import { IdentServer } from '../../../src/ident/server';
+import { IdentServer, type IdentQuery, type IdentResolution as Resolution } from '../../../src/ident/server';
 import {
   checkHelperArgs,
   directLookup,
