@@ -24,6 +24,8 @@ export interface IdentResolution {
   answer: Answer;
   /** Why the answer is what it is, for the log. */
   reason: string;
+  /** The code of the step that decided the answer (resolve/outcome.ts), for the log. */
+  outcome?: string;
   /** The reply tuple looked up: its destination differs from ours for a redirected query. */
   tuple?: { dst: string };
   /** The container address (the entry's original source). */
@@ -463,6 +465,7 @@ export class IdentServer {
         originalDestination: r.tuple && r.tuple.dst !== local ? r.tuple.dst : undefined,
         answer: answerText(r.answer),
         reason: r.reason,
+        outcome: r.outcome,
         source: r.source,
         lookupUs: r.lookupUs,
       });

@@ -177,7 +177,10 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
       ? {
           onAnswer: (answer, resolution, seconds) => {
             metrics.observeAnswer(answer);
-            if (resolution) metrics.observeQueryDuration(seconds);
+            if (resolution) {
+              metrics.observeOutcome(resolution.outcome);
+              metrics.observeQueryDuration(seconds);
+            }
           },
         }
       : {}),
