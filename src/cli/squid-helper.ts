@@ -5,15 +5,12 @@
  *
  * Exit codes: 0 a clean end of input, 2 bad usage, 3 a failed start-up.
  */
-import { selectConntrackSource } from '../conntrack/select';
-import { DockerRegistry } from '../docker/watcher';
 import { parsePortText } from '../ident/protocol';
 import { directLookup, remoteLookup, runSquidHelper, type HelperLookup } from '../ident/squid-helper';
 import { errorMessage } from '../lib/errors';
 import { AddressSet, parseCidr, type Cidr } from '../lib/ip';
 import { createLogger } from '../lib/logger';
-import { applyNameTemplate } from '../resolve/naming';
-import { Resolver } from '../resolve/resolver';
+import { openEngine } from '../resolve/engine';
 import { optionalAddress, parse, parseSeconds, serveConfig, usageError } from './args';
 
 export const SQUID_HELPER_USAGE = `Usage: docker-identd squid-helper [options]
@@ -99,20 +96,10 @@ export async function squidHelperMain(args: string[]): Promise<number> {
     if (typeof config === 'number') return config;
     const log = createLogger(debugOn ? 'debug' : 'warn', 2);
     try {
-      const conntrack = await selectConntrackSource({
-        mode: config.conntrack,
-        proxyAddresses: new AddressSet([]),
-        log,
-      });
-      const registry = new DockerRegistry(config.dockerHost, log, { tls: config.dockerTls });
-      registry.start();
-      const template = config.nameTemplate;
-      const resolver = new Resolver(conntrack, registry, { nameFor: (c) => applyNameTemplate(template, c) });
-      lookup = directLookup(async (q) => resolver.resolve(q));
-      cleanup = async () => {
-        await registry.close();
-        await conntrack.close();
-      };
+      // The daemon's engine: the same conntrack source, second try, watcher and naming.
+      const engine = await openEngine(config, { log });
+      lookup = directLookup((q) => engine.resolve(q));
+      cleanup = () => engine.close();
     } catch (err) {
       warn(`docker-identd squid-helper: cannot start --direct: ${errorMessage(err)}`);
       return 3;
