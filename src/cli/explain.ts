@@ -7,7 +7,8 @@
 import { parsePortText } from '../ident/protocol';
 import { canonicalIp } from '../lib/ip';
 import { createLogger } from '../lib/logger';
-import { explain, explainJson, formatExplain } from '../resolve/explain';
+import { formatTuple } from '../conntrack/types';
+import { explain, type ContainerReport, type ExplainReport } from '../resolve/explain';
 import { parse, parseSeconds, serveConfig, usageError } from './args';
 
 export const EXPLAIN_USAGE = `Usage: docker-identd explain PORT_SERVER PORT_CLIENT --querier ADDR [options]
@@ -82,4 +83,102 @@ export async function explainMain(args: string[]): Promise<number> {
   );
   process.stdout.write(v.json === true ? explainJson(report) : formatExplain(report));
   return report.answer.kind === 'USERID' ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------
+// human-readable output
+
+function micro(us: number): string {
+  return us < 1000 ? `${us} µs` : us < 1_000_000 ? `${(us / 1000).toFixed(1)} ms` : `${(us / 1e6).toFixed(2)} s`;
+}
+
+function startText(ns: string, nowMs: number): string {
+  const ms = Number(BigInt(ns) / 1_000_000n);
+  return `${new Date(ms).toISOString()} (${((nowMs - ms) / 1000).toFixed(1)} s ago)`;
+}
+
+function containerLines(c: ContainerReport, indent: string): string[] {
+  const lines = [`${c.name}  id ${c.id.slice(0, 12)}`];
+  for (const n of c.networks) {
+    lines.push(`${indent}network ${n.name}: ${[n.ipv4, n.ipv6].filter(Boolean).join(', ')}`);
+  }
+  for (const [k, v] of Object.entries(c.labels)) lines.push(`${indent}label ${k}=${JSON.stringify(v)}`);
+  return lines;
+}
+
+/** The report as numbered steps; a step that was not reached says so. */
+export function formatExplain(r: ExplainReport, nowMs: number = Date.now()): string {
+  const out: string[] = [];
+  const pad = '                ';
+  const step = (n: number, title: string, lines: string[]): void => {
+    out.push(`${String(n).padStart(2)}. ${title.padEnd(12)}${lines[0] ?? ''}`);
+    for (const l of lines.slice(1)) out.push(`${pad}${l}`);
+  };
+  const q = r.query;
+  const localText =
+    q.local === null
+      ? 'our address unknown'
+      : `our address ${q.local} (${q.localFrom === 'given' ? '--local' : 'route to the querier'})`;
+  step(1, 'query', [`port ${q.portOnServer} here, port ${q.portOnClient} on ${q.querier}; ${localText}`]);
+  step(2, 'reply tuple', [r.tuple ? `tcp ${formatTuple(r.tuple)}` : 'not built']);
+  const ct = r.conntrack;
+  const ctLines: string[] = [];
+  const who = ct.source
+    ? `${ct.source}${ct.openMs !== null ? ` (opened in ${ct.openMs} ms)` : ''}`
+    : 'no conntrack source';
+  const took = ct.lookupUs !== null ? ` in ${micro(ct.lookupUs)}` : '';
+  switch (ct.result) {
+    case 'found':
+      ctLines.push(`${who} answered${took}: entry found`);
+      break;
+    case 'none':
+      ctLines.push(`${who} answered${took}: no entry with this reply tuple`);
+      break;
+    case 'failed':
+      ctLines.push(`${who} failed${took}: ${ct.error ?? ''}`);
+      break;
+    case 'skipped':
+      ctLines.push('not asked');
+  }
+  if (ct.entry) {
+    const e = ct.entry;
+    ctLines.push(`orig  ${formatTuple(e.orig)}`, `reply ${formatTuple(e.reply)}`);
+    const facts = [
+      e.state ? `state ${e.state}` : null,
+      e.status?.length ? `status ${e.status.join(' ')}` : null,
+      e.zone ? `zone ${e.zone}` : null,
+      e.mark ? `mark ${e.mark}` : null,
+      e.startNs ? `started ${startText(e.startNs, nowMs)}` : 'no start timestamp',
+    ].filter(Boolean);
+    ctLines.push(facts.join(', '));
+  }
+  step(3, 'conntrack', ctLines);
+  step(4, 'docker', [
+    `${r.docker.state}${r.docker.syncMs !== null ? ` (synced in ${r.docker.syncMs} ms)` : ''}, ${r.docker.containers} containers indexed`,
+  ]);
+  if (r.container) {
+    step(5, 'container', [
+      `at ${r.containerAddress}: ${containerLines(r.container, '  ')[0]}`,
+      ...containerLines(r.container, '').slice(1),
+    ]);
+  } else if (r.owners.length > 0) {
+    const lines = [`at ${r.containerAddress}: claimed by ${r.owners.length} containers`];
+    for (const o of r.owners) lines.push(...containerLines(o, '  '));
+    step(5, 'container', lines);
+  } else {
+    step(5, 'container', [r.containerAddress ? `at ${r.containerAddress}: none found` : 'not looked up']);
+  }
+  step(6, 'name', [
+    r.name
+      ? `template "${r.name.template}" -> ${r.name.value === null ? 'nothing (NO-USER)' : JSON.stringify(r.name.value)}`
+      : 'not reached',
+  ]);
+  step(7, 'answer', [r.answer.reply, `reason: ${r.reason}`, `outcome: ${r.outcome}`]);
+  for (const n of r.notes) out.push(`note: ${n}`);
+  return out.join('\n') + '\n';
+}
+
+/** JSON for scripts (bigints are already strings). */
+export function explainJson(r: ExplainReport): string {
+  return JSON.stringify(r, null, 2) + '\n';
 }
