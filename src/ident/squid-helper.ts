@@ -17,6 +17,7 @@
  */
 import type { Readable, Writable } from 'node:stream';
 
+import { errorCode } from '../lib/errors';
 import { canonicalIp, ipFamily, type AddressSet } from '../lib/ip';
 import { queryIdent } from './client';
 import { isAnswerableName, parsePortText, type Answer } from './protocol';
@@ -134,7 +135,7 @@ export function remoteLookup(opts: RemoteLookupOptions): HelperLookup {
       }
       return { ok: false, message: reply.code };
     } catch (err) {
-      return { ok: false, message: (err as { code?: string }).code ?? 'error' };
+      return { ok: false, message: errorCode(err) ?? 'error' };
     }
   };
 }
