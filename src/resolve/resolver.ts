@@ -15,22 +15,24 @@ import { answersTuple } from '../conntrack/types';
 import type { NamedContainer } from './naming';
 import { answerFor, reasonFor, type Outcome } from './outcome';
 
-/** A container as the resolver (and explain) read it; docker's OwnerContainer fits. */
+/** A container as the resolver (and explain) read it; docker's ContainerInfo fits. */
 export interface OwnerContainer extends NamedContainer {
   id: string;
   networks: readonly { networkName: string; ipv4?: string; ipv6?: string }[];
 }
 
-/** A container holding an address, as the Docker index knows it. */
+/**
+ * A container holding an address, as the Docker index knows it: `since` it
+ * was indexed there (ms since the epoch), and `confirmedNs`, the latest time
+ * (ns since the epoch) at which a request was sent whose answer showed it there.
+ */
 export interface Owner {
   container: OwnerContainer;
-  /** When the container was indexed under the address (ms since the epoch). */
   since: number;
-  /** The latest time (ns since the epoch) a Docker answer to a request sent then showed it with the address. */
   confirmedNs?: bigint;
 }
 
-/** Who holds an address (docker's OwnerLookup fits). `releasedNs`: when a previous owner gave it up. */
+/** Who holds an address (the watcher's lookup fits). `releasedNs`: when a previous owner gave it up. */
 export type OwnerLookup =
   | { status: 'found'; owner: Owner; releasedNs?: bigint }
   | { status: 'none' }
