@@ -188,7 +188,10 @@ if (!isRoot && !inCI) {
         () => daemon.lines.filter((l) => l.msg === 'config reloaded').length > before,
         10_000,
       );
+      const logged = daemon.queries().length;
       assert.match(await ask(), / : ERROR : NO-USER\n$/);
+      // The reply can come before the daemon's log line about it does.
+      await waitFor('the query logged', () => daemon.queries().length > logged, 10_000);
       const q = daemon.queries().at(-1)!;
       assert.match(String(q.reason), /template yields nothing/);
       assert.equal(q.outcome, 'template-empty');
