@@ -279,15 +279,17 @@ if (!isRoot && !inCI) {
     it('squid-helper --direct looks up in-process, through the same engine as the daemon', async () => {
       const child = spawn(
         process.execPath,
-        [BIN, 'squid-helper', '--direct', '--conntrack', 'procfs', '--docker-host', fake.url],
+        [BIN, 'squid-helper', '--direct', '--debug', '--conntrack', 'procfs', '--docker-host', fake.url],
         { stdio: ['pipe', 'pipe', 'pipe'] },
       );
       let out = '';
       let err = '';
       child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
       child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-      // Its index is listed afresh, so every address counts as handed over at its start: ask about
-      // a connection made after that, as Squid does (it runs its helpers before it accepts clients).
+      // Its index is listed afresh, so every address counts as handed over at its first listing: ask
+      // about a connection made after that, as Squid does (it runs its helpers before it accepts clients).
+      // procfs gives start times to the second (their earliest moment): more than a second after it.
+      await waitFor('the helper’s Docker index', () => err.includes('Docker index synced'), 20_000);
       await sleep(1500);
       const fresh = await loopbackConnection();
       try {
