@@ -49,15 +49,15 @@ export async function main(argv: string[]): Promise<number> {
   type Tool = [string, (args: string[]) => Promise<number>];
   const tools: Record<string, () => Promise<Tool>> = {
     query: async () => {
-      const t = await import('./tools');
+      const t = await import('./query');
       return [t.QUERY_USAGE, t.queryMain];
     },
     explain: async () => {
-      const t = await import('./tools');
+      const t = await import('./explain');
       return [t.EXPLAIN_USAGE, t.explainMain];
     },
     'squid-helper': async () => {
-      const t = await import('./tools');
+      const t = await import('./squid-helper');
       return [t.SQUID_HELPER_USAGE, t.squidHelperMain];
     },
     firewall: async () => {

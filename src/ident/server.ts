@@ -10,7 +10,36 @@ import { codedError, errorCode, errorMessage } from '../lib/errors';
 import { listen } from '../lib/listen';
 import { canonicalIp, type AddressSet } from '../lib/ip';
 import { formatReply, parseRequest, type Answer } from './protocol';
-import type { IdentQuery, Resolution } from '../resolve/resolver';
+
+/** One well-formed query, with the addresses of the ident connection it came on. */
+export interface IdentQuery {
+  /** Canonical address of the querier (the ident connection's remote end). */
+  querier: string;
+  /** Canonical address of our end of the ident connection. */
+  local: string;
+  portOnServer: number;
+  portOnClient: number;
+}
+
+/** What the server reads of a query's resolution (resolve/resolver's Resolution fits). */
+export interface IdentResolution {
+  answer: Answer;
+  /** Why the answer is what it is, for the log. */
+  reason: string;
+  /** The code of the step that decided the answer (resolve/outcome.ts), for the log. */
+  outcome?: string;
+  /** The reply tuple looked up: its destination differs from ours for a redirected query. */
+  tuple?: { dst: string };
+  /** The container address (the entry's original source). */
+  containerAddress?: string;
+  containerId?: string;
+  /** The conntrack source that answered, and how long it took. */
+  source?: string;
+  lookupUs?: number;
+}
+
+/** Answers one query, at once when it can (see ServerOptions.resolve). */
+export type ResolveQuery = (q: IdentQuery, conn: IdentConnection) => Promise<IdentResolution> | IdentResolution;
 
 export interface ListenAddress {
   host: string;
@@ -38,9 +67,9 @@ export interface ServerOptions {
    * a GET answered inside the kernel call and an owner known, takes no turn
    * of the event loop.
    */
-  resolve: (q: IdentQuery, conn: IdentConnection) => Promise<Resolution> | Resolution;
+  resolve: ResolveQuery;
   /** Called once per answer sent, malformed queries included (metrics). */
-  onAnswer?: (answer: Answer, resolution: Resolution | null, seconds: number) => void;
+  onAnswer?: (answer: Answer, resolution: IdentResolution | null, seconds: number) => void;
   log: Logger;
 }
 
@@ -420,7 +449,7 @@ export class IdentServer {
       return;
     }
     const q: IdentQuery = { querier, local, portOnServer: parsed.portOnServer, portOnClient: parsed.portOnClient };
-    const done = (r: Resolution): void => {
+    const done = (r: IdentResolution): void => {
       this.reply(socket, t0, formatReply(q.portOnServer, q.portOnClient, r.answer), r.answer, r, deadlines, {
         querier,
         local,
@@ -432,6 +461,7 @@ export class IdentServer {
         originalDestination: r.tuple && r.tuple.dst !== local ? r.tuple.dst : undefined,
         answer: answerText(r.answer),
         reason: r.reason,
+        outcome: r.outcome,
         source: r.source,
         lookupUs: r.lookupUs,
       });
@@ -444,7 +474,7 @@ export class IdentServer {
       socket.destroy();
       this.opts.log.error({ err: errorText(err) }, 'answering failed');
     };
-    let r: Promise<Resolution> | Resolution;
+    let r: Promise<IdentResolution> | IdentResolution;
     try {
       r = this.opts.resolve(q, { querierPort: socket.remotePort ?? 0, localPort: socket.localPort ?? 0 });
     } catch (err) {
@@ -468,7 +498,7 @@ export class IdentServer {
     t0: bigint,
     reply: string,
     answer: Answer,
-    resolution: Resolution | null,
+    resolution: IdentResolution | null,
     deadlines: Deadlines,
     fields: Record<string, unknown>,
   ): void {

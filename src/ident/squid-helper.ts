@@ -17,10 +17,11 @@
  */
 import type { Readable, Writable } from 'node:stream';
 
+import { errorCode } from '../lib/errors';
 import { canonicalIp, ipFamily, type AddressSet } from '../lib/ip';
 import { queryIdent } from './client';
-import { isAnswerableName, parsePortText } from './protocol';
-import type { IdentQuery, Resolution } from '../resolve/resolver';
+import { isAnswerableName, parsePortText, type Answer } from './protocol';
+import type { IdentQuery } from './server';
 
 /** Longest request line read; the rest of a longer line is dropped and the request answered ERR. */
 export const MAX_HELPER_LINE = 4096;
@@ -134,17 +135,20 @@ export function remoteLookup(opts: RemoteLookupOptions): HelperLookup {
       }
       return { ok: false, message: reply.code };
     } catch (err) {
-      return { ok: false, message: (err as { code?: string }).code ?? 'error' };
+      return { ok: false, message: errorCode(err) ?? 'error' };
     }
   };
 }
+
+/** Answers an ident query in-process (with --direct: the resolver, through resolve/engine). */
+export type DirectResolve = (q: IdentQuery) => Promise<{ answer: Answer }> | { answer: Answer };
 
 /**
  * Squid on the Docker host itself: the connection was not NATed on its way to
  * Squid, so its reply tuple is Squid's address and port to the client's, and
  * the resolver answers it in-process. Needs %>la.
  */
-export function directLookup(resolve: (q: IdentQuery) => Promise<Resolution>): HelperLookup {
+export function directLookup(resolve: DirectResolve): HelperLookup {
   return async (req) => {
     if (!req.localAddress) return { ok: false, message: 'no-local-address' };
     const r = await resolve({

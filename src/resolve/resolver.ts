@@ -5,43 +5,74 @@
 import { performance } from 'node:perf_hooks';
 
 import { withDeadline } from '../lib/deadline';
+import { errorCode, errorMessage, hasCode } from '../lib/errors';
 import { ipFamily } from '../lib/ip';
 import type { Answer } from '../ident/protocol';
 import { isAnswerableName } from '../ident/protocol';
+import type { IdentQuery } from '../ident/server';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../conntrack/types';
 import { answersTuple } from '../conntrack/types';
-import type { ContainerInfo } from '../docker/container-info';
-import type { ContainerLookup } from '../docker/watcher';
+import type { NamedContainer } from './naming';
+import { answerFor, reasonFor, type Outcome } from './outcome';
 
-export interface IdentQuery {
-  /** Canonical address of the querier (the ident connection's remote end). */
-  querier: string;
-  /** Canonical address of our end of the ident connection. */
-  local: string;
-  portOnServer: number;
-  portOnClient: number;
+/** A container as the resolver (and explain) read it; docker's ContainerInfo fits. */
+export interface OwnerContainer extends NamedContainer {
+  id: string;
+  networks: readonly { networkName: string; ipv4?: string; ipv6?: string }[];
 }
 
+/**
+ * A container holding an address, as the Docker index knows it: `since` it
+ * was indexed there (ms since the epoch), and `confirmedNs`, the latest time
+ * (ns since the epoch) at which a request was sent whose answer showed it there.
+ */
+export interface Owner {
+  container: OwnerContainer;
+  since: number;
+  confirmedNs?: bigint;
+}
+
+/** Who holds an address (the watcher's lookup fits). `releasedNs`: when a previous owner gave it up. */
+export type OwnerLookup =
+  | { status: 'found'; owner: Owner; releasedNs?: bigint }
+  | { status: 'none' }
+  | { status: 'ambiguous'; owners: readonly Owner[] }
+  | { status: 'unavailable'; reason: string };
+
+/**
+ * One query's resolution: its outcome code, the answer and the reason derived
+ * from it (resolve/outcome.ts), and what each step reached found.
+ */
 export interface Resolution {
+  outcome: Outcome;
   answer: Answer;
   /** Why the answer is what it is, for the log. */
   reason: string;
   tuple?: ReplyTuple;
+  /** The entry the source returned (for entry-mismatch, one for another tuple). */
   entry?: ConntrackEntry;
   /** The container address (the entry's original source). */
   containerAddress?: string;
   containerId?: string;
   /** The container found at the address (for `explain`). */
-  container?: ContainerInfo;
+  container?: OwnerContainer;
+  /** What the naming template gives the container (null: nothing), once the name step is reached. */
+  name?: string | null;
+  /** lookup-failed: what the conntrack source said. */
+  error?: { code?: string; message: string };
+  /** index-unavailable: why the Docker index cannot answer. */
+  unavailable?: string;
+  /** ambiguous: the containers that claim the address. */
+  owners?: readonly OwnerContainer[];
   source?: string;
   lookupUs?: number;
 }
 
-/** What the resolver needs of the Docker side (ContainerWatcher fits). */
+/** What the resolver needs of the Docker side (the container watcher fits). */
 export interface ContainerOwners {
-  lookup(address: string, ms: number): Promise<ContainerLookup>;
+  lookup(address: string, ms: number): Promise<OwnerLookup>;
   /** The same at once, when nothing needs waiting for (no event pending); undefined otherwise. */
-  lookupNow?(address: string): ContainerLookup | undefined;
+  lookupNow?(address: string): OwnerLookup | undefined;
   /** Whether Docker shows `id` running with `address` in an answer to a request sent after `notBeforeNs`. */
   confirm(id: string, address: string, notBeforeNs: bigint): Promise<boolean>;
 }
@@ -60,10 +91,16 @@ export interface ResolverOptions {
    */
   reuseWindowMs?: number;
   /** What is answered for a container (the naming template); null gives NO-USER. Default: its name. */
-  nameFor?: (c: ContainerInfo) => string | null;
+  nameFor?: (c: OwnerContainer) => string | null;
 }
 
-const ERR = (code: 'NO-USER' | 'UNKNOWN-ERROR'): Answer => ({ kind: 'ERROR', code });
+/** The fields the outcome decides (found is built in `named`, with its name). */
+function ended(
+  outcome: Exclude<Outcome, 'found'>,
+  reason: string = reasonFor(outcome),
+): Pick<Resolution, 'outcome' | 'answer' | 'reason'> {
+  return { outcome, answer: answerFor(outcome), reason };
+}
 
 export function replyTupleFor(q: IdentQuery): ReplyTuple | null {
   const family = ipFamily(q.querier);
@@ -71,12 +108,15 @@ export function replyTupleFor(q: IdentQuery): ReplyTuple | null {
   return { family, src: q.querier, sport: q.portOnClient, dst: q.local, dport: q.portOnServer };
 }
 
+/** A resolution on its way: the steps passed so far, no outcome yet. */
+type Passed = Omit<Resolution, 'outcome' | 'answer' | 'reason'>;
+
 export class Resolver {
   private readonly conntrackTimeoutMs: number;
   private readonly dockerTimeoutMs: number;
   private readonly recentOwnerMs: number;
   private readonly reuseWindowMs: number;
-  private readonly nameFor: (c: ContainerInfo) => string | null;
+  private readonly nameFor: (c: OwnerContainer) => string | null;
 
   constructor(
     private readonly conntrack: ConntrackSource,
@@ -101,7 +141,7 @@ export class Resolver {
     try {
       return await withDeadline(this.conntrack.lookup(tuple), this.conntrackTimeoutMs, what);
     } catch (err) {
-      if (retried || (err as { code?: string }).code !== 'ENOBUFS') throw err;
+      if (retried || !hasCode(err, 'ENOBUFS')) throw err;
       return withDeadline(this.conntrack.lookup(tuple), this.conntrackTimeoutMs, what);
     }
   }
@@ -115,7 +155,7 @@ export class Resolver {
   resolve(q: IdentQuery): Resolution | Promise<Resolution> {
     const arrivedMs = this.now();
     const tuple = replyTupleFor(q);
-    if (!tuple) return { answer: ERR('UNKNOWN-ERROR'), reason: 'querier and local address families differ' };
+    if (!tuple) return ended('family-mismatch');
     const t0 = performance.now();
     let retried = false;
     if (this.conntrack.lookupNow) {
@@ -123,7 +163,7 @@ export class Resolver {
       try {
         entry = this.conntrack.lookupNow(tuple);
       } catch (err) {
-        if ((err as { code?: string }).code !== 'ENOBUFS') return this.lookupFailed(tuple, t0, err);
+        if (!hasCode(err, 'ENOBUFS')) return this.lookupFailed(tuple, t0, err);
         retried = true;
       }
       if (entry !== undefined) return this.withEntry(tuple, t0, entry, arrivedMs);
@@ -135,10 +175,11 @@ export class Resolver {
   }
 
   private lookupFailed(tuple: ReplyTuple, t0: number, err: unknown): Resolution {
-    const e = err as Error & { code?: string };
+    const code = errorCode(err);
+    const error = { ...(code !== undefined ? { code } : {}), message: errorMessage(err) };
     return {
-      answer: ERR('UNKNOWN-ERROR'),
-      reason: `conntrack lookup failed: ${e.code ?? ''} ${e.message}`.trim(),
+      ...ended('lookup-failed', reasonFor('lookup-failed', { error })),
+      error,
       tuple,
       source: this.conntrack.name,
       lookupUs: Math.round((performance.now() - t0) * 1000),
@@ -153,17 +194,9 @@ export class Resolver {
   ): Resolution | Promise<Resolution> {
     const lookupUs = Math.round((performance.now() - t0) * 1000);
     const base = { tuple, source: this.conntrack.name, lookupUs };
-    if (!entry) return { ...base, answer: ERR('NO-USER'), reason: 'no conntrack entry with this reply tuple' };
-    if (!answersTuple(entry, tuple)) {
-      return { ...base, answer: ERR('UNKNOWN-ERROR'), reason: 'conntrack source returned a non-matching entry' };
-    }
-    const withEntry: Resolution = {
-      ...base,
-      answer: ERR('UNKNOWN-ERROR'),
-      reason: '',
-      entry,
-      containerAddress: entry.orig.src,
-    };
+    if (!entry) return { ...base, ...ended('no-entry') };
+    if (!answersTuple(entry, tuple)) return { ...base, ...ended('entry-mismatch'), entry };
+    const withEntry: Passed = { ...base, entry, containerAddress: entry.orig.src };
     const owner = this.registry.lookupNow?.(entry.orig.src);
     if (owner !== undefined) return this.withOwner(withEntry, entry, owner, arrivedMs);
     return this.registry
@@ -172,45 +205,39 @@ export class Resolver {
   }
 
   private withOwner(
-    withEntry: Resolution,
+    withEntry: Passed,
     entry: ConntrackEntry,
-    owner: ContainerLookup,
+    owner: OwnerLookup,
     arrivedMs: number,
   ): Resolution | Promise<Resolution> {
     switch (owner.status) {
       case 'unavailable':
-        return { ...withEntry, answer: ERR('UNKNOWN-ERROR'), reason: `Docker index unavailable: ${owner.reason}` };
+        return {
+          ...withEntry,
+          ...ended('index-unavailable', reasonFor('index-unavailable', { unavailable: owner.reason })),
+          unavailable: owner.reason,
+        };
       case 'none':
-        return { ...withEntry, answer: ERR('NO-USER'), reason: 'no running container has this address' };
+        return { ...withEntry, ...ended('no-owner') };
       case 'ambiguous':
         // No single owner: no user to name (issue 7: an ambiguous owner is NO-USER).
         return {
           ...withEntry,
-          answer: ERR('NO-USER'),
-          reason: `address claimed by ${owner.owners.length} containers`,
+          ...ended('ambiguous', reasonFor('ambiguous', { owners: owner.owners.length })),
+          owners: owner.owners.map((o) => o.container),
         };
       case 'found':
         break;
     }
     const containerAddress = entry.orig.src;
     const { container, since } = owner.owner;
-    const withOwner: Resolution = { ...withEntry, containerId: container.id, container };
+    const withOwner: Passed = { ...withEntry, containerId: container.id, container };
     if (owner.releasedNs !== undefined) {
       // The address had another owner before: is this connection the current owner's?
       if (entry.startNs !== undefined) {
-        if (entry.startNs <= owner.releasedNs) {
-          return {
-            ...withOwner,
-            answer: ERR('UNKNOWN-ERROR'),
-            reason: 'connection started before the address passed to its current owner',
-          };
-        }
+        if (entry.startNs <= owner.releasedNs) return { ...withOwner, ...ended('reused') };
       } else if (BigInt(this.now()) * 1_000_000n - owner.releasedNs < BigInt(this.reuseWindowMs) * 1_000_000n) {
-        return {
-          ...withOwner,
-          answer: ERR('UNKNOWN-ERROR'),
-          reason: 'address changed hands moments ago and the connection has no conntrack timestamp',
-        };
+        return { ...withOwner, ...ended('reused', reasonFor('reused', { timestamped: false })) };
       }
     }
     if (this.now() - since < this.recentOwnerMs) {
@@ -227,28 +254,16 @@ export class Resolver {
           'docker confirm',
         )
           .catch(() => false)
-          .then((ok) =>
-            ok
-              ? this.named(withOwner, container)
-              : {
-                  ...withOwner,
-                  answer: ERR('UNKNOWN-ERROR'),
-                  reason: 'recent owner could not be confirmed with Docker',
-                },
-          );
+          .then((ok) => (ok ? this.named(withOwner, container) : { ...withOwner, ...ended('unconfirmed') }));
       }
     }
     return this.named(withOwner, container);
   }
 
-  private named(withOwner: Resolution, container: ContainerInfo): Resolution {
+  private named(withOwner: Passed, container: OwnerContainer): Resolution {
     const name = this.nameFor(container);
-    if (name === null) {
-      return { ...withOwner, answer: ERR('NO-USER'), reason: 'the name template yields nothing for this container' };
-    }
-    if (!isAnswerableName(name)) {
-      return { ...withOwner, answer: ERR('UNKNOWN-ERROR'), reason: 'container name cannot be answered over ident' };
-    }
-    return { ...withOwner, answer: { kind: 'USERID', name }, reason: 'container found' };
+    if (name === null) return { ...withOwner, name, ...ended('template-empty') };
+    if (!isAnswerableName(name)) return { ...withOwner, name, ...ended('unanswerable') };
+    return { ...withOwner, name, outcome: 'found', answer: answerFor('found', name), reason: reasonFor('found') };
   }
 }

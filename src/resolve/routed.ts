@@ -9,8 +9,7 @@
 import type { ConntrackSource } from '../conntrack/types';
 import { withDeadline } from '../lib/deadline';
 import { ipFamily, type AddressSet } from '../lib/ip';
-import type { IdentQuery } from './resolver';
-import type { IdentConnection } from '../ident/server';
+import type { IdentConnection, IdentQuery } from '../ident/server';
 
 /**
  * The address the querier connected to, when the ident connection was

@@ -1,21 +1,17 @@
-/** `docker-identd serve`: wires config, conntrack, Docker and the server; handles signals. */
+/** `docker-identd serve`: the ident server in front of the resolve engine; reload, readiness, watchdog, signals. */
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 
 import type { Config } from '../config/config';
-import { configLogFields } from '../config/settings';
-import { secondTryAddresses, selectConntrackSource } from '../conntrack/select';
 import { ensureConntrackTimestamps } from '../conntrack/timestamps';
-import type { ConntrackSource } from '../conntrack/types';
 import type { NetRawExposure } from '../docker/address-index';
-import { ContainerWatcher, type CapabilitySweep } from '../docker/watcher';
+import type { CapabilitySweep } from '../docker/watcher';
 import { AddressSet, formatCidr } from '../lib/ip';
 import { Metrics } from './metrics';
 import { MetricsServer } from './metrics-http';
-import { applyNameTemplate } from '../resolve/naming';
-import { Resolver } from '../resolve/resolver';
+import { configLogFields } from '../config/settings';
+import { openEngine } from '../resolve/engine';
 import { planReload } from './reload';
-import { originalDestination } from '../resolve/routed';
 import { CONNECTION_IDLE_PERIODS, formatListenAddress, IdentServer, type ListenAddress } from '../ident/server';
 import { SystemdNotifier, Watchdog, type Notifier } from './systemd';
 import { VERSION } from '../lib/version';
@@ -108,28 +104,21 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     log.warn('no --allow given: answering queries from loopback only; name your proxy with --allow CIDR');
   }
   const allow = new AddressSet(config.allow);
-  // The netlink source's second try, only with --proxy-address, looks among these proxies' entries.
-  const proxyAddresses = secondTryAddresses(config.proxyAddress);
   const metrics = config.metrics ? new Metrics({ version: VERSION }) : null;
-  const selected = await selectConntrackSource({ mode: config.conntrack, proxyAddresses, log });
-  const conntrack: ConntrackSource = metrics ? metrics.instrumentConntrack(selected) : selected;
-  // Conntrack start times tell a former owner's connection from the current owner's.
-  // Not inside metrics?.…(): with no metrics, optional chaining would skip the call itself.
-  const timestamps = await ensureConntrackTimestamps(log);
-  metrics?.setConntrackTimestamps(timestamps);
-  log.info({ source: conntrack.name }, 'conntrack source ready');
-  notifier.status(`conntrack source ${conntrack.name} ready; connecting to Docker`);
-
-  const registry = new ContainerWatcher(config.dockerHost, log, {
-    tls: config.dockerTls,
-    verifyIntervalMs: config.resyncIntervalMs,
+  const engine = await openEngine(config, {
+    log,
+    ...(metrics ? { instrument: (source) => metrics.instrumentConntrack(source) } : {}),
+    onConntrackReady: async (conntrack) => {
+      // Conntrack start times tell a former owner's connection from the current owner's.
+      // Not inside metrics?.…(): with no metrics, optional chaining would skip the call itself.
+      const timestamps = await ensureConntrackTimestamps(log);
+      metrics?.setConntrackTimestamps(timestamps);
+      log.info({ source: conntrack.name }, 'conntrack source ready');
+      notifier.status(`conntrack source ${conntrack.name} ready; connecting to Docker`);
+    },
   });
-  registry.start();
-  metrics?.setDocker(registry);
-  // The naming template in force (a reload may replace it).
-  let nameTemplate = config.nameTemplate;
-  const resolver = new Resolver(conntrack, registry, { nameFor: (c) => applyNameTemplate(nameTemplate, c) });
-  const routed = config.routed.length > 0 ? new AddressSet(config.routed) : null;
+  const { conntrack, docker: watcher } = engine;
+  metrics?.setDocker(watcher);
   // Stay below the descriptor limit, so the cap (not EMFILE) is what turns connections away.
   const fdLimit = openFileLimit();
   // Workers share the caps: each may hold its part of them (the kernel hands
@@ -152,17 +141,15 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     maxRequestBytes: MAX_REQUEST_BYTES,
     maxConnections,
     maxPerSource,
-    resolve: (q, conn) => {
-      if (!routed) return resolver.resolve(q);
-      return originalDestination(conntrack, q, conn, routed, 2000).then((dst) =>
-        resolver.resolve(dst ? { ...q, local: dst } : q),
-      );
-    },
+    resolve: (q, conn) => engine.resolve(q, conn),
     ...(metrics
       ? {
           onAnswer: (answer, resolution, seconds) => {
             metrics.observeAnswer(answer);
-            if (resolution) metrics.observeQueryDuration(seconds);
+            if (resolution) {
+              metrics.observeOutcome(resolution.outcome);
+              metrics.observeQueryDuration(seconds);
+            }
           },
         }
       : {}),
@@ -173,8 +160,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   try {
     bound = opts.inherited ? await server.startFromFds(opts.inherited.fds) : await server.start();
   } catch (err) {
-    await registry.close();
-    await conntrack.close();
+    await engine.close();
     throw err;
   }
   let metricsServer: MetricsServer | null = null;
@@ -185,8 +171,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
       log.info({ metrics: formatListenAddress(at) }, 'metrics endpoint listening');
     } catch (err) {
       await server.close();
-      await registry.close();
-      await conntrack.close();
+      await engine.close();
       throw err;
     }
   }
@@ -202,16 +187,16 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   let stopping = false;
   let ready = false;
   const readyStatus = (): string =>
-    `answering; conntrack ${conntrack.name}; Docker ${registry.state}, ${registry.containers} containers indexed`;
+    `answering; conntrack ${conntrack.name}; Docker ${watcher.state}, ${watcher.containers} containers indexed`;
   // READY=1 once the conntrack source works (above) and the Docker index is synced.
   void (async () => {
-    while (!stopping && !(await registry.waitSynced(STATUS_INTERVAL_MS))) {
-      if (!stopping) notifier.status(`waiting for Docker (${registry.state})`);
+    while (!stopping && !(await watcher.waitSynced(STATUS_INTERVAL_MS))) {
+      if (!stopping) notifier.status(`waiting for Docker (${watcher.state})`);
     }
     if (stopping) return;
     // The NET_RAW report once the containers listed have been inspected: readiness does not wait for it.
-    void registry.capabilitySweep.then((sweep) => {
-      if (!stopping) logNetRawExposure(log, registry.netRawExposure(), sweep);
+    void watcher.capabilitySweep.then((sweep) => {
+      if (!stopping) logNetRawExposure(log, watcher.netRawExposure(), sweep);
     });
     ready = true;
     notifier.ready(readyStatus());
@@ -221,13 +206,13 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   let watchdog: Watchdog | null = null;
   if (opts.watchdogUsec) {
     let lastSynced = Date.now();
-    let lastState = registry.state;
+    let lastState = watcher.state;
     watchdog = new Watchdog({
       usec: opts.watchdogUsec,
       log,
       ping: () => notifier.watchdog(),
       check: () => {
-        const state = registry.state;
+        const state = watcher.state;
         if (state !== lastState) {
           lastState = state;
           if (ready) notifier.status(state === 'synced' ? readyStatus() : `Docker ${state}: answering ERROR`);
@@ -259,7 +244,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
         const next = plan.effective;
         if (plan.diff.apply.includes('allow')) server.setAllow(new AddressSet(next.allow));
         if (plan.diff.apply.includes('log-level')) log.level = next.logLevel;
-        if (plan.diff.apply.includes('name-template')) nameTemplate = next.nameTemplate;
+        if (plan.diff.apply.includes('name-template')) engine.setNameTemplate(next.nameTemplate);
         current = next;
         log.info(
           {
@@ -293,8 +278,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
       const cutOff = await server.close(ANSWER_DEADLINE_MS);
       if (cutOff > 0) log.warn({ connections: cutOff }, 'answers still in flight at the stop deadline were cut off');
       await metricsServer?.close();
-      await registry.close();
-      await conntrack.close();
+      await engine.close();
       clearTimeout(timer);
     },
   };

@@ -3,7 +3,8 @@
  * prom-client registry of our own, and what feeds them. The HTTP endpoint is
  * metrics-http.ts, readiness readiness.ts, the conntrack wrapper
  * conntrack-metrics.ts. Labels never carry addresses or names: only bounded sets
- * (the answer kind, the conntrack source, a refusal reason).
+ * (the answer kind, the resolution's outcome code, the conntrack source, a
+ * refusal reason).
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
@@ -13,6 +14,7 @@ import type { Answer } from '../ident/protocol';
 import { instrumentConntrack } from './conntrack-metrics';
 import type { MetricsSource } from './metrics-http';
 import { readinessOf, type Readiness } from './readiness';
+import { isOutcome, OUTCOME_CODES } from '../resolve/outcome';
 
 export type QueryResult = 'userid' | 'no-user' | 'unknown-error' | 'invalid-port' | 'hidden-user';
 const RESULTS: readonly QueryResult[] = ['userid', 'no-user', 'unknown-error', 'invalid-port'];
@@ -84,6 +86,7 @@ export class Metrics implements MetricsSource {
   private conntrackError: string | null = null;
   private stopping = false;
   private readonly queries: Counter<'result'>;
+  private readonly outcomes: Counter<'outcome'>;
   private readonly queryDuration: Histogram;
   private readonly lookupDuration: Histogram<'source'>;
   private readonly lookupErrors: Counter<'source'>;
@@ -107,6 +110,13 @@ export class Metrics implements MetricsSource {
       registers,
     });
     for (const r of RESULTS) this.queries.inc({ result: r }, 0);
+    this.outcomes = new Counter({
+      name: 'docker_identd_query_outcomes_total',
+      help: 'Well-formed queries resolved, by the outcome of the step that decided the answer (found, no-entry, ...).',
+      labelNames: ['outcome'],
+      registers,
+    });
+    for (const o of OUTCOME_CODES) this.outcomes.inc({ outcome: o }, 0);
     this.queryDuration = new Histogram({
       name: 'docker_identd_query_duration_seconds',
       help: 'Time from a well-formed query to its answer (conntrack and Docker).',
@@ -272,6 +282,11 @@ export class Metrics implements MetricsSource {
   /** Counts one answer sent (every query, malformed ones included). */
   observeAnswer(answer: Answer): void {
     this.queries.inc({ result: resultLabel(answer) });
+  }
+
+  /** Counts one resolved query by its outcome code (resolve/outcome.ts); anything else is not a label. */
+  observeOutcome(outcome: string | undefined): void {
+    if (outcome !== undefined && isOutcome(outcome)) this.outcomes.inc({ outcome });
   }
 
   observeQueryDuration(seconds: number): void {

@@ -159,6 +159,10 @@ if (!isRoot && !inCI) {
       const { body } = await get('/metrics');
       assert.match(body, /^docker_identd_queries_total\{result="userid"\} [1-9]\d*$/m);
       assert.match(body, /^docker_identd_queries_total\{result="no-user"\} [1-9]\d*$/m);
+      // ... and by the outcome code of the step that decided them.
+      assert.match(body, /^docker_identd_query_outcomes_total\{outcome="found"\} [1-9]\d*$/m);
+      assert.match(body, /^docker_identd_query_outcomes_total\{outcome="no-entry"\} [1-9]\d*$/m);
+      assert.match(body, /^docker_identd_query_outcomes_total\{outcome="ambiguous"\} 0$/m);
       assert.match(body, /^docker_identd_conntrack_lookup_seconds_count\{source="procfs"\} [1-9]\d*$/m);
       assert.match(body, /^docker_identd_conntrack_source\{source="procfs"\} 1$/m);
       assert.match(body, /^docker_identd_docker_containers 1$/m);
@@ -184,9 +188,13 @@ if (!isRoot && !inCI) {
         () => daemon.lines.filter((l) => l.msg === 'config reloaded').length > before,
         10_000,
       );
+      const logged = daemon.queries().length;
       assert.match(await ask(), / : ERROR : NO-USER\n$/);
+      // The reply can come before the daemon's log line about it does.
+      await waitFor('the query logged', () => daemon.queries().length > logged, 10_000);
       const q = daemon.queries().at(-1)!;
       assert.match(String(q.reason), /template yields nothing/);
+      assert.equal(q.outcome, 'template-empty');
     });
 
     it('explain walks the resolution, human-readable and as JSON', async () => {
@@ -210,9 +218,11 @@ if (!isRoot && !inCI) {
       assert.match(text.stdout, /^ {16}network lo: 127\.0\.0\.1$/m);
       assert.match(text.stdout, /^ 6\. name {8}template "label:identd\.name\|name" -> "loop-svc"$/m);
       assert.match(text.stdout, / 7\. answer {6}\d+ , \d+ : USERID : OTHER : loop-svc\n/);
+      assert.match(text.stdout, /^ {16}outcome: found$/m);
       const json = await cli([...args, '--json']);
-      const r = JSON.parse(json.stdout) as { answer: { name: string }; query: { localFrom: string } };
+      const r = JSON.parse(json.stdout) as { answer: { name: string }; query: { localFrom: string }; outcome: string };
       assert.equal(r.answer.name, 'loop-svc');
+      assert.equal(r.outcome, 'found');
       assert.equal(r.query.localFrom, 'route');
       const none = await cli([
         'explain',
@@ -227,6 +237,7 @@ if (!isRoot && !inCI) {
       ]);
       assert.equal(none.status, 1);
       assert.match(none.stdout, /no entry with this reply tuple/);
+      assert.match(none.stdout, /^ {16}outcome: no-entry$/m);
       assert.equal((await cli(['explain', '1', '2'])).status, 2);
     });
 
@@ -263,6 +274,35 @@ if (!isRoot && !inCI) {
         `127.0.0.1 ${conn.clientPort} ${conn.serverPort}\n`,
       );
       assert.equal(again.stdout, 'OK user=loopy\n');
+    });
+
+    it('squid-helper --direct looks up in-process, through the same engine as the daemon', async () => {
+      const child = spawn(
+        process.execPath,
+        [BIN, 'squid-helper', '--direct', '--debug', '--conntrack', 'procfs', '--docker-host', fake.url],
+        { stdio: ['pipe', 'pipe', 'pipe'] },
+      );
+      let out = '';
+      let err = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+      // Its index is listed afresh, so every address counts as handed over at its first listing: ask
+      // about a connection made after that, as Squid does (it runs its helpers before it accepts clients).
+      // procfs gives start times to the second (their earliest moment): more than a second after it.
+      await waitFor('the helper’s Docker index', () => err.includes('Docker index synced'), 20_000);
+      await sleep(1500);
+      const fresh = await loopbackConnection();
+      try {
+        // As Squid on this host sees the connection: client and its port, Squid's port and address.
+        child.stdin.write(`0 127.0.0.1 ${fresh.clientPort} ${fresh.serverPort} 127.0.0.1\n`);
+        child.stdin.write(`1 127.0.0.1 1 ${fresh.serverPort} 127.0.0.1\n`);
+        child.stdin.end();
+        const code = await new Promise<number | null>((r) => child.on('exit', r));
+        assert.equal(code, 0, err);
+      } finally {
+        fresh.close();
+      }
+      assert.deepEqual(out.trim().split('\n').sort(), ['0 OK user=loopy', '1 ERR message=NO-USER'], err);
     });
 
     it('the daemon logged no errors', () => {

@@ -6,8 +6,7 @@ import { test } from 'node:test';
 import pino from 'pino';
 
 import { AddressSet, parseCidr } from '../../../src/lib/ip';
-import type { Resolution } from '../../../src/resolve/resolver';
-import { IdentServer } from '../../../src/ident/server';
+import { IdentServer, type IdentResolution as Resolution } from '../../../src/ident/server';
 
 const loopback = new AddressSet([parseCidr('127.0.0.0/8')!]);
 const nobody = new AddressSet([parseCidr('192.0.2.1')!]);

@@ -4,8 +4,7 @@ import { after, before, test } from 'node:test';
 import pino from 'pino';
 
 import { AddressSet, parseCidr } from '../../../src/lib/ip';
-import type { IdentQuery, Resolution } from '../../../src/resolve/resolver';
-import { IdentServer } from '../../../src/ident/server';
+import { IdentServer, type IdentQuery, type IdentResolution as Resolution } from '../../../src/ident/server';
 
 const seen: IdentQuery[] = [];
 let behaviour: 'name' | 'throw' | 'slow' | 'sync' | 'sync-throw' | 'broken' = 'name';

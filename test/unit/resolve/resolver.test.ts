@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../../src/conntrack/types';
 import { conntrackError } from '../../../src/conntrack/types';
 import type { ContainerLookup } from '../../../src/docker/watcher';
+import { OUTCOMES } from '../../../src/resolve/outcome';
 import { Resolver, type ContainerOwners } from '../../../src/resolve/resolver';
 
 const query = { querier: '10.213.0.2', local: '10.213.0.1', portOnServer: 40001, portOnClient: 3128 };
@@ -388,4 +389,150 @@ test('a recent owner is confirmed for the connection: a confirmation since its s
     () => now,
   ).resolve(query);
   assert.deepEqual(asked, [BigInt(now) * 1_000_000n]);
+});
+
+test('each way a resolution ends has its outcome code, and the answer and reason follow from it', async () => {
+  const ambiguous: ContainerLookup = { status: 'ambiguous', owners: [] };
+  const o = owner('web');
+  const reused: ContainerLookup = o.status === 'found' ? { ...o, releasedNs: 2n } : o;
+  const cases: [string, Resolver, typeof query?][] = [
+    [
+      'family-mismatch',
+      new Resolver(
+        source(async () => entry),
+        registry(owner('web')),
+      ),
+      { ...query, local: 'fd00::1' },
+    ],
+    [
+      'no-entry',
+      new Resolver(
+        source(async () => null),
+        registry(owner('web')),
+      ),
+    ],
+    [
+      'lookup-failed',
+      new Resolver(
+        source(async () => Promise.reject(conntrackError('no', 'EPERM'))),
+        registry(o),
+      ),
+    ],
+    [
+      'entry-mismatch',
+      new Resolver(
+        source(async () => ({ ...entry, reply: { ...entry.reply, dport: 1 } })),
+        registry(o),
+      ),
+    ],
+    [
+      'index-unavailable',
+      new Resolver(
+        source(async () => entry),
+        registry({ status: 'unavailable', reason: 'down' }),
+      ),
+    ],
+    [
+      'no-owner',
+      new Resolver(
+        source(async () => entry),
+        registry({ status: 'none' }),
+      ),
+    ],
+    [
+      'ambiguous',
+      new Resolver(
+        source(async () => entry),
+        registry(ambiguous),
+      ),
+    ],
+    [
+      'reused',
+      new Resolver(
+        source(async () => ({ ...entry, startNs: 1n })),
+        registry(reused),
+      ),
+    ],
+    [
+      'unconfirmed',
+      new Resolver(
+        source(async () => entry),
+        registry(owner('web', Date.now()), false),
+      ),
+    ],
+    [
+      'template-empty',
+      new Resolver(
+        source(async () => entry),
+        registry(o),
+        { nameFor: () => null },
+      ),
+    ],
+    [
+      'unanswerable',
+      new Resolver(
+        source(async () => entry),
+        registry(owner('x'.repeat(64))),
+      ),
+    ],
+    [
+      'found',
+      new Resolver(
+        source(async () => entry),
+        registry(o),
+      ),
+    ],
+  ];
+  for (const [outcome, r, q] of cases) {
+    const res = await r.resolve(q ?? query);
+    assert.equal(res.outcome, outcome);
+    const answer = OUTCOMES[res.outcome].answer;
+    assert.deepEqual(
+      res.answer,
+      answer === 'USERID' ? { kind: 'USERID', name: 'web' } : { kind: 'ERROR', code: answer },
+    );
+    assert.ok(res.reason.length > 0, outcome);
+  }
+  assert.deepEqual(new Set(cases.map(([c]) => c)), new Set(Object.keys(OUTCOMES)), 'every outcome code is reachable');
+});
+
+test('what a step found stays in the resolution: the source’s error, why the index cannot answer, the claimants', async () => {
+  const failed = await new Resolver(
+    source(async () => Promise.reject(conntrackError('Operation not permitted', 'EPERM'))),
+    registry(owner('web')),
+  ).resolve(query);
+  assert.deepEqual(failed.error, { code: 'EPERM', message: 'Operation not permitted' });
+  assert.equal(failed.reason, 'conntrack lookup failed: EPERM Operation not permitted');
+  const down = await new Resolver(
+    source(async () => entry),
+    registry({ status: 'unavailable', reason: 'stream down' }),
+  ).resolve(query);
+  assert.equal(down.unavailable, 'stream down');
+  assert.equal(down.reason, 'Docker index unavailable: stream down');
+  const web = owner('web');
+  const other = owner('other');
+  const twice = await new Resolver(
+    source(async () => entry),
+    registry({
+      status: 'ambiguous',
+      owners: [web, other].map((l) => (l.status === 'found' ? l.owner : assert.fail())),
+    }),
+  ).resolve(query);
+  assert.deepEqual(
+    twice.owners?.map((c) => c.name),
+    ['web', 'other'],
+  );
+  assert.equal(twice.reason, 'address claimed by 2 containers');
+  const mismatch = { ...entry, reply: { ...entry.reply, dport: 1 } };
+  const wrong = await new Resolver(
+    source(async () => mismatch),
+    registry(web),
+  ).resolve(query);
+  assert.deepEqual(wrong.entry, mismatch);
+  const named = await new Resolver(
+    source(async () => entry),
+    registry(web),
+    { nameFor: () => null },
+  ).resolve(query);
+  assert.equal(named.name, null);
 });
