@@ -11,7 +11,7 @@
  * destination being the query's (our address) and the reply source one of
  * the proxy addresses. The GET's entry and the dump's are candidates
  * together, since the query may be about any of them: exactly one answers,
- * several reject with code EAMBIGUOUS. The GET searches conntrack zone 0
+ * several reject with code ERR_CONNTRACK_AMBIGUOUS. The GET searches conntrack zone 0
  * only; the dump sees every zone, and a sole candidate outside zone 0
  * rejects with code ERR_CONNTRACK_ZONE rather than answer from a zone no
  * other lookup sees.
@@ -25,7 +25,6 @@ import { canonicalIp, type AddressSet } from '../lib/ip';
 import { loadBinding, promised, type NativeConntrack, type NativeDumpResult } from '../native/binding';
 import { DumpQueue } from './dump-queue';
 import {
-  conntrackError,
   replyMatches,
   type ConntrackEntry,
   type ConntrackError,
@@ -37,6 +36,7 @@ import {
   inZoneZero,
   replyPortsMatch,
 } from './types';
+import { codedError } from '../lib/errors';
 
 export interface NetlinkSourceOptions {
   /**
@@ -108,7 +108,7 @@ function checkTuple(t: ReplyTuple): void {
     isCanonical(t.src, t.family) &&
     isCanonical(t.dst, t.family) &&
     [t.sport, t.dport].every((p) => Number.isInteger(p) && p >= 0 && p <= 65535);
-  if (!ok) throw conntrackError(`invalid reply tuple ${JSON.stringify(t)}`, 'ERR_INVALID_ARG_VALUE');
+  if (!ok) throw codedError('ERR_INVALID_ARG_VALUE', `invalid reply tuple ${JSON.stringify(t)}`);
 }
 
 export class NetlinkSource implements ConntrackSource {
@@ -266,19 +266,19 @@ export class NetlinkSource implements ConntrackSource {
       const [only] = candidates.values();
       // The dump sees every zone; the exact GET, and so every answer, zone 0 only.
       if (!inZoneZero(only)) {
-        throw conntrackError(
+        throw codedError(
+          'ERR_CONNTRACK_ZONE',
           `the one connection matching query ${formatTuple(tuple)} exactly or through a proxy address, ` +
             `${formatTuple(only.orig)}, is in conntrack zone ${only.zone}: not answered`,
-          'ERR_CONNTRACK_ZONE',
         );
       }
       return replyMatches(only, tuple) ? only : { ...only, matchedBy: 'proxy-ports' };
     }
     const listed = [...candidates.values()].map((e) => formatTuple(e.orig)).join(', ');
-    throw conntrackError(
+    throw codedError(
+      'ERR_CONNTRACK_AMBIGUOUS',
       `${total} connections match query ${formatTuple(tuple)} exactly or through a proxy address ` +
         `(reply ports ${tuple.sport} -> ${tuple.dport}): ${listed}${total > candidates.size ? ', ...' : ''}`,
-      'EAMBIGUOUS',
     );
   }
 

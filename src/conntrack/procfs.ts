@@ -15,7 +15,8 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 
-import { closedError, conntrackError, replyMatches } from './types';
+import { codedError } from '../lib/errors';
+import { closedError, replyMatches } from './types';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from './types';
 import { parseConntrackLine, portsKey, replyPortsKey } from './procfs-parse';
 
@@ -163,7 +164,10 @@ export class ProcfsSource implements ConntrackSource {
       }
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
-      failure = conntrackError(`cannot read ${this.path}: ${e.message}`, e.code ?? 'EIO', e.errno, 'read');
+      failure = codedError(e.code ?? 'EIO', `cannot read ${this.path}: ${e.message}`, {
+        errno: e.errno,
+        syscall: 'read',
+      });
     } finally {
       await fh?.close().catch(() => undefined);
     }

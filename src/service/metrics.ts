@@ -60,7 +60,7 @@ export interface ServerView {
  * second try refused (EBUSY: 4 dumps pending) or dropped unrun (ECANCELED).
  */
 const NOT_SOURCE_FAILURES = new Set([
-  'EAMBIGUOUS',
+  'ERR_CONNTRACK_AMBIGUOUS',
   'ERR_CONNTRACK_ZONE',
   'ERR_INVALID_ARG_VALUE',
   'EBUSY',

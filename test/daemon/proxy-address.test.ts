@@ -210,7 +210,7 @@ describe(
         try {
           assert.match(
             await query(d, LOCAL, DIRECT),
-            /^50000 , 80 : ERROR : UNKNOWN-ERROR \(conntrack lookup failed: EAMBIGUOUS /,
+            /^50000 , 80 : ERROR : UNKNOWN-ERROR \(conntrack lookup failed: ERR_CONNTRACK_AMBIGUOUS /,
           );
           remove(VICTIM);
           assert.equal(await query(d, LOCAL, DIRECT), '50000 , 80 : USERID : OTHER : other (container found)');

@@ -195,7 +195,7 @@ describe(
       assert.deepEqual(entryOf(v6)?.orig, V6.orig);
     });
 
-    it('rejects with EAMBIGUOUS when several connections match, exactly or through proxy addresses', async () => {
+    it('rejects with ERR_CONNTRACK_AMBIGUOUS when several connections match, exactly or through proxy addresses', async () => {
       // B2 shares A's reply ports but came through another proxy address.
       const B2 = { orig: { ...B.orig, sport: 40002 }, reply: { ...B.reply, dport: 50000 } };
       ns.run('conntrack', conntrackInsertArgs(4, B2.orig, B2.reply, ['--state', 'ESTABLISHED']));
@@ -205,15 +205,15 @@ describe(
           ['198.51.100.0/24'],
         );
         assert.ok('error' in amb, 'several matches must not answer');
-        assert.equal(amb.error.code, 'EAMBIGUOUS');
+        assert.equal(amb.error.code, 'ERR_CONNTRACK_AMBIGUOUS');
         assert.match(amb.error.message, /192\.0\.2\.10:40000/);
         // A matches the query exactly, B2 through a proxy address: either may be the one asked about.
         assert.ok(
           'error' in exactA,
           `an exact match beside a proxied one answered: ${JSON.stringify(exactA, replaceBigInt)}`,
         );
-        assert.equal(exactA.error.code, 'EAMBIGUOUS');
-        assert.equal('error' in narrow && narrow.error.code, 'EAMBIGUOUS');
+        assert.equal(exactA.error.code, 'ERR_CONNTRACK_AMBIGUOUS');
+        assert.equal('error' in narrow && narrow.error.code, 'ERR_CONNTRACK_AMBIGUOUS');
         const [onlyA] = await lookup([viaLb], ['198.51.100.1/32']);
         assert.deepEqual(entryOf(onlyA)?.orig, A.orig, 'proxy set narrowed to one match');
       } finally {

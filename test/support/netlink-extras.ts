@@ -111,7 +111,7 @@ async function stress(): Promise<void> {
     // With proxy addresses every lookup is a GET and a dump; entry 7's exact
     // lookup sees the proxied duplicate too and is ambiguous.
     const ambiguous = (e: NodeJS.ErrnoException): 'ambiguous' => {
-      if (e.code !== 'EAMBIGUOUS') throw e;
+      if (e.code !== 'ERR_CONNTRACK_AMBIGUOUS') throw e;
       return 'ambiguous';
     };
     for (const r of await Promise.all(keys.map((k) => source.lookup(k).catch(ambiguous)))) {
@@ -122,7 +122,7 @@ async function stress(): Promise<void> {
       if (await source.lookup({ family: 4, ...synthetic(i).reply, src: '198.51.100.250' })) counts.second++;
     }
     await source.lookup({ family: 4, ...dup.reply, src: '198.51.100.250' }).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'EAMBIGUOUS') counts.ambiguous++;
+      if (e.code === 'ERR_CONNTRACK_AMBIGUOUS') counts.ambiguous++;
     });
   }
   // close() while lookups are queued and in flight.

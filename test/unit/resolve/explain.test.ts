@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import pino from 'pino';
 
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../../src/conntrack/types';
-import { conntrackError } from '../../../src/conntrack/types';
+import { codedError } from '../../../src/lib/errors';
 import { AddressIndex } from '../../../src/docker/address-index';
 import type { ContainerInfo } from '../../../src/docker/container-info';
 import type { ContainerLookup } from '../../../src/docker/watcher';
@@ -126,7 +126,7 @@ test('the reason for each ERROR is reported at the step that decided it', async 
   // The source fails.
   r = await explain(input(), {
     log,
-    openConntrack: async () => conntrack(conntrackError('Operation not permitted', 'EPERM')),
+    openConntrack: async () => conntrack(codedError('EPERM', 'Operation not permitted')),
     openDocker: () => docker(index),
   });
   assert.equal(r.conntrack.result, 'failed');
@@ -138,7 +138,7 @@ test('the reason for each ERROR is reported at the step that decided it', async 
   r = await explain(input(), {
     log,
     openConntrack: async () => {
-      throw conntrackError('cannot load the addon', 'MODULE_NOT_FOUND');
+      throw codedError('MODULE_NOT_FOUND', 'cannot load the addon');
     },
     openDocker: () => docker(index),
   });

@@ -29,8 +29,8 @@ test('every outcome has a step, an answer and a reason; only found is a USERID',
 
 test('reasons carry their detail, as the log has always shown them', () => {
   assert.equal(
-    reasonFor('lookup-failed', { error: { code: 'EAMBIGUOUS', message: 'two match' } }),
-    'conntrack lookup failed: EAMBIGUOUS two match',
+    reasonFor('lookup-failed', { error: { code: 'ERR_CONNTRACK_AMBIGUOUS', message: 'two match' } }),
+    'conntrack lookup failed: ERR_CONNTRACK_AMBIGUOUS two match',
   );
   assert.equal(reasonFor('lookup-failed', { error: { message: 'late' } }), 'conntrack lookup failed: late');
   assert.equal(

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../../src/conntrack/types';
-import { conntrackError } from '../../../src/conntrack/types';
+import { codedError } from '../../../src/lib/errors';
 import type { ContainerLookup } from '../../../src/docker/watcher';
 import { OUTCOMES } from '../../../src/resolve/outcome';
 import { Resolver, type ContainerOwners } from '../../../src/resolve/resolver';
@@ -99,7 +99,7 @@ test('every doubt is UNKNOWN-ERROR', async () => {
     [
       'conntrack failure',
       new Resolver(
-        source(async () => Promise.reject(conntrackError('no', 'EPERM', 1))),
+        source(async () => Promise.reject(codedError('EPERM', 'no', { errno: 1 }))),
         registry(owner('web')),
       ),
     ],
@@ -210,7 +210,7 @@ test('without a conntrack timestamp, a recently reused address is an ERROR for a
 });
 
 test('ENOBUFS is tried once more, then answered ERROR; other errors are not retried', async () => {
-  const enobufs = (): Error => conntrackError('No buffer space available', 'ENOBUFS', -105);
+  const enobufs = (): Error => codedError('ENOBUFS', 'No buffer space available', { errno: -105 });
   let calls = 0;
   const once = source(async () => (++calls === 1 ? Promise.reject(enobufs()) : entry));
   assert.deepEqual((await new Resolver(once, registry(owner('web'))).resolve(query)).answer, {
@@ -223,7 +223,7 @@ test('ENOBUFS is tried once more, then answered ERROR; other errors are not retr
   assert.deepEqual(res.answer, { kind: 'ERROR', code: 'UNKNOWN-ERROR' });
   assert.match(res.reason, /ENOBUFS/);
   assert.equal(always.asked.length, 2);
-  const eperm = source(async () => Promise.reject(conntrackError('Operation not permitted', 'EPERM', -1)));
+  const eperm = source(async () => Promise.reject(codedError('EPERM', 'Operation not permitted', { errno: -1 })));
   await new Resolver(eperm, registry(owner('web'))).resolve(query);
   assert.equal(eperm.asked.length, 1);
 });
@@ -335,11 +335,11 @@ test('ENOBUFS from the GET made at once is tried once more on the promise path; 
   const src: ConntrackSource = {
     name: 'netlink',
     lookupNow: () => {
-      throw conntrackError('dropped', 'ENOBUFS');
+      throw codedError('ENOBUFS', 'dropped');
     },
     lookup: async () => {
       calls++;
-      throw conntrackError('dropped again', 'ENOBUFS');
+      throw codedError('ENOBUFS', 'dropped again');
     },
     close: async () => undefined,
   };
@@ -414,7 +414,7 @@ test('each way a resolution ends has its outcome code, and the answer and reason
     [
       'lookup-failed',
       new Resolver(
-        source(async () => Promise.reject(conntrackError('no', 'EPERM'))),
+        source(async () => Promise.reject(codedError('EPERM', 'no'))),
         registry(o),
       ),
     ],
@@ -498,7 +498,7 @@ test('each way a resolution ends has its outcome code, and the answer and reason
 
 test('what a step found stays in the resolution: the source’s error, why the index cannot answer, the claimants', async () => {
   const failed = await new Resolver(
-    source(async () => Promise.reject(conntrackError('Operation not permitted', 'EPERM'))),
+    source(async () => Promise.reject(codedError('EPERM', 'Operation not permitted'))),
     registry(owner('web')),
   ).resolve(query);
   assert.deepEqual(failed.error, { code: 'EPERM', message: 'Operation not permitted' });

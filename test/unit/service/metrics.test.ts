@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import pino from 'pino';
 
 import type { ConntrackSource, ReplyTuple } from '../../../src/conntrack/types';
-import { conntrackError } from '../../../src/conntrack/types';
+import { codedError } from '../../../src/lib/errors';
 import { Metrics, resultLabel } from '../../../src/service/metrics';
 import { MetricsServer } from '../../../src/service/metrics-http';
 
@@ -116,23 +116,23 @@ test('the instrumented conntrack source times lookups and tracks whether the sou
   m.setDocker({ state: 'synced', containers: 1, reconnects: 0 });
   assert.equal(m.readinessNow().ready, true);
   assert.equal(await src.lookup(tuple), null);
-  fail = conntrackError('boom', 'EPERM');
+  fail = codedError('EPERM', 'boom');
   await assert.rejects(src.lookup(tuple), { code: 'EPERM' });
   const r = m.readinessNow();
   assert.equal(r.ready, false);
   assert.match(r.checks.find((c) => c.name === 'conntrack')!.detail, /netlink failing: EPERM: boom/);
   // An ambiguous second try is an answer about the connection, not a broken source.
-  fail = conntrackError('two match', 'EAMBIGUOUS');
+  fail = codedError('ERR_CONNTRACK_AMBIGUOUS', 'two match');
   await assert.rejects(src.lookup(tuple));
   assert.equal(m.readinessNow().ready, false, 'the earlier failure still stands');
   fail = null;
   await src.lookup(tuple);
   assert.equal(m.readinessNow().ready, true);
-  fail = conntrackError('two match', 'EAMBIGUOUS');
+  fail = codedError('ERR_CONNTRACK_AMBIGUOUS', 'two match');
   await assert.rejects(src.lookup(tuple));
   assert.equal(m.readinessNow().ready, true);
   // Nor is a second-try candidate in another conntrack zone.
-  fail = conntrackError('in zone 7', 'ERR_CONNTRACK_ZONE');
+  fail = codedError('ERR_CONNTRACK_ZONE', 'in zone 7');
   await assert.rejects(src.lookup(tuple));
   assert.equal(m.readinessNow().ready, true, 'a candidate in another zone is not a broken source');
   const text = await m.registry.metrics();
