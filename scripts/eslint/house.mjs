@@ -11,7 +11,16 @@ import path from 'node:path';
 import ts from 'typescript';
 
 /** Top to bottom; folders on one row are siblings and may not import each other. */
-export const LAYERS = [['cli'], ['service'], ['config'], ['resolve'], ['firewall', 'conntrack', 'docker'], ['native'], ['ident'], ['lib']];
+export const LAYERS = [
+  ['cli'],
+  ['service'],
+  ['config'],
+  ['resolve'],
+  ['firewall', 'conntrack', 'docker'],
+  ['native'],
+  ['ident'],
+  ['lib'],
+];
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const SRC = path.join(ROOT, 'src');
@@ -41,11 +50,13 @@ export function layerViolation(from, to) {
   if (a === null) return null; // tests and benches may import anything of src/
   const b = folderOf(to);
   if (b === null) return `src/ must not import ${path.relative(ROOT, to)} (outside src/)`;
-  if (a === '' || b === '') return `${path.relative(ROOT, a === '' ? from : to)} is directly in src/; every module belongs in a layer folder`;
+  if (a === '' || b === '')
+    return `${path.relative(ROOT, a === '' ? from : to)} is directly in src/; every module belongs in a layer folder`;
   if (a === b) return null;
   const ra = rank.get(a);
   const rb = rank.get(b);
-  if (ra === undefined || rb === undefined) return `src/${ra === undefined ? a : b}/ is not a known layer (scripts/eslint/house.mjs LAYERS)`;
+  if (ra === undefined || rb === undefined)
+    return `src/${ra === undefined ? a : b}/ is not a known layer (scripts/eslint/house.mjs LAYERS)`;
   if (rb > ra) return `src/${a}/ must not import upward from src/${b}/`;
   if (rb === ra) return `src/${a}/ and src/${b}/ are siblings and must not import each other`;
   return null;
@@ -135,7 +146,11 @@ function pathBack(g, start, members) {
 }
 
 const layers = {
-  meta: { type: 'problem', docs: { description: 'src/ folders import only downward (type imports included)' }, schema: [] },
+  meta: {
+    type: 'problem',
+    docs: { description: 'src/ folders import only downward (type imports included)' },
+    schema: [],
+  },
   create(context) {
     const file = context.filename;
     const check = (node, spec) => {
@@ -152,7 +167,10 @@ const layers = {
       ImportExpression: (n) => n.source.type === 'Literal' && check(n, n.source.value),
       TSImportType: (n) => check(n, n.argument?.literal?.value ?? n.argument?.value),
       CallExpression: (n) =>
-        n.callee.type === 'Identifier' && n.callee.name === 'require' && n.arguments[0]?.type === 'Literal' && check(n, n.arguments[0].value),
+        n.callee.type === 'Identifier' &&
+        n.callee.name === 'require' &&
+        n.arguments[0]?.type === 'Literal' &&
+        check(n, n.arguments[0].value),
     };
   },
 };
@@ -163,7 +181,8 @@ const noCycle = {
     return {
       Program(node) {
         const cycle = cyclesByFile().get(path.resolve(context.filename));
-        if (cycle) context.report({ node, message: `import cycle: ${cycle.map((f) => path.relative(ROOT, f)).join(' → ')}` });
+        if (cycle)
+          context.report({ node, message: `import cycle: ${cycle.map((f) => path.relative(ROOT, f)).join(' → ')}` });
       },
     };
   },
