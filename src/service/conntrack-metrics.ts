@@ -14,17 +14,18 @@ export interface LookupObserver {
 }
 
 export function instrumentConntrack(source: ConntrackSource, obs: LookupObserver): ConntrackSource {
+  const since = (t0: number): number => (performance.now() - t0) / 1000;
   const wrapped: ConntrackSource = {
     name: source.name,
     lookup: async (tuple: ReplyTuple) => {
       const t0 = performance.now();
       try {
         const entry = await source.lookup(tuple);
-        obs.observe((performance.now() - t0) / 1000);
+        obs.observe(since(t0));
         obs.succeeded();
         return entry;
       } catch (err) {
-        obs.observe((performance.now() - t0) / 1000);
+        obs.observe(since(t0));
         obs.failed(err);
         throw err;
       }
@@ -35,19 +36,20 @@ export function instrumentConntrack(source: ConntrackSource, obs: LookupObserver
     const now = source.lookupNow.bind(source);
     wrapped.lookupNow = (tuple: ReplyTuple) => {
       const t0 = performance.now();
+      let entry: ReturnType<typeof now>;
       try {
-        const entry = now(tuple);
-        // undefined: not looked up here; the promise path measures it.
-        if (entry !== undefined) {
-          obs.observe((performance.now() - t0) / 1000);
-          obs.succeeded();
-        }
-        return entry;
+        entry = now(tuple);
       } catch (err) {
-        obs.observe((performance.now() - t0) / 1000);
+        obs.observe(since(t0));
         obs.failed(err);
         throw err;
       }
+      // undefined: not looked up here; the promise path measures it.
+      if (entry !== undefined) {
+        obs.observe(since(t0));
+        obs.succeeded();
+      }
+      return entry;
     };
   }
   return wrapped;
