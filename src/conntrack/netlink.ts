@@ -21,6 +21,7 @@
  * libuv thread pool, one at a time. The event loop polls briefly while GETs
  * are in flight (see pollMicros). Errors carry code and errno like Node's.
  */
+import { monoNs } from '../lib/clock';
 import { canonicalIp, type AddressSet } from '../lib/ip';
 import { loadBinding, promised, type NativeConntrack, type NativeDumpResult } from '../native/binding';
 import { DumpQueue } from './dump-queue';
@@ -117,7 +118,7 @@ export class NetlinkSource implements ConntrackSource {
   private inflight = 0;
   private polling = false;
   private pollSkip = 0;
-  /** When a lookup last started or finished (process.hrtime.bigint()). */
+  /** When a lookup last started or finished (lib/clock monoNs()). */
   private lastActivity = 0n;
   /**
    * Second-try dumps run one at a time: each walks the kernel's whole
@@ -184,7 +185,7 @@ export class NetlinkSource implements ConntrackSource {
     if (this.closed) throw closedError('netlink');
     checkTuple(tuple);
     this.inflight++;
-    this.lastActivity = process.hrtime.bigint();
+    this.lastActivity = monoNs();
     if (!this.inline) this.poll();
     try {
       const exact = this.inline
@@ -201,7 +202,7 @@ export class NetlinkSource implements ConntrackSource {
       throw e;
     } finally {
       this.inflight--;
-      this.lastActivity = process.hrtime.bigint();
+      this.lastActivity = monoNs();
     }
   }
 
@@ -218,7 +219,7 @@ export class NetlinkSource implements ConntrackSource {
     this.polling = true;
     const tick = (): void => {
       if (this.inflight === 0) this.polling = false;
-      else if (process.hrtime.bigint() - this.lastActivity < this.pollNs) setImmediate(tick);
+      else if (monoNs() - this.lastActivity < this.pollNs) setImmediate(tick);
       else {
         this.polling = false;
         this.pollSkip = POLL_BACKOFF; // no answer within the window: back off

@@ -6,6 +6,7 @@
 import net from 'node:net';
 import type { Logger } from 'pino';
 
+import { elapsedUs, monoNs } from '../lib/clock';
 import { codedError, errorCode, errorMessage } from '../lib/errors';
 import { listen } from '../lib/listen';
 import { canonicalIp, type AddressSet } from '../lib/ip';
@@ -432,7 +433,7 @@ export class IdentServer {
   }
 
   private answer(socket: net.Socket, querier: string, local: string, line: string | null, deadlines: Deadlines): void {
-    const t0 = process.hrtime.bigint();
+    const t0 = monoNs();
     const parsed = line === null ? null : parseRequest(line);
     if (!parsed || !parsed.ok) {
       const error = parsed ? parsed.error : 'UNKNOWN-ERROR';
@@ -503,7 +504,7 @@ export class IdentServer {
     fields: Record<string, unknown>,
   ): void {
     const log = this.opts.log;
-    const totalUs = Number((process.hrtime.bigint() - t0) / 1000n);
+    const totalUs = elapsedUs(t0);
     try {
       this.opts.onAnswer?.(answer, resolution, totalUs / 1e6);
     } catch (err) {

@@ -17,6 +17,7 @@
  */
 import type { Readable, Writable } from 'node:stream';
 
+import { LineSplitter } from '../lib/lines';
 import { errorCode } from '../lib/errors';
 import { canonicalIp, ipFamily, type AddressSet } from '../lib/ip';
 import { queryIdent } from './client';
@@ -185,10 +186,8 @@ export function runSquidHelper(opts: HelperLoopOptions): Promise<void> {
   /** Answers without a channel-ID are written in request order. */
   let ordered: Promise<void> = Promise.resolve();
   const pending = new Set<Promise<void>>();
-  let buf = Buffer.alloc(0);
-  let discarding = false;
-  /** The start of a line being discarded (for its channel-ID). */
-  let discardHead = '';
+  /** Request lines, each capped at maxLine bytes; an overlong one is answered ERR once, at the cap. */
+  const lines = new LineSplitter(maxLine);
 
   opts.output.on('error', () => {
     outputGone = true;
@@ -250,10 +249,9 @@ export function runSquidHelper(opts: HelperLoopOptions): Promise<void> {
     const end = (): void => {
       if (ended) return;
       ended = true;
-      // A last line without LF is still a request.
-      if (discarding) handle(parseHelperLine(discardHead), { ok: false, message: 'line-too-long' });
-      else if (buf.length > 0) onLine(buf);
-      buf = Buffer.alloc(0);
+      // A last line without LF is still a request (an overlong one was answered already).
+      const rest = lines.flush();
+      if (rest) onLine(rest);
       const settle = (): void => {
         if (pending.size === 0) return resolve();
         void Promise.all([...pending]).then(settle);
@@ -261,34 +259,13 @@ export function runSquidHelper(opts: HelperLoopOptions): Promise<void> {
       settle();
     };
     opts.input.on('data', (chunk: Buffer | string) => {
-      let data = typeof chunk === 'string' ? Buffer.from(chunk, 'latin1') : chunk;
-      while (data.length > 0) {
-        const nl = data.indexOf(0x0a);
-        if (discarding) {
-          if (nl < 0) return;
-          discarding = false;
-          handle(parseHelperLine(discardHead), { ok: false, message: 'line-too-long' });
+      const data = typeof chunk === 'string' ? Buffer.from(chunk, 'latin1') : chunk;
+      for (const line of lines.push(data)) {
+        if (!line.overlong) onLine(line.bytes);
+        else {
+          // Keep the channel-ID, so the ERR reaches the right request.
+          handle(parseHelperLine(channelHead(line.bytes)), { ok: false, message: 'line-too-long' });
           opts.warn?.(`docker-identd squid-helper: request line over ${maxLine} bytes answered ERR`);
-          data = data.subarray(nl + 1);
-          continue;
-        }
-        if (nl < 0) {
-          buf = Buffer.concat([buf, data]);
-          if (buf.length > maxLine) {
-            discarding = true;
-            // Keep the channel-ID, so the ERR reaches the right request.
-            discardHead = channelHead(buf);
-            buf = Buffer.alloc(0);
-          }
-          return;
-        }
-        const line = Buffer.concat([buf, data.subarray(0, nl)]);
-        buf = Buffer.alloc(0);
-        data = data.subarray(nl + 1);
-        if (line.length > maxLine) {
-          handle(parseHelperLine(channelHead(line)), { ok: false, message: 'line-too-long' });
-        } else {
-          onLine(line);
         }
       }
     });
