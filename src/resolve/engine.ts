@@ -3,7 +3,10 @@
  * `squid-helper --direct` alike, so that they cannot disagree: it opens the
  * conntrack source (with the --proxy-address second try), starts the Docker
  * container watcher, and builds the resolver with the naming template and
- * the --routed handling. It returns them ready, with one `close()`.
+ * the --routed handling. It returns them ready, with one `close()`. The
+ * --routed handling needs the ident connection itself (its original
+ * destination), so only `serve` uses it; explain and the helper are given
+ * the addresses directly.
  *
  * The watcher's class is named here only; everything else reads it through
  * the narrow interfaces declared in resolve/.
