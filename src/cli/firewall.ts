@@ -13,6 +13,7 @@ import { DEFAULT_DOCKER_HOST, DOCKER_OPTIONS } from '../config/settings';
 import { dockerTlsSettings } from '../config/tls';
 import { dockerOptions } from '../docker/client';
 import { withDeadline } from '../lib/deadline';
+import { errorMessage } from '../lib/errors';
 import {
   containerSubnets,
   iptablesRules,
@@ -104,7 +105,7 @@ export async function firewallMain(args: string[]): Promise<number> {
       allowPositionals: false,
     }).values as Record<string, unknown>;
   } catch (err) {
-    return fail((err as Error).message.split('\n')[0]);
+    return fail(errorMessage(err).split('\n')[0]);
   }
 
   if (action === 'remove') {
@@ -143,7 +144,7 @@ export async function firewallMain(args: string[]): Promise<number> {
       subnets = await subnetsFromDocker(v);
     } catch (err) {
       if (err instanceof ConfigError) return fail(err.message);
-      return fail(`cannot list Docker's networks: ${(err as Error).message}`, 1);
+      return fail(`cannot list Docker's networks: ${errorMessage(err)}`, 1);
     }
   }
   if (subnets.length === 0) return fail('no container networks (no bridge network has a subnet)', 1);

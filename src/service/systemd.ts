@@ -12,6 +12,7 @@
  */
 import type { Logger } from 'pino';
 
+import { errorCode, errorMessage } from '../lib/errors';
 import { loadBinding } from '../native/binding';
 
 /** The first inherited fd (SD_LISTEN_FDS_START). */
@@ -168,13 +169,17 @@ export class SystemdNotifier implements Notifier {
     try {
       return this.send(state, this.socket);
     } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      const key = e.code ?? e.message;
+      const key = errorCode(err) ?? errorMessage(err);
       // The watchdog sends every few seconds: log each kind of failure once.
       if (!this.loggedErrors.has(key)) {
         this.loggedErrors.add(key);
         this.log.warn(
-          { err: e.message, code: e.code, errno: e.errno, state: state.split('\n')[0] },
+          {
+            err: errorMessage(err),
+            code: errorCode(err),
+            errno: (err as { errno?: unknown }).errno,
+            state: state.split('\n')[0],
+          },
           'systemd notification failed',
         );
       }
@@ -265,7 +270,7 @@ export class Watchdog {
       try {
         health = this.opts.check();
       } catch (err) {
-        health = { ok: false, reason: `health check failed: ${(err as Error).message}` };
+        health = { ok: false, reason: `health check failed: ${errorMessage(err)}` };
       }
     }
     if (!health.ok) {
