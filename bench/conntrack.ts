@@ -16,71 +16,25 @@
  * JSON to bench/results/. Deletes the namespace at the end, also on failure.
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 
-import { loadNetlinkAddon, NetlinkSource, type NetlinkSourceOptions } from '../src/conntrack/netlink';
+import { NetlinkSource, type NetlinkSourceOptions } from '../src/conntrack/netlink';
 import type { ConntrackSource, ReplyTuple } from '../src/conntrack/types';
-import { AddressSet, parseCidr, type Cidr } from '../src/ip';
+import { AddressSet, parseCidr, type Cidr } from '../src/lib/ip';
+import {
+  measure,
+  type BenchContext,
+  type BenchFixture,
+  type BenchMethod,
+  type MethodResult,
+  type Row,
+} from './harness';
 import { identQueryBench } from './ident-queries';
-import { stats, type Budget, type Stats } from './stats';
-import { entry, HOST, insertEntries, OTHER_PROXY, PROXY_CIDR, readNumber, replyOf, runInOwnNamespace } from './table';
+import { addonPath, runInfo, writeResults } from './results';
+import type { Budget } from './stats';
+import { benchMain, entry, HOST, insertEntries, OTHER_PROXY, PROXY_CIDR, readNumber, replyOf } from './table';
 
 const DEFAULT_SIZES = [1_000, 10_000, 100_000, 250_000];
-const RESULTS_DIR = path.join(__dirname, 'results');
-const INSIDE_FLAG = '--inside-namespace';
-
-// ----------------------------------------------------------- measurement
-
-async function measure(budget: Budget, call: (i: number) => Promise<unknown>): Promise<Stats> {
-  for (let i = 0; i < budget.warmup; i++) await call(i);
-  const samples: number[] = [];
-  const start = Date.now();
-  for (let i = 0; i < budget.max; i++) {
-    if (i >= budget.min && Date.now() - start > budget.ms) break;
-    if (budget.gapMs) await new Promise((r) => setTimeout(r, budget.gapMs));
-    const t0 = process.hrtime.bigint();
-    await call(i);
-    samples.push(Number(process.hrtime.bigint() - t0) / 1000);
-  }
-  return stats(samples);
-}
-
-/** What a method gets: the table size and the key of a random existing entry. */
-export interface BenchContext {
-  size: number;
-  randomKey(): ReplyTuple;
-}
-
-/** What a method measured; `notes` goes into the table, `details` into the JSON. */
-export interface MethodResult extends Stats {
-  notes?: string;
-  details?: Record<string, unknown>;
-}
-
-export interface BenchMethod {
-  name: string;
-  budget: Budget;
-  /**
-   * Called once per table size before measuring; returns the per-lookup call,
-   * and optionally `run`, which then measures by itself (load tests) instead of `call` under `budget`.
-   */
-  prepare(ctx: BenchContext): Promise<{
-    call: (i: number) => Promise<unknown>;
-    run?: () => Promise<MethodResult>;
-    close(): Promise<void>;
-  }>;
-}
-
-/** Set-up that must exist before the table is filled (e.g. a daemon whose Docker sync must come first). */
-export interface BenchFixture {
-  /** Inside the namespace, before the first entry is inserted. */
-  before(): Promise<void>;
-  /** Once at the end, also after a failure. */
-  after(): Promise<void>;
-  /** Lines printed under the table; `ok: false` fails the run (after the JSON is written). */
-  verdict(rows: Row[]): { lines: string[]; ok: boolean };
-}
 
 /** Whole ident queries over TCP against the real daemon process (bench/ident-queries.ts). */
 const identQueries = identQueryBench({ entry, host: HOST, querierCidr: PROXY_CIDR, containers: 1000 });
@@ -161,12 +115,6 @@ function methods(): BenchMethod[] {
 }
 
 // ------------------------------------------------------------- the run
-
-export interface Row extends MethodResult {
-  size: number;
-  method: string;
-  ratioToGet: number;
-}
 
 interface TableInfo {
   requested: number;
@@ -268,20 +216,7 @@ function printSummary(rows: Row[], tables: TableInfo[]): void {
 }
 
 function writeJson(rows: Row[], tables: unknown, sizes: number[], checks: string[]): void {
-  fs.mkdirSync(RESULTS_DIR, { recursive: true });
-  const file = path.join(RESULTS_DIR, `conntrack-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  const addon = loadNetlinkAddon();
-  const doc = {
-    date: new Date().toISOString(),
-    machine: { kernel: os.release(), cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version },
-    addon: addon.ok ? addon.path : null,
-    sizes,
-    tables,
-    results: rows,
-    checks,
-  };
-  fs.writeFileSync(file, JSON.stringify(doc, null, 2) + '\n');
-  console.log(`wrote ${path.relative(process.cwd(), file)}`);
+  writeResults('conntrack', { ...runInfo(), addon: addonPath(), sizes, tables, results: rows, checks });
 }
 
 // ---------------------------------------------------- namespace wrapper
@@ -295,20 +230,4 @@ function parseSizes(argv: string[]): number[] {
   return sizes.sort((a, b) => a - b);
 }
 
-if (require.main === module) {
-  const argv = process.argv.slice(2);
-  const run = argv.includes(INSIDE_FLAG)
-    ? inside(parseSizes(argv)).then(() => 0)
-    : runInOwnNamespace(
-        __filename,
-        INSIDE_FLAG,
-        argv.filter((a) => a !== INSIDE_FLAG),
-      );
-  run.then(
-    (code) => process.exit(code),
-    (e: unknown) => {
-      console.error(e);
-      process.exit(1);
-    },
-  );
-}
+if (require.main === module) benchMain(__filename, (argv) => inside(parseSizes(argv)).then(() => 0), parseSizes);

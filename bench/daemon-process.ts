@@ -9,13 +9,9 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 
-import { stats as statsOf, type Stats } from './stats';
-
-const REPO_ROOT = path.join(__dirname, '..');
-
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-export const us = (n: number): string => (n >= 1000 ? `${(n / 1000).toFixed(2)} ms` : `${Math.round(n)} µs`);
+import { REPO_ROOT, sleep } from '../test/support/daemon';
+import { FakeDocker } from '../test/support/fake-docker';
+import { parseQueryLog, type QueryLog } from './daemon-log';
 
 export function run(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
@@ -39,6 +35,16 @@ export function rssKbOf(pid: number): number {
   return m ? Number(m[1]) : NaN;
 }
 
+/** CPU µs (user + system) of processes, all threads, summed. */
+export function cpuUsOfTree(pids: number[]): number {
+  return pids.reduce((sum, pid) => sum + cpuUsOf(`/proc/${pid}/stat`), 0);
+}
+
+/** Resident set size of processes, summed, in KiB. */
+export function rssKbOfTree(pids: number[]): number {
+  return pids.reduce((sum, pid) => sum + rssKbOf(pid), 0);
+}
+
 /** This process and its children (e.g. the workers of `serve --workers N`). */
 export function processTree(pid: number): number[] {
   const children = fs
@@ -58,41 +64,39 @@ export function buildC(dir: string, name: string, libs: string[] = []): string {
   return bin;
 }
 
+/** SIGTERM, then SIGKILL if `child` has not exited after `graceMs`; resolves once it has exited. */
+export async function terminate(child: ChildProcess, graceMs = 10_000): Promise<void> {
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  if (!(await Promise.race([exited.then(() => true), sleep(graceMs).then(() => false)]))) {
+    child.kill('SIGKILL');
+    await exited;
+  }
+}
+
+/**
+ * A FakeDocker (not started yet) at `socketPath` listing `count` running
+ * containers: container i is `nameOf(i)`, at `addressOf(i)` on one network.
+ */
+export function fakeDockerOf(
+  socketPath: string,
+  count: number,
+  nameOf: (i: number) => string,
+  addressOf: (i: number) => string,
+): FakeDocker {
+  const docker = new FakeDocker(socketPath);
+  for (let i = 0; i < count; i++) {
+    docker.add({
+      Id: (i + 1).toString(16).padStart(64, '0'),
+      Name: nameOf(i),
+      Running: true,
+      Networks: { bench: { NetworkID: 'bench-net', IPAddress: addressOf(i) } },
+    });
+  }
+  return docker;
+}
+
 // ------------------------------------------------------------ the daemon
-
-/** What bench/ident-load.c prints (one JSON object), for every bench that runs it. */
-export interface IdentLoadOutput {
-  measured: number;
-  seconds: number;
-  qps: number;
-  medianUs: number;
-  p99Us: number;
-  all: number;
-  wrong: number;
-  cpuUsPerQuery: number;
-  cpuUsTotal: number;
-  examples: string[];
-  hits: number;
-  misses: number;
-  unexpectedErrors: number;
-  timeouts: number;
-  connectionErrors: number;
-  wrongReplies: number;
-  activeSeconds: number;
-  hitBuckets: number[];
-  missBuckets: number[];
-}
-
-export interface DaemonLogStats {
-  queries: number;
-  /** The conntrack lookup, as the daemon timed it. */
-  lookupUs: Stats;
-  /** From the parsed request to the reply (resolve + format), as the daemon timed it. */
-  totalUs: Stats;
-  answers: Record<string, number>;
-  /** The daemon's GC pauses, when it runs with --trace-gc. */
-  gc?: { pauses: number; totalMs: number; maxMs: number; over1ms: number };
-}
 
 /** `bin/docker-identd.js serve` as a child process; its JSON log goes to a file. */
 export class DaemonProcess {
@@ -190,12 +194,12 @@ export class DaemonProcess {
 
   /** Resident set size of the whole process (workers included), KiB. */
   rssKb(): number {
-    return this.pids().reduce((sum, pid) => sum + rssKbOf(pid), 0);
+    return rssKbOfTree(this.pids());
   }
 
   /** CPU µs of the whole process (workers included), and of its main (JavaScript) threads. */
   cpuUs(): number {
-    return this.pids().reduce((sum, pid) => sum + cpuUsOf(`/proc/${pid}/stat`), 0);
+    return cpuUsOfTree(this.pids());
   }
 
   mainThreadCpuUs(): number {
@@ -203,46 +207,12 @@ export class DaemonProcess {
   }
 
   /** The per-query log lines written since byte `from`; `lookup` and `total` per query, in log order. */
-  queryStats(from: number): { stats: DaemonLogStats; lookup: number[]; total: number[] } {
-    const lookup: number[] = [];
-    const total: number[] = [];
-    const gcMs: number[] = [];
-    const answers: Record<string, number> = {};
-    for (const line of this.readLog(from).split('\n')) {
-      // With IDENTD_BENCH_NODE_ARGS=--trace-gc: "... ms: Scavenge 4.5 (5.6) -> 3.9 (6.6) MB, 0.74 / 0.00 ms ..."
-      const gc = / ms: (?:Scavenge|Mark-Compact|Mark-sweep|Minor Mark-Sweep)[^,]*, ([\d.]+) \/ /.exec(line);
-      if (gc) gcMs.push(Number(gc[1]));
-      if (!line.includes('"msg":"query"')) continue;
-      const q = JSON.parse(line) as { lookupUs?: number; totalUs?: number; answer?: string };
-      lookup.push(q.lookupUs ?? NaN);
-      total.push(q.totalUs ?? NaN);
-      const a = q.answer?.startsWith('USERID:') ? 'USERID' : (q.answer ?? '?');
-      answers[a] = (answers[a] ?? 0) + 1;
-    }
-    const stats: DaemonLogStats = {
-      queries: total.length,
-      lookupUs: statsOf(lookup),
-      totalUs: statsOf(total),
-      answers,
-    };
-    if (gcMs.length > 0) {
-      stats.gc = {
-        pauses: gcMs.length,
-        totalMs: gcMs.reduce((a, b) => a + b, 0),
-        maxMs: Math.max(...gcMs),
-        over1ms: gcMs.filter((m) => m >= 1).length,
-      };
-    }
-    return { stats, lookup, total };
+  queryStats(from: number): QueryLog {
+    return parseQueryLog(this.readLog(from));
   }
 
   async stop(): Promise<void> {
     if (!this.child || this.exit) return;
-    const exited = new Promise<void>((r) => this.child!.once('exit', () => r()));
-    this.child.kill('SIGTERM');
-    if (!(await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)]))) {
-      this.child.kill('SIGKILL');
-      await exited;
-    }
+    await terminate(this.child);
   }
 }

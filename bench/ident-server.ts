@@ -1,6 +1,6 @@
 /**
  * Child of bench/jitless.ts: the daemon's query path in one process (server,
- * resolver, Docker registry on a fake Docker API, a conntrack source, JSON
+ * resolver, container watcher on a fake Docker API, a conntrack source, JSON
  * query log to /dev/null), run with or without `node --jitless`.
  *
  *   node [--jitless] --import tsx bench/ident-server.ts SOURCE
@@ -19,11 +19,11 @@ import pino from 'pino';
 
 import { NetlinkSource } from '../src/conntrack/netlink';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../src/conntrack/types';
-import { DockerRegistry } from '../src/docker/registry';
-import { AddressSet, parseCidr } from '../src/ip';
-import { Resolver } from '../src/resolver';
-import { CONNECTION_IDLE_PERIODS, IdentServer } from '../src/server';
-import { FakeDocker } from '../test/helpers/fake-docker';
+import { ContainerWatcher } from '../src/docker/watcher';
+import { AddressSet, parseCidr } from '../src/lib/ip';
+import { Resolver } from '../src/resolve/resolver';
+import { CONNECTION_IDLE_PERIODS, IdentServer } from '../src/ident/server';
+import { FakeDocker } from '../test/support/fake-docker';
 
 export const CONTAINERS = 200;
 /** The container at index i has address 172.20.x.y and its connection uses reply port 30000 + i. */
@@ -62,7 +62,7 @@ async function main(): Promise<void> {
   const allow = new AddressSet([parseCidr('127.0.0.0/8')!]);
   const source: ConntrackSource =
     mode === 'netlink' ? await NetlinkSource.open({ proxyAddresses: allow }) : new MemorySource();
-  const registry = new DockerRegistry(docker.url, log);
+  const registry = new ContainerWatcher(docker.url, log);
   registry.start();
   if (!(await registry.waitSynced(10_000))) throw new Error('fake Docker did not sync');
   const resolver = new Resolver(source, registry, { recentOwnerMs: 0 });

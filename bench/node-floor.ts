@@ -13,7 +13,7 @@
 import http from 'node:http';
 import net from 'node:net';
 
-import { loadNetlinkAddon } from '../src/conntrack/netlink';
+import { loadBinding } from '../src/native/binding';
 
 interface Listed {
   Names?: string[];
@@ -33,9 +33,9 @@ function listContainers(socketPath: string): Promise<Listed[]> {
 
 async function main(): Promise<void> {
   const [host, portText, socketPath] = process.argv.slice(2);
-  const loaded = loadNetlinkAddon();
+  const loaded = loadBinding();
   if (!loaded.ok) throw loaded.error;
-  const ct = new loaded.addon.Conntrack({});
+  const ct = new loaded.binding.Conntrack({});
   const names = new Map<string, string>();
   for (const c of await listContainers(socketPath)) {
     const name = (c.Names?.[0] ?? '').replace(/^\//, '');

@@ -8,7 +8,7 @@
  * bench/table.ts's pattern, plus per daemon variant `--connections` queried
  * connections (default 3,000) whose original source is a container's address:
  * container c:port -> proxy j:3128, masqueraded to the host. A FakeDocker
- * (test/helpers/fake-docker.ts) lists `--containers` containers (default
+ * (test/support/fake-docker.ts) lists `--containers` containers (default
  * 1,000). For each variant:
  *   1. the daemon (`bin/docker-identd.js serve --conntrack netlink`, log level
  *      info, its log in a file: the per-query log line is part of the cost) or
@@ -58,14 +58,26 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 
-import { loadNetlinkAddon, type SyntheticEntry } from '../src/conntrack/netlink';
-import { FakeDocker } from '../test/helpers/fake-docker';
-import { buildC, cpuUsOf, DaemonProcess, rssKbOf, run, us, type IdentLoadOutput } from './daemon-process';
-import { HOST, insertEntries, PORTS, PROXY_CIDR, readNumber, remote, REMOTES, runInOwnNamespace } from './table';
+import { type SyntheticEntry } from '../test/support/native-extras';
+import type { FakeDocker } from '../test/support/fake-docker';
+import type { DaemonLogStats } from './daemon-log';
+import { buildC, cpuUsOfTree, DaemonProcess, fakeDockerOf, rssKbOfTree, terminate } from './daemon-process';
+import { queryFileLine, runIdentLoad, shuffle, type IdentLoadOutput } from './ident-load';
+import { addonPath, runInfo, writeResults } from './results';
+import { us } from './stats';
+import {
+  benchMain,
+  HOST,
+  insertEntries,
+  INSIDE_FLAG,
+  PORTS,
+  PROXY_CIDR,
+  readNumber,
+  remote,
+  REMOTES,
+  setUpQueryNamespace,
+} from './table';
 
-const INSIDE_FLAG = '--inside-namespace';
-const RESULTS_DIR = path.join(__dirname, 'results');
-const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
 /** The proxies' port: every queried connection goes to a proxy j:3128. */
 const PROXY_PORT = 3128;
 /** A port-on-client no connection uses: a query for an absent connection. */
@@ -173,7 +185,7 @@ function queryLine(g: number, containers: number, miss: boolean): string {
   const r = connection(g, containers).reply;
   const ports = `${r.dport} , ${miss ? ABSENT_PORT : r.sport}`;
   const expected = miss ? `${ports} : ERROR : NO-USER` : `${ports} : USERID : OTHER : ${containerName(g % containers)}`;
-  return `${r.src}\t${ports}\t${expected}\n`;
+  return queryFileLine(r.src, ports, expected);
 }
 
 /**
@@ -187,11 +199,7 @@ function writeQueries(file: string, from: number, n: number, containers: number,
     const isMiss = Math.floor((i + 1) * miss) > Math.floor(i * miss);
     out.push(queryLine(from + (i % n), containers, isMiss));
   }
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(Math.random() * (i + 1));
-    [out[i], out[j]] = [out[j], out[i]];
-  }
-  fs.writeFileSync(file, out.join(''));
+  fs.writeFileSync(file, shuffle(out).join(''));
 }
 
 // ------------------------------------------------------------ load runs
@@ -207,14 +215,7 @@ async function runLoad(port: number, clients: number, measureMs: number, file: s
   const args = [HOST, String(port), String(clients), '0', String(Math.round(measureMs)), file];
   if (maxQueries > 0) args.push(String(maxQueries));
   const startedAt = performance.now();
-  const child = spawn(loadBin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout.setEncoding('utf8').on('data', (t: string) => (out += t));
-  child.stderr.setEncoding('utf8').on('data', (t: string) => (err += t));
-  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
-  if (code !== 0) throw new Error(`ident-load exited with ${code}: ${err.trim()}`);
-  return { ...(JSON.parse(out) as IdentLoadOutput), startedAt };
+  return { ...(await runIdentLoad(loadBin, args)), startedAt };
 }
 
 const sum = (a: number[], from = 0, to = a.length): number => a.slice(from, to).reduce((x, y) => x + y, 0);
@@ -228,13 +229,6 @@ interface Server {
   pids(): number[];
   alive(): void;
   stop(): Promise<void>;
-}
-
-function cpuUsOfTree(pids: number[]): number {
-  return pids.reduce((s, pid) => s + cpuUsOf(`/proc/${pid}/stat`), 0);
-}
-function rssKbOfTree(pids: number[]): number {
-  return pids.reduce((s, pid) => s + rssKbOf(pid), 0);
 }
 
 /** The C floor (bench/floor-identd.c), or the same work in Node (bench/node-floor.ts): `cmd` HOST PORT SOCKET. */
@@ -280,9 +274,7 @@ class FloorProcess implements Server {
 
   async stop(): Promise<void> {
     if (!this.child || this.exit) return;
-    const exited = new Promise<void>((r) => this.child!.once('exit', () => r()));
-    this.child.kill('SIGTERM');
-    await exited;
+    await terminate(this.child);
   }
 }
 
@@ -347,7 +339,7 @@ interface VariantResult {
   /** Queries answered over all of this variant's loads. */
   queries: number;
   dockerRequests: { main: Record<string, number>; total: Record<string, number> };
-  daemonLog?: ReturnType<DaemonProcess['queryStats']>['stats'];
+  daemonLog?: DaemonLogStats;
   wrong: { wrongReplies: number; unexpectedErrors: number; timeouts: number; connectionErrors: number };
   examples: string[];
 }
@@ -728,10 +720,7 @@ async function inside(o: Options): Promise<number> {
   let docker: FakeDocker | null = null;
   let failed = true;
   try {
-    fs.writeFileSync(TIMESTAMP_SYSCTL, '1\n');
-    if (readNumber(TIMESTAMP_SYSCTL) !== 1) throw new Error('cannot turn conntrack timestamps on');
-    run('ip', ['addr', 'add', `${HOST}/32`, 'dev', 'lo']);
-    run('ip', ['addr', 'add', PROXY_CIDR, 'dev', 'lo']);
+    setUpQueryNamespace(HOST, PROXY_CIDR);
     loadBin = buildC(dir, 'ident-load');
     const floorBin = o.floor ? buildC(dir, 'floor-identd', ['-lnetfilter_conntrack']) : '';
 
@@ -776,15 +765,7 @@ async function inside(o: Options): Promise<number> {
         `${o.containers} containers, ${o.clients} clients, ${o.miss * 100} % misses`,
     );
 
-    docker = new FakeDocker(path.join(dir, 'docker.sock'));
-    for (let c = 0; c < o.containers; c++) {
-      docker.add({
-        Id: (c + 1).toString(16).padStart(64, '0'),
-        Name: containerName(c),
-        Running: true,
-        Networks: { bench: { NetworkID: 'bench-net', IPAddress: containerAddress(c) } },
-      });
-    }
+    docker = fakeDockerOf(path.join(dir, 'docker.sock'), o.containers, containerName, containerAddress);
     await docker.start();
     const dockerSocket = docker.socketPath;
     const common = [
@@ -857,43 +838,15 @@ async function inside(o: Options): Promise<number> {
 }
 
 function writeJson(o: Options, results: VariantResult[], cs: Check[], seconds: number): void {
-  fs.mkdirSync(RESULTS_DIR, { recursive: true });
-  const file = path.join(RESULTS_DIR, `real-traffic-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  const addon = loadNetlinkAddon();
-  const doc = {
-    date: new Date().toISOString(),
-    machine: { kernel: os.release(), cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version },
+  writeResults('real-traffic', {
+    ...runInfo(),
     daemon: process.env.IDENTD_BENCH_DAEMON ?? 'bin/docker-identd.js',
-    addon: addon.ok ? addon.path : null,
+    addon: addonPath(),
     options: o,
     seconds,
     results,
     checks: cs,
-  };
-  fs.writeFileSync(file, JSON.stringify(doc, null, 2) + '\n');
-  console.log(`wrote ${path.relative(process.cwd(), file)}`);
+  });
 }
 
-if (require.main === module) {
-  const argv = process.argv.slice(2);
-  let run: Promise<number>;
-  try {
-    const o = parseOptions(argv);
-    run = argv.includes(INSIDE_FLAG)
-      ? inside(o)
-      : runInOwnNamespace(
-          __filename,
-          INSIDE_FLAG,
-          argv.filter((a) => a !== INSIDE_FLAG),
-        );
-  } catch (e) {
-    run = Promise.reject(e);
-  }
-  run.then(
-    (code) => process.exit(code),
-    (e: unknown) => {
-      console.error(e);
-      process.exit(1);
-    },
-  );
-}
+if (require.main === module) benchMain(__filename, (argv) => inside(parseOptions(argv)), parseOptions);

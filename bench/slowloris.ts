@@ -9,24 +9,26 @@
  * connection and must be answered with `loopy`. Prints medians and p99 and
  * writes JSON to bench/results/.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { identQuery, loopbackConnection, sleep, startDaemon, waitFor } from '../test/helpers/daemon';
-import { FakeDocker } from '../test/helpers/fake-docker';
+import { identQuery, loopbackConnection, sleep, startDaemon, waitFor } from '../test/support/daemon';
+import { FakeDocker } from '../test/support/fake-docker';
+import { writeResults } from './results';
+import { stats as medianP99 } from './stats';
 
 const { values } = parseArgs({ options: { queries: { type: 'string', default: '200' } } });
 const QUERIES = Number(values.queries);
 const IDLE = 1000;
 const PORT = 16000 + Math.floor(Math.random() * 1000);
 
+/** Median and p99 (bench/stats.ts) and the longest, in ms. */
 function stats(ms: number[]): { median: number; p99: number; max: number } {
-  const s = [...ms].sort((a, b) => a - b);
-  const at = (q: number): number => s[Math.min(s.length - 1, Math.floor(q * s.length))];
-  return { median: at(0.5), p99: at(0.99), max: s[s.length - 1] };
+  const { median, p99 } = medianP99(ms);
+  return { median, p99, max: Math.max(...ms) };
 }
 
 async function round(): Promise<number[]> {
@@ -75,11 +77,7 @@ async function main(): Promise<void> {
     console.log(
       `${IDLE} idle connections from one client: ${f(loaded)} (${open} of them still open: the per-source cap)`,
     );
-    const out = path.join(__dirname, 'results');
-    mkdirSync(out, { recursive: true });
-    const file = path.join(out, `slowloris-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-    writeFileSync(file, JSON.stringify(result, null, 2));
-    console.log(`wrote ${path.relative(process.cwd(), file)}`);
+    writeResults('slowloris', result);
   } finally {
     for (const s of idle) s.destroy();
     await daemon.stop();

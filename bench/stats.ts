@@ -1,4 +1,4 @@
-/** What the benchmark scripts share: sample statistics and a measuring budget. */
+/** What the benchmark scripts share: sample statistics, a measuring budget and the µs format. */
 
 export interface Stats {
   median: number;
@@ -24,3 +24,6 @@ export interface Budget {
   /** Idle time before each call (measures wake-ups after idle). */
   gapMs?: number;
 }
+
+/** A duration in µs as the reports print it: whole µs, or ms with two decimals from 1 ms. */
+export const us = (n: number): string => (n >= 1000 ? `${(n / 1000).toFixed(2)} ms` : `${Math.round(n)} µs`);

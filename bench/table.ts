@@ -8,8 +8,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { insertSyntheticEntries, loadNetlinkAddon, type SyntheticEntry } from '../src/conntrack/netlink';
+import { loadBinding } from '../src/native/binding';
+import { insertSyntheticEntries, type SyntheticEntry } from '../test/support/native-extras';
 import type { ReplyTuple } from '../src/conntrack/types';
+import { run } from './daemon-process';
+
+/** The flag with which a benchmark re-runs itself inside its namespace. */
+export const INSIDE_FLAG = '--inside-namespace';
+const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
 
 // ---------------------------------------------------------------- entries
 
@@ -60,6 +66,19 @@ export async function insertEntries(
   }
 }
 
+/**
+ * Inside the namespace, before the queried entries are inserted: conntrack
+ * timestamps on (per namespace, off by default; entries inserted from then on
+ * carry a start time, which the daemon's address-reuse guard needs), and on
+ * `lo` the entries' reply destination `host` and the queriers' prefix.
+ */
+export function setUpQueryNamespace(host: string, querierCidr: string): void {
+  fs.writeFileSync(TIMESTAMP_SYSCTL, '1\n');
+  if (readNumber(TIMESTAMP_SYSCTL) !== 1) throw new Error('cannot turn conntrack timestamps on');
+  run('ip', ['addr', 'add', `${host}/32`, 'dev', 'lo']);
+  run('ip', ['addr', 'add', querierCidr, 'dev', 'lo']);
+}
+
 // ---------------------------------------------------- namespace wrapper
 
 /**
@@ -74,7 +93,7 @@ export async function runInOwnNamespace(script: string, insideFlag: string, argv
     console.error(`${what} needs root: it creates a network namespace and fills its conntrack table`);
     return 1;
   }
-  const addon = loadNetlinkAddon();
+  const addon = loadBinding();
   if (!addon.ok) {
     console.error(addon.error.message);
     return 1;
@@ -99,4 +118,38 @@ export async function runInOwnNamespace(script: string, insideFlag: string, argv
   } finally {
     del();
   }
+}
+
+/**
+ * A benchmark's entry point: with INSIDE_FLAG, `inside(argv)`; without it,
+ * the same script re-run inside a namespace of its own (runInOwnNamespace).
+ * `check` validates argv first, on both sides. Exits with the run's status
+ * (1 and the error, when it throws).
+ */
+export function benchMain(
+  script: string,
+  inside: (argv: string[]) => Promise<number>,
+  check?: (argv: string[]) => void,
+): void {
+  const argv = process.argv.slice(2);
+  let run: Promise<number>;
+  try {
+    check?.(argv);
+    run = argv.includes(INSIDE_FLAG)
+      ? inside(argv)
+      : runInOwnNamespace(
+          script,
+          INSIDE_FLAG,
+          argv.filter((a) => a !== INSIDE_FLAG),
+        );
+  } catch (e) {
+    run = Promise.reject(e);
+  }
+  run.then(
+    (code) => process.exit(code),
+    (e: unknown) => {
+      console.error(e);
+      process.exit(1);
+    },
+  );
 }

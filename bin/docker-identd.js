@@ -3,9 +3,9 @@
 const path = require('node:path');
 const fs = require('node:fs');
 
-const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+const cli = path.join(__dirname, '..', 'dist', 'cli', 'main.js');
 if (!fs.existsSync(cli)) {
-  process.stderr.write('docker-identd: dist/cli.js is missing; run `npm install` (or `npm run build`) first\n');
+  process.stderr.write('docker-identd: dist/cli/main.js is missing; run `npm install` (or `npm run build`) first\n');
   process.exit(1);
 }
 require(cli)

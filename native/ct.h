@@ -64,7 +64,7 @@ struct DumpResult {
 size_t addrLen(int family);
 bool parseAddr(int family, const char* text, uint8_t out[16]);
 // Canonical text: dotted quad, or RFC 5952 (IPv4-mapped IPv6 becomes the
-// dotted quad, like canonicalIp in src/ip.ts).
+// dotted quad, like canonicalIp in src/lib/ip.ts).
 std::string formatAddr(int family, const uint8_t* addr);
 bool cidrContains(const Cidr& cidr, int family, const uint8_t* addr);
 

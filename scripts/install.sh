@@ -84,7 +84,7 @@ major=$("$NODE" -p 'process.versions.node.split(".")[0]')
 [ "$major" -ge 20 ] || die "Node.js >= 20 is required (found $("$NODE" --version))"
 
 # --- build what is missing ---
-if [ ! -f dist/cli.js ] || [ -n "$(find src -newer dist/cli.js -name '*.ts' -print -quit)" ]; then
+if [ ! -f dist/cli/main.js ] || [ -n "$(find src -newer dist/cli/main.js -name '*.ts' -print -quit)" ]; then
   echo "install: compiling TypeScript"
   npm run --silent build
 fi
@@ -97,12 +97,12 @@ fi
 "$NODE" -e 'const a=require(process.argv[1]); if (typeof a.notify !== "function") process.exit(1)' "$REPO/$ADDON" ||
   die "$ADDON has no notify(): rebuild it (npm run build:native)"
 
-# Addresses are checked the way the daemon checks them (src/ip.ts, built above),
+# Addresses are checked the way the daemon checks them (src/lib/ip.ts, built above),
 # before anything is installed.
-[ -f dist/ip.js ] || die "dist/ip.js is missing after the build; cannot check --allow"
+[ -f dist/lib/ip.js ] || die "dist/lib/ip.js is missing after the build; cannot check --allow"
 for a in "${ALLOW[@]}"; do
   "$NODE" -e 'const {parseCidr}=require(process.argv[1]); if(!parseCidr(process.argv[2])) process.exit(1)' \
-    "$REPO/dist/ip.js" "$a" || die "--allow: \"$a\" is not an address or CIDR"
+    "$REPO/dist/lib/ip.js" "$a" || die "--allow: \"$a\" is not an address or CIDR"
 done
 
 # --- the program: build and production dependencies ---

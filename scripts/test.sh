@@ -12,6 +12,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+shopt -s nullglob globstar
+# unit/: pure modules, fixtures and fakes; kernel/: the conntrack sources
+# against a real kernel; fuzz/; daemon/ and systemd/: the daemon process.
+isolated=(test/unit/**/*.test.ts test/kernel/*.test.ts test/fuzz/*.test.ts test/daemon/*.test.ts test/systemd/*.test.ts)
+if [ "${1:-}" = --list-isolated ]; then
+  printf '%s\n' "${isolated[@]}"
+  exit 0
+fi
+
 bash scripts/install-test-deps.sh
 npm run build
 
@@ -21,8 +30,6 @@ npx prettier --check .
 npx tsc --noEmit
 node scripts/clang-format-check.js
 
-shopt -s nullglob
-isolated=(test/unit/*.test.ts test/conntrack-*.test.ts test/daemon/*.test.ts test/systemd/*.test.ts)
 hosted=(test/e2e/*.test.ts)
 counts=$(mktemp -d)
 ns=

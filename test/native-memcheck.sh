@@ -8,7 +8,7 @@
 #  2. The same self-test built with AddressSanitizer, LeakSanitizer and UBSan.
 #  3. The whole addon (native/*.cc) built with ASan+LSan+UBSan, loaded by
 #     Node (DOCKER_IDENTD_CONNTRACK_ADDON) and driven through every path by
-#     `test/helpers/netlink-extras.ts stress`: hits, misses, concurrency,
+#     `test/support/netlink-extras.ts stress`: hits, misses, concurrency,
 #     second tries (one, none, several matches), inserts, close() with lookups
 #     in flight, sources left to the garbage collector, worker threads
 #     terminated mid-lookup. (UBSan's vptr check is off for the addon: it
@@ -71,7 +71,7 @@ g++ "${CXXFLAGS[@]}" -shared -fPIC -fexceptions -fsanitize=address,undefined -fn
 fresh_ns
 LD_PRELOAD="$(g++ -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   DOCKER_IDENTD_CONNTRACK_ADDON="$out/conntrack_netlink.node" \
-  ip netns exec "$ns" node --expose-gc --import tsx test/helpers/netlink-extras.ts stress 2>&1 | tee "$out/node-asan.log"
+  ip netns exec "$ns" node --expose-gc --import tsx test/support/netlink-extras.ts stress 2>&1 | tee "$out/node-asan.log"
 if grep -qE "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$out/node-asan.log"; then
   echo "native-memcheck: sanitizer findings in the addon" >&2
   exit 1

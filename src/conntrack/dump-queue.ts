@@ -12,7 +12,7 @@
  *     given up (`deadlineMs` after it asked): ECANCELED.
  * Pure scheduling: the dumps themselves are the callers' functions.
  */
-import { conntrackError } from './types';
+import { codedError } from '../lib/errors';
 
 interface Queued<T> {
   key: string;
@@ -53,9 +53,9 @@ export class DumpQueue<T> {
       if (this.pending >= this.max) {
         this.counts.refused++;
         reject(
-          conntrackError(
-            `${this.max} second-try dumps (--proxy-address) are already running or queued: not answered`,
+          codedError(
             'EBUSY',
+            `${this.max} second-try dumps (--proxy-address) are already running or queued: not answered`,
           ),
         );
         return;
@@ -72,7 +72,7 @@ export class DumpQueue<T> {
       this.queued.delete(d.key);
       if (this.now() > d.deadline) {
         this.counts.dropped++;
-        const err = conntrackError('second-try dump dropped: every query waiting for it gave up', 'ECANCELED');
+        const err = codedError('ECANCELED', 'second-try dump dropped: every query waiting for it gave up');
         for (const w of d.waiters) w.reject(err);
         continue;
       }

@@ -1,7 +1,7 @@
 /**
- * The netlink conntrack source: a typed wrapper around the native addon in
- * native/ (built by node-gyp into build/Release/conntrack_netlink.node).
- * Nothing outside this module touches the raw binding.
+ * The netlink conntrack source: a typed wrapper around the native addon
+ * (native/, loaded by src/native/binding.ts, the one door to it).
+ * Nothing but this module and service/systemd.ts calls the binding.
  *
  * lookup(): one IPCTNL_MSG_CT_GET keyed by the reply tuple (a kernel hash
  * lookup, verified in C and here to have that exact reply tuple). Without
@@ -11,7 +11,7 @@
  * destination being the query's (our address) and the reply source one of
  * the proxy addresses. The GET's entry and the dump's are candidates
  * together, since the query may be about any of them: exactly one answers,
- * several reject with code EAMBIGUOUS. The GET searches conntrack zone 0
+ * several reject with code ERR_CONNTRACK_AMBIGUOUS. The GET searches conntrack zone 0
  * only; the dump sees every zone, and a sole candidate outside zone 0
  * rejects with code ERR_CONNTRACK_ZONE rather than answer from a zone no
  * other lookup sees.
@@ -21,143 +21,23 @@
  * libuv thread pool, one at a time. The event loop polls briefly while GETs
  * are in flight (see pollMicros). Errors carry code and errno like Node's.
  */
-import fs from 'node:fs';
-import path from 'node:path';
-
-import { canonicalIp, parseIPv6, type AddressSet } from '../ip';
+import { monoNs } from '../lib/clock';
+import { canonicalIp, type AddressSet } from '../lib/ip';
+import { loadBinding, promised, type NativeConntrack, type NativeDumpResult } from '../native/binding';
 import { DumpQueue } from './dump-queue';
 import {
-  conntrackError,
   replyMatches,
   type ConntrackEntry,
   type ConntrackError,
   type ConntrackSource,
   type Family,
   type ReplyTuple,
-  type Tuple,
   closedError,
   formatTuple,
   inZoneZero,
   replyPortsMatch,
 } from './types';
-
-/** Must equal kAbiVersion in native/addon.cc: a stale build is refused. */
-export const ADDON_ABI_VERSION = 2;
-/** Environment variable naming another addon file (e.g. a sanitizer build). */
-export const ADDON_PATH_ENV = 'DOCKER_IDENTD_CONNTRACK_ADDON';
-const ADDON_FILE = 'conntrack_netlink.node';
-
-interface DumpResult {
-  /** Matching entries seen (may exceed matches.length). */
-  total: number;
-  matches: ConntrackEntry[];
-  /** True when the kernel applied the CTA_FILTER (kernel >= 5.8). */
-  kernelFiltered: boolean;
-}
-
-type Callback<T> = (err: ConntrackError | null, value: T) => void;
-
-/** The raw binding (native/addon.cc): callbacks, turned into promises here. */
-interface RawConntrack {
-  probe(cb: Callback<void>): void;
-  /** The GET on the calling (JavaScript) thread; throws on errors. */
-  getNow(family: Family, src: string, dst: string, sport: number, dport: number): ConntrackEntry | null;
-  get(
-    family: Family,
-    src: string,
-    dst: string,
-    sport: number,
-    dport: number,
-    cb: Callback<ConntrackEntry | null>,
-  ): void;
-  findByReplyPorts(
-    family: Family,
-    replyDst: string,
-    sport: number,
-    dport: number,
-    cidrs: [string, number][],
-    limit: number,
-    cb: Callback<DumpResult>,
-  ): void;
-  insert(
-    family: Family,
-    records: Buffer,
-    timeoutSec: number,
-    cb: Callback<{ inserted: number; existed: number }>,
-  ): void;
-  close(): void;
-}
-
-function promised<T>(start: (cb: Callback<T>) => void): Promise<T> {
-  return new Promise((resolve, reject) => start((err, value) => (err ? reject(err) : resolve(value))));
-}
-
-export interface NetlinkAddon {
-  Conntrack: new (opts?: { spinMicros?: number }) => RawConntrack;
-  formatAddress(family: Family, bytes: Buffer): string;
-  abiVersion: number;
-}
-
-export type AddonLoadResult = { ok: true; addon: NetlinkAddon; path: string } | { ok: false; error: ConntrackError };
-
-/** The package root: the nearest directory above this file with a package.json. */
-function packageRoot(): string {
-  let dir = __dirname;
-  for (;;) {
-    if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
-    const up = path.dirname(dir);
-    if (up === dir) return path.resolve(__dirname, '..', '..');
-    dir = up;
-  }
-}
-
-/** Where the addon is looked for, in order. */
-export function addonPath(): string {
-  const override = process.env[ADDON_PATH_ENV];
-  if (override) return path.resolve(override);
-  return path.join(packageRoot(), 'build', 'Release', ADDON_FILE);
-}
-
-let loaded: AddonLoadResult | undefined;
-
-/**
- * Loads the native addon once. Never throws: on failure the error says which
- * file was tried, why it failed, and that the /proc source will be used.
- */
-export function loadNetlinkAddon(): AddonLoadResult {
-  if (loaded) return loaded;
-  const file = addonPath();
-  const fail = (why: string, code: string, cause?: unknown): AddonLoadResult => {
-    const err = conntrackError(
-      `docker-identd: cannot load the native conntrack addon ${file}: ${why}. ` +
-        'The /proc/net/nf_conntrack source will be used instead ' +
-        '(build the addon with `npm run build:native`; it needs libnetfilter-conntrack-dev, libmnl-dev and a C++17 compiler).',
-      code,
-    );
-    if (cause !== undefined) (err as Error & { cause?: unknown }).cause = cause;
-    return { ok: false, error: err };
-  };
-  if (!fs.existsSync(file)) {
-    loaded = fail('the file does not exist (the build failed or was skipped)', 'MODULE_NOT_FOUND');
-    return loaded;
-  }
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const addon = require(file) as NetlinkAddon;
-    if (addon.abiVersion !== ADDON_ABI_VERSION) {
-      loaded = fail(
-        `it is a stale build (ABI version ${String(addon.abiVersion)}, expected ${ADDON_ABI_VERSION}); rebuild it`,
-        'ERR_CONNTRACK_ADDON_ABI',
-      );
-    } else {
-      loaded = { ok: true, addon, path: file };
-    }
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    loaded = fail(err.message.split('\n')[0], err.code ?? 'ERR_DLOPEN_FAILED', e);
-  }
-  return loaded;
-}
+import { codedError } from '../lib/errors';
 
 export interface NetlinkSourceOptions {
   /**
@@ -229,7 +109,7 @@ function checkTuple(t: ReplyTuple): void {
     isCanonical(t.src, t.family) &&
     isCanonical(t.dst, t.family) &&
     [t.sport, t.dport].every((p) => Number.isInteger(p) && p >= 0 && p <= 65535);
-  if (!ok) throw conntrackError(`invalid reply tuple ${JSON.stringify(t)}`, 'ERR_INVALID_ARG_VALUE');
+  if (!ok) throw codedError('ERR_INVALID_ARG_VALUE', `invalid reply tuple ${JSON.stringify(t)}`);
 }
 
 export class NetlinkSource implements ConntrackSource {
@@ -238,7 +118,7 @@ export class NetlinkSource implements ConntrackSource {
   private inflight = 0;
   private polling = false;
   private pollSkip = 0;
-  /** When a lookup last started or finished (process.hrtime.bigint()). */
+  /** When a lookup last started or finished (lib/clock monoNs()). */
   private lastActivity = 0n;
   /**
    * Second-try dumps run one at a time: each walks the kernel's whole
@@ -247,19 +127,19 @@ export class NetlinkSource implements ConntrackSource {
    * The ones waiting, in order, by key (queries with the same key share one);
    * with the running one, at most MAX_PENDING_DUMPS.
    */
-  readonly dumps: DumpQueue<DumpResult>;
+  readonly dumps: DumpQueue<NativeDumpResult>;
   /** Whether there are proxy addresses of each family (a lookup of that family has a second try). */
   private readonly proxies4: boolean;
   private readonly proxies6: boolean;
 
   private constructor(
-    private readonly raw: RawConntrack,
+    private readonly raw: NativeConntrack,
     private readonly proxyAddresses: AddressSet | undefined,
     private readonly pollNs: bigint,
     private readonly inline: boolean,
     dumpDeadlineMs: number,
   ) {
-    this.dumps = new DumpQueue<DumpResult>(MAX_PENDING_DUMPS, dumpDeadlineMs);
+    this.dumps = new DumpQueue<NativeDumpResult>(MAX_PENDING_DUMPS, dumpDeadlineMs);
     this.proxies4 = !!proxyAddresses?.cidrs.some((c) => c.family === 4);
     this.proxies6 = !!proxyAddresses?.cidrs.some((c) => c.family === 6);
   }
@@ -270,9 +150,9 @@ export class NetlinkSource implements ConntrackSource {
    * system error (EPERM without CAP_NET_ADMIN, ...), carrying code and errno.
    */
   static async open(opts: NetlinkSourceOptions = {}): Promise<NetlinkSource> {
-    const loadResult = loadNetlinkAddon();
+    const loadResult = loadBinding();
     if (!loadResult.ok) throw loadResult.error;
-    const raw = new loadResult.addon.Conntrack(opts.spinMicros === undefined ? {} : { spinMicros: opts.spinMicros });
+    const raw = new loadResult.binding.Conntrack(opts.spinMicros === undefined ? {} : { spinMicros: opts.spinMicros });
     try {
       await promised<void>((cb) => raw.probe(cb));
     } catch (e) {
@@ -305,7 +185,7 @@ export class NetlinkSource implements ConntrackSource {
     if (this.closed) throw closedError('netlink');
     checkTuple(tuple);
     this.inflight++;
-    this.lastActivity = process.hrtime.bigint();
+    this.lastActivity = monoNs();
     if (!this.inline) this.poll();
     try {
       const exact = this.inline
@@ -322,7 +202,7 @@ export class NetlinkSource implements ConntrackSource {
       throw e;
     } finally {
       this.inflight--;
-      this.lastActivity = process.hrtime.bigint();
+      this.lastActivity = monoNs();
     }
   }
 
@@ -339,7 +219,7 @@ export class NetlinkSource implements ConntrackSource {
     this.polling = true;
     const tick = (): void => {
       if (this.inflight === 0) this.polling = false;
-      else if (process.hrtime.bigint() - this.lastActivity < this.pollNs) setImmediate(tick);
+      else if (monoNs() - this.lastActivity < this.pollNs) setImmediate(tick);
       else {
         this.polling = false;
         this.pollSkip = POLL_BACKOFF; // no answer within the window: back off
@@ -359,7 +239,7 @@ export class NetlinkSource implements ConntrackSource {
     const cidrs = proxies?.cidrs.filter((c) => c.family === tuple.family) ?? [];
     if (!proxies || cidrs.length === 0) return hit;
     const r = await this.dumps.run(`${tuple.family} ${tuple.dst} ${tuple.sport} ${tuple.dport}`, () =>
-      promised<DumpResult>((cb) =>
+      promised<NativeDumpResult>((cb) =>
         this.raw.findByReplyPorts(
           tuple.family,
           tuple.dst,
@@ -372,7 +252,7 @@ export class NetlinkSource implements ConntrackSource {
       ),
     );
     // The C side checked all of this already; an entry it should not have sent still counts in r.total.
-    const found = r.matches.filter(
+    const found: ConntrackEntry[] = r.matches.filter(
       (e) => replyPortsMatch(e, tuple) && e.reply.dst === tuple.dst && proxies.has(e.reply.src),
     );
     // One connection seen by both the GET and the dump (the querier is often a proxy address) is one candidate.
@@ -387,19 +267,19 @@ export class NetlinkSource implements ConntrackSource {
       const [only] = candidates.values();
       // The dump sees every zone; the exact GET, and so every answer, zone 0 only.
       if (!inZoneZero(only)) {
-        throw conntrackError(
+        throw codedError(
+          'ERR_CONNTRACK_ZONE',
           `the one connection matching query ${formatTuple(tuple)} exactly or through a proxy address, ` +
             `${formatTuple(only.orig)}, is in conntrack zone ${only.zone}: not answered`,
-          'ERR_CONNTRACK_ZONE',
         );
       }
       return replyMatches(only, tuple) ? only : { ...only, matchedBy: 'proxy-ports' };
     }
     const listed = [...candidates.values()].map((e) => formatTuple(e.orig)).join(', ');
-    throw conntrackError(
+    throw codedError(
+      'ERR_CONNTRACK_AMBIGUOUS',
       `${total} connections match query ${formatTuple(tuple)} exactly or through a proxy address ` +
         `(reply ports ${tuple.sport} -> ${tuple.dport}): ${listed}${total > candidates.size ? ', ...' : ''}`,
-      'EAMBIGUOUS',
     );
   }
 
@@ -408,68 +288,4 @@ export class NetlinkSource implements ConntrackSource {
     this.closed = true;
     this.raw.close();
   }
-}
-
-/** One synthetic ESTABLISHED TCP entry for insertSyntheticEntries. */
-export interface SyntheticEntry {
-  orig: Tuple;
-  reply: Tuple;
-}
-
-/**
- * Packs entries into the addon's insert record format: orig src, orig dst,
- * reply src, reply dst (4 or 16 bytes each), then the four ports (u16 BE).
- */
-export function encodeSyntheticEntries(family: Family, entries: readonly SyntheticEntry[]): Buffer {
-  const alen = family === 4 ? 4 : 16;
-  const recLen = 4 * alen + 8;
-  const buf = Buffer.alloc(entries.length * recLen);
-  const putAddr = (a: string, off: number): void => {
-    if (family === 4) a.split('.').forEach((b, i) => (buf[off + i] = Number(b)));
-    else {
-      const bytes = parseIPv6(a);
-      if (!bytes) throw conntrackError(`invalid IPv6 address ${JSON.stringify(a)}`, 'ERR_INVALID_ARG_VALUE');
-      buf.set(bytes, off);
-    }
-  };
-  entries.forEach((e, n) => {
-    const off = n * recLen;
-    putAddr(e.orig.src, off);
-    putAddr(e.orig.dst, off + alen);
-    putAddr(e.reply.src, off + 2 * alen);
-    putAddr(e.reply.dst, off + 3 * alen);
-    buf.writeUInt16BE(e.orig.sport, off + 4 * alen);
-    buf.writeUInt16BE(e.orig.dport, off + 4 * alen + 2);
-    buf.writeUInt16BE(e.reply.sport, off + 4 * alen + 4);
-    buf.writeUInt16BE(e.reply.dport, off + 4 * alen + 6);
-  });
-  return buf;
-}
-
-/**
- * Bulk-inserts synthetic ESTABLISHED TCP entries over netlink (benchmarks and
- * tests; run it in a network namespace of your own). Stops at the first error
- * other than "exists" and rejects with it.
- */
-export async function insertSyntheticEntries(
-  family: Family,
-  entries: readonly SyntheticEntry[] | Buffer,
-  timeoutSec = 3600,
-): Promise<{ inserted: number; existed: number }> {
-  const loadResult = loadNetlinkAddon();
-  if (!loadResult.ok) throw loadResult.error;
-  const raw = new loadResult.addon.Conntrack({ spinMicros: 0 });
-  try {
-    const records = Buffer.isBuffer(entries) ? entries : encodeSyntheticEntries(family, entries);
-    return await promised<{ inserted: number; existed: number }>((cb) => raw.insert(family, records, timeoutSec, cb));
-  } finally {
-    raw.close();
-  }
-}
-
-/** The addon's address formatter (tests compare it with canonicalIp). */
-export function nativeFormatAddress(family: Family, bytes: Buffer): string {
-  const loadResult = loadNetlinkAddon();
-  if (!loadResult.ok) throw loadResult.error;
-  return loadResult.addon.formatAddress(family, bytes);
 }

@@ -13,7 +13,7 @@
  * after that direction's tuple (`zone-orig=N`, `zone-reply=N`) instead of
  * `zone=N` at the end.
  */
-import { canonicalIp } from '../ip';
+import { canonicalIp } from '../lib/ip';
 import type { ConntrackEntry, Family, Tuple } from './types';
 
 const SPORT = ' sport=';

@@ -15,7 +15,9 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 
-import { closedError, conntrackError, replyMatches } from './types';
+import { wallNs } from '../lib/clock';
+import { codedError } from '../lib/errors';
+import { closedError, replyMatches } from './types';
 import type { ConntrackEntry, ConntrackSource, ReplyTuple } from './types';
 import { parseConntrackLine, portsKey, replyPortsKey } from './procfs-parse';
 
@@ -133,10 +135,10 @@ export class ProcfsSource implements ConntrackSource {
         // before that read is never later, so the start time derived from it
         // (procfs-parse.ts) is never later than the true start; one taken when
         // the line is parsed can be, by however long the event loop was busy.
-        const readNs = BigInt(Date.now()) * 1_000_000n;
+        const readNs = wallNs();
         const { bytesRead } = await fh.read(buf, 0, buf.length, null);
         // ... and no later than this (the latest start: procfs-parse.ts).
-        const spanNs = BigInt(Date.now()) * 1_000_000n - readNs;
+        const spanNs = wallNs() - readNs;
         if (bytesRead === 0) {
           if (rest.length > 0 && rest.length <= MAX_LINE) onLine(rest, restNs, restSpanNs);
           break;
@@ -163,7 +165,10 @@ export class ProcfsSource implements ConntrackSource {
       }
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
-      failure = conntrackError(`cannot read ${this.path}: ${e.message}`, e.code ?? 'EIO', e.errno, 'read');
+      failure = codedError(e.code ?? 'EIO', `cannot read ${this.path}: ${e.message}`, {
+        errno: e.errno,
+        syscall: 'read',
+      });
     } finally {
       await fh?.close().catch(() => undefined);
     }

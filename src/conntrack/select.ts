@@ -7,10 +7,13 @@ import { access, constants } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 
-import type { ConntrackMode } from '../config';
-import { AddressSet, type Cidr } from '../ip';
+import { codedError, errorCode, errorMessage } from '../lib/errors';
+import { AddressSet, type Cidr } from '../lib/ip';
 import { DEFAULT_PROCFS_PATH, ProcfsSource } from './procfs';
 import type { ConntrackSource } from './types';
+
+/** `--conntrack`: which source answers lookups (auto: netlink when it works, else procfs). */
+export type ConntrackMode = 'auto' | 'netlink' | 'procfs';
 
 export interface SelectOptions {
   mode: ConntrackMode;
@@ -24,13 +27,11 @@ async function openProcfs(path: string): Promise<ConntrackSource> {
   try {
     await access(path, constants.R_OK);
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    throw Object.assign(
-      new Error(
-        `cannot read ${path} (${e.code}): the procfs conntrack source needs root or CAP_DAC_READ_SEARCH ` +
-          'and a kernel with CONFIG_NF_CONNTRACK_PROCFS; is the nf_conntrack module loaded?',
-      ),
-      { code: e.code },
+    const code = errorCode(err);
+    throw codedError(
+      code ?? 'EIO',
+      `cannot read ${path} (${String(code)}): the procfs conntrack source needs root or CAP_DAC_READ_SEARCH ` +
+        'and a kernel with CONFIG_NF_CONNTRACK_PROCFS; is the nf_conntrack module loaded?',
     );
   }
   return new ProcfsSource({ path });
@@ -66,7 +67,7 @@ export async function selectConntrackSource(opts: SelectOptions): Promise<Conntr
         return await openNetlink(opts.proxyAddresses);
       } catch (err) {
         opts.log.warn(
-          { err: (err as Error).message, code: (err as { code?: string }).code },
+          { err: errorMessage(err), code: errorCode(err) },
           'netlink conntrack source unavailable; using /proc/net/nf_conntrack',
         );
         return openProcfs(path);

@@ -15,6 +15,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 
+import { errorCode } from '../lib/errors';
 export const TIMESTAMP_SYSCTL = '/proc/sys/net/netfilter/nf_conntrack_timestamp';
 /** Set by the unit's ExecStartPre= step to the setting's value after turning it on (empty: unknown). */
 export const TIMESTAMP_RECORD_ENV = 'DOCKER_IDENTD_CONNTRACK_TIMESTAMP';
@@ -33,7 +34,7 @@ export async function ensureConntrackTimestamps(
   try {
     value = (await readFile(path, 'utf8')).trim();
   } catch (err) {
-    return fromRecord(log, (err as NodeJS.ErrnoException).code, env[TIMESTAMP_RECORD_ENV]);
+    return fromRecord(log, errorCode(err), env[TIMESTAMP_RECORD_ENV]);
   }
   if (value === '1') {
     log.info('conntrack timestamps are on');
@@ -44,10 +45,7 @@ export async function ensureConntrackTimestamps(
     log.info('conntrack timestamps turned on (net.netfilter.nf_conntrack_timestamp=1)');
     return true;
   } catch (err) {
-    log.warn(
-      { code: (err as NodeJS.ErrnoException).code },
-      `conntrack timestamps are off and could not be turned on: ${WITHOUT}`,
-    );
+    log.warn({ code: errorCode(err) }, `conntrack timestamps are off and could not be turned on: ${WITHOUT}`);
     return false;
   }
 }

@@ -6,7 +6,9 @@
  * IPv4-mapped IPv6 address.
  */
 
-export type Family = 4 | 6;
+export type { Family } from '../lib/ip';
+import type { Family } from '../lib/ip';
+import { codedError, type CodedError } from '../lib/errors';
 
 /** One direction of a conntrack entry. */
 export interface Tuple {
@@ -82,19 +84,8 @@ export interface ConntrackSource {
 }
 
 /** An Error shaped like Node's system errors. */
-export interface ConntrackError extends Error {
-  code: string;
-  errno?: number;
-  syscall?: string;
-}
-
-export function conntrackError(message: string, code: string, errno?: number, syscall?: string): ConntrackError {
-  const err = new Error(message) as ConntrackError;
-  err.code = code;
-  if (errno !== undefined) err.errno = errno;
-  if (syscall !== undefined) err.syscall = syscall;
-  return err;
-}
+/** A failed lookup: a coded error (lib/errors), with errno and syscall when the kernel gave them. */
+export type ConntrackError = CodedError;
 
 /** `src:sport -> dst:dport`, IPv6 addresses in brackets (logs, errors, explain). */
 export function formatTuple(t: Tuple): string {
@@ -104,7 +95,7 @@ export function formatTuple(t: Tuple): string {
 
 /** A lookup on a closed source fails with this (code ERR_CLOSED), whichever the source. */
 export function closedError(source: ConntrackSourceName): ConntrackError {
-  return conntrackError(`the ${source} conntrack source is closed`, 'ERR_CLOSED');
+  return codedError('ERR_CLOSED', `the ${source} conntrack source is closed`);
 }
 
 /** True when the entry is a TCP entry of the tuple's family with the tuple's reply ports. */

@@ -1,6 +1,6 @@
 /**
  * Where Podman's Docker-compatible API differs from Docker's, for what the
- * registry reads (recorded from Podman 4.3 in test/fixtures/podman/):
+ * watcher reads (recorded from Podman 4.3 in test/fixtures/podman/):
  *
  *   - An inspect of a container removed a moment ago is a 500 whose cause is
  *     "no such container" (Docker: a 404) when Podman finds the name but no
@@ -13,6 +13,7 @@
  * a 404, which removes nothing. (The listing's `"Name": ""` is handled in
  * containerFromDocker.)
  */
+import { httpStatus } from './client';
 
 export interface DockerEvent {
   Type?: string;
@@ -42,9 +43,10 @@ export function eventContainerId(ev: DockerEvent): string | undefined {
  * removed): Docker's 404, or Podman's 500 with the cause "no such container".
  */
 export function isNoSuchContainer(err: unknown): boolean {
-  const e = err as { statusCode?: number; json?: { cause?: unknown } | null; message?: unknown };
-  if (e?.statusCode === 404) return true;
-  if (e?.statusCode !== 500) return false;
+  const status = httpStatus(err);
+  if (status === 404) return true;
+  if (status !== 500) return false;
+  const e = err as { json?: { cause?: unknown } | null; message?: unknown };
   if (e.json?.cause === 'no such container') return true;
   return typeof e.message === 'string' && /: no such container\s*$/.test(e.message);
 }

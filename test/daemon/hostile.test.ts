@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
-import { FakeDocker } from '../helpers/fake-docker';
+import { FakeDocker } from '../support/fake-docker';
 import {
   Daemon,
   identQuery,
@@ -23,8 +23,8 @@ import {
   waitFor,
   type LoopbackConnection,
   inCI,
-} from '../helpers/daemon';
-import { runInOwnNetns } from '../helpers/own-netns';
+} from '../support/daemon';
+import { runInOwnNetns } from '../support/own-netns';
 
 // Real conntrack in a namespace of this file's own, tracking on, whatever the host has.
 runInOwnNetns();

@@ -14,9 +14,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { startDaemon, waitFor, inCI, sleep, type Daemon, type DaemonLogLine } from '../helpers/daemon';
-import { FakeDocker, type FakeContainer } from '../helpers/fake-docker';
-import { runInOwnNetns } from '../helpers/own-netns';
+import { startDaemon, waitFor, inCI, sleep, type Daemon, type DaemonLogLine } from '../support/daemon';
+import { FakeDocker, type FakeContainer } from '../support/fake-docker';
+import { runInOwnNetns } from '../support/own-netns';
 
 runInOwnNetns();
 

@@ -18,12 +18,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { loadNetlinkAddon } from '../../src/conntrack/netlink';
-import { FakeDocker } from '../helpers/fake-docker';
-import { REPO_ROOT, startDaemon, type Daemon } from '../helpers/daemon';
-import { conntrackInsertArgs, gate, NetNs, netnsUnavailableReason } from '../helpers/netns';
+import { loadBinding } from '../../src/native/binding';
+import { FakeDocker } from '../support/fake-docker';
+import { REPO_ROOT, startDaemon, type Daemon } from '../support/daemon';
+import { conntrackInsertArgs, gate, NetNs, netnsUnavailableReason } from '../support/netns';
 
-const addon = loadNetlinkAddon();
+const addon = loadBinding();
 const BIN = path.join(REPO_ROOT, 'bin', 'docker-identd.js');
 const LOCAL = '203.0.113.5';
 /** Another address of this host: a query to it is about connections to it. */
@@ -210,7 +210,7 @@ describe(
         try {
           assert.match(
             await query(d, LOCAL, DIRECT),
-            /^50000 , 80 : ERROR : UNKNOWN-ERROR \(conntrack lookup failed: EAMBIGUOUS /,
+            /^50000 , 80 : ERROR : UNKNOWN-ERROR \(conntrack lookup failed: ERR_CONNTRACK_AMBIGUOUS /,
           );
           remove(VICTIM);
           assert.equal(await query(d, LOCAL, DIRECT), '50000 , 80 : USERID : OTHER : other (container found)');

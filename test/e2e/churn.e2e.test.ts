@@ -29,7 +29,7 @@ import {
   run,
   type ConntrackMode,
 } from './env';
-import { inCI } from '../helpers/daemon';
+import { inCI } from '../support/daemon';
 
 const missing = missingPrerequisites();
 const CYCLES = Number(process.env.CHURN_CYCLES ?? 200);

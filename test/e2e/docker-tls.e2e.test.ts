@@ -24,7 +24,7 @@ import {
   waitFor,
   REPO_ROOT,
   inCI,
-} from '../helpers/daemon';
+} from '../support/daemon';
 import { isAlive, which } from './env';
 
 const DIR = '/run/idt-tls';

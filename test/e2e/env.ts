@@ -45,10 +45,10 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
-import { Daemon, sleep, waitFor, type DaemonExit } from '../helpers/daemon';
+import { Daemon, sleep, waitFor, type DaemonExit } from '../support/daemon';
 
 export { Daemon };
-export type { DaemonExit, DaemonLogLine } from '../helpers/daemon';
+export type { DaemonExit, DaemonLogLine } from '../support/daemon';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 export const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures');
@@ -281,8 +281,8 @@ export function missingPrerequisites(): string[] {
   }
   const entry = daemonEntry();
   if (!fs.existsSync(entry)) missing.push(`missing daemon entry ${entry}`);
-  if (!fs.existsSync(path.join(REPO_ROOT, 'dist', 'cli.js')) && !process.env.IDENTD_ENTRY) {
-    missing.push('daemon not built: dist/cli.js missing (run npm install && npm run build)');
+  if (!fs.existsSync(path.join(REPO_ROOT, 'dist', 'cli', 'main.js')) && !process.env.IDENTD_ENTRY) {
+    missing.push('daemon not built: dist/cli/main.js missing (run npm install && npm run build)');
   }
   return missing;
 }
@@ -1438,7 +1438,7 @@ export class SuiteGuard {
     const env = this.env();
     if (!env) process.exit(130);
     env.failed = true;
-    env.teardown().finally(() => process.exit(130));
+    void env.teardown().finally(() => process.exit(130));
   };
 
   watchSignals(): void {

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it, test } from 'node:test';
 
 import { LABEL, NO_PREFIX, OK_PREFIX, TestEnv, conntrackModeFromEnv, missingPrerequisites, run } from './env';
-import { inCI } from '../helpers/daemon';
+import { inCI } from '../support/daemon';
 
 const missing = missingPrerequisites();
 

@@ -39,7 +39,7 @@ import {
   type ConntrackMode,
 } from './env';
 import { SQUID_VERSIONS, squidSpec } from './squid-chroot';
-import { inCI, sleep, waitFor } from '../helpers/daemon';
+import { inCI, sleep, waitFor } from '../support/daemon';
 
 const NETAVARK = ['/usr/lib/podman/netavark', '/usr/libexec/podman/netavark'];
 const missing = [

@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
-import { sleep, waitFor, type DaemonLogLine, inCI } from '../helpers/daemon';
+import { sleep, waitFor, type DaemonLogLine, inCI } from '../support/daemon';
 import {
   NO_PREFIX,
   OK_PREFIX,

@@ -36,7 +36,7 @@ import {
   type ConntrackMode,
 } from './env';
 import { SQUID_VERSIONS, missingChrootTools, squidSpec } from './squid-chroot';
-import { inCI } from '../helpers/daemon';
+import { inCI } from '../support/daemon';
 
 const missing = [...missingPrerequisites(), ...missingChrootTools()];
 const mode = (process.env.IDENTD_CONNTRACK ?? 'netlink') as ConntrackMode;

@@ -24,7 +24,7 @@ import {
   type ConntrackMode,
   missingPrerequisites,
 } from './env';
-import { inCI } from '../helpers/daemon';
+import { inCI } from '../support/daemon';
 
 const missing = missingPrerequisites();
 // Both conntrack sources, and netlink with --workers 2, unless IDENTD_CONNTRACK names one source.

@@ -11,8 +11,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it, test } from 'node:test';
 
-import { AddressSet, parseCidr } from '../../src/ip';
-import { waitFor, inCI } from '../helpers/daemon';
+import { AddressSet, parseCidr } from '../../src/lib/ip';
+import { waitFor, inCI } from '../support/daemon';
 import {
   IMAGE,
   LABEL,

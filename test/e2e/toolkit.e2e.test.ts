@@ -42,7 +42,7 @@ import {
   TestEnv,
   which,
 } from './env';
-import { inCI } from '../helpers/daemon';
+import { inCI } from '../support/daemon';
 
 const missing = [...missingPrerequisites(), ...(which('ip6tables') ? [] : ['missing tool: ip6tables'])];
 const modes: ConntrackMode[] = process.env.IDENTD_CONNTRACK ? [conntrackModeFromEnv()] : ['netlink', 'procfs'];

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
 import { parseConntrackLine, replyPortsKey } from '../../src/conntrack/procfs-parse';
-import { formatReply, parseRequest } from '../../src/protocol';
+import { formatReply, parseRequest } from '../../src/ident/protocol';
 
 export interface FuzzTarget {
   name: string;

@@ -12,8 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { FakeDocker } from '../helpers/fake-docker';
-import { waitFor } from '../helpers/daemon';
+import { FakeDocker } from '../support/fake-docker';
+import { waitFor } from '../support/daemon';
 import { ActivatedDaemon, CI, freePort, ident, NotifySocket, skipUnless, type LogLine } from './harness';
 
 const root = path.join(__dirname, '..', '..');
@@ -21,8 +21,8 @@ const cli = path.join(root, 'bin', 'docker-identd.js');
 const addon = path.join(root, 'build', 'Release', 'conntrack_netlink.node');
 
 let skip = skipUnless(['systemd-socket-activate', 'python3']);
-if (!skip && !fs.existsSync(path.join(root, 'dist', 'cli.js'))) {
-  if (CI) throw new Error('dist/cli.js is missing: run npm run build first');
+if (!skip && !fs.existsSync(path.join(root, 'dist', 'cli', 'main.js'))) {
+  if (CI) throw new Error('dist/cli/main.js is missing: run npm run build first');
   skip = 'dist/ is not built (npm run build)';
 }
 if (!skip && !fs.existsSync(addon)) {

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 
-import { onLines, sleep, waitFor as pollFor } from '../helpers/daemon';
+import { onLines, sleep, waitFor as pollFor } from '../support/daemon';
 
 export const CI = process.env.CI === 'true';
 
@@ -30,7 +30,7 @@ export function skipUnless(tools: string[]): string | false {
   return why;
 }
 
-/** Polls `probe` every 25 ms (test/helpers/daemon.ts's waitFor). */
+/** Polls `probe` every 25 ms (test/support/daemon.ts's waitFor). */
 function waitFor<T>(what: string, probe: () => T | undefined | null | false, ms: number): Promise<T> {
   return pollFor(what, probe, ms, 25);
 }

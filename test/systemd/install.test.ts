@@ -6,7 +6,7 @@
  * (as the unit runs it), with READY=1 and STOPPING=1 on a real notify socket.
  * The unit's ExecStartPre= steps run first, as systemd would run them, and the
  * daemon sees /proc as the unit shows it (ProcSubset=pid: no /proc/sys). The
- * file runs in a network namespace of its own (test/helpers/own-netns.ts), so
+ * file runs in a network namespace of its own (test/support/own-netns.ts), so
  * the sysctls those steps set are that namespace's, not the host's.
  */
 import assert from 'node:assert/strict';
@@ -16,11 +16,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { loadConfig } from '../../src/config';
+import { loadConfig } from '../../src/config/load';
 import { TIMESTAMP_SYSCTL } from '../../src/conntrack/timestamps';
-import { formatCidr } from '../../src/ip';
-import { FakeDocker } from '../helpers/fake-docker';
-import { runInOwnNetns } from '../helpers/own-netns';
+import { formatCidr } from '../../src/lib/ip';
+import { FakeDocker } from '../support/fake-docker';
+import { runInOwnNetns } from '../support/own-netns';
 import { ActivatedDaemon, CI, freePort, ident, NotifySocket, runStartPre, skipUnless, UNIT_PROC_VIEW } from './harness';
 
 // The unit's ExecStartPre= sets sysctls: in a namespace of this file's own, not the host's.
@@ -71,8 +71,8 @@ test(
       const units = path.join(stage, 'etc', 'systemd', 'system');
       for (const f of [
         'bin/docker-identd.js',
-        'dist/cli.js',
-        'dist/systemd.js',
+        'dist/cli/main.js',
+        'dist/service/systemd.js',
         'build/Release/conntrack_netlink.node',
         'node_modules/dockerode/package.json',
         'node_modules/pino/package.json',
