@@ -58,7 +58,7 @@
  *   from the link-local address. A container on an IPv4-only network sends no
  *   IPv6 at all. Nothing is sent from 0.0.0.0 (no DHCP, no ARP probes).
  */
-import { canonicalIp, formatIPv6, parseIPv6 } from '../ip';
+import { canonicalIp, formatIPv6, parseIPv6 } from '../lib/ip';
 
 /** Our table: `table bridge docker_identd`. */
 export const BRIDGE_TABLE = 'docker_identd';

@@ -28,7 +28,7 @@
  */
 import { spawn } from 'node:child_process';
 
-import { canonicalIp } from '../ip';
+import { canonicalIp } from '../lib/ip';
 import {
   bridgeTableScript,
   planBridgeTable,

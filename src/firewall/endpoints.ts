@@ -20,7 +20,7 @@
  * The host-side interface is not in Docker's API: veth.ts finds it from the
  * container's process (State.Pid) and the endpoint's MAC.
  */
-import { canonicalIp } from '../ip';
+import { canonicalIp } from '../lib/ip';
 
 /** An endpoint on a bridge network, everything but its host-side veth. */
 export interface BridgeEndpoint {

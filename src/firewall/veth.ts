@@ -34,7 +34,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 
-import { withDeadline } from '../deadline';
+import { withDeadline } from '../lib/deadline';
 
 /** statfs f_type of sysfs (SYSFS_MAGIC in linux/magic.h). */
 export const SYSFS_MAGIC = 0x62656572;

@@ -49,7 +49,7 @@ import {
   run,
   which,
 } from './env';
-import { inCI, sleep } from '../helpers/daemon';
+import { inCI, sleep } from '../support/daemon';
 import { planBridgeTable, type PinnedEndpoint } from '../../src/firewall/bridge-rules';
 import { PortPinner, defaultRunner, removeTable } from '../../src/firewall/bridge-table';
 import { endpointsFromInspect } from '../../src/firewall/endpoints';

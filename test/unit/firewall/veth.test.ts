@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
 
-import { SYSFS_MAGIC, VethError, findHostVeth, type VethOptions } from '../../src/firewall/veth';
+import { SYSFS_MAGIC, VethError, findHostVeth, type VethOptions } from '../../../src/firewall/veth';
 
 let root = '';
 const PID = 5409;

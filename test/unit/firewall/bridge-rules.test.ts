@@ -20,10 +20,10 @@ import {
   removeEndpointScript,
   removeTableScript,
   type PinnedEndpoint,
-} from '../../src/firewall/bridge-rules';
-import { endpointsFromInspect, type BridgeEndpoint } from '../../src/firewall/endpoints';
+} from '../../../src/firewall/bridge-rules';
+import { endpointsFromInspect, type BridgeEndpoint } from '../../../src/firewall/endpoints';
 
-const DIR = path.join(__dirname, '..', 'fixtures', 'docker');
+const DIR = path.join(__dirname, '..', '..', 'fixtures', 'docker');
 const load = (f: string): unknown[] => JSON.parse(fs.readFileSync(path.join(DIR, f), 'utf8')) as unknown[];
 const containers = fs
   .readdirSync(DIR)

@@ -11,8 +11,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 
-import type { PinnedEndpoint } from '../../src/firewall/bridge-rules';
-import { NftError, PortPinner, runNft, type Clock, type PinState } from '../../src/firewall/bridge-table';
+import type { PinnedEndpoint } from '../../../src/firewall/bridge-rules';
+import { NftError, PortPinner, runNft, type Clock, type PinState } from '../../../src/firewall/bridge-table';
 
 interface Call {
   script: string;
