@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { elapsedUs, monoNs } from '../lib/clock';
 import { codedError, errorCode, errorMessage } from '../lib/errors';
 import { listen } from '../lib/listen';
-import { canonicalIp, type AddressSet } from '../lib/ip';
+import { canonicalIp, formatHostPort, type AddressSet } from '../lib/ip';
 import { formatReply, parseRequest, type Answer } from './protocol';
 
 /** One well-formed query, with the addresses of the ident connection it came on. */
@@ -111,7 +111,7 @@ interface Deadlines {
 export const CONNECTION_IDLE_PERIODS = 2;
 
 export function formatListenAddress(a: ListenAddress): string {
-  return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+  return formatHostPort(a.host, a.port);
 }
 
 const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
