@@ -7,7 +7,7 @@
  */
 
 export type { Family } from '../lib/ip';
-import type { Family } from '../lib/ip';
+import { formatHostPort, type Family } from '../lib/ip';
 import { codedError, type CodedError } from '../lib/errors';
 
 /** One direction of a conntrack entry. */
@@ -89,8 +89,7 @@ export type ConntrackError = CodedError;
 
 /** `src:sport -> dst:dport`, IPv6 addresses in brackets (logs, errors, explain). */
 export function formatTuple(t: Tuple): string {
-  const host = (a: string): string => (a.includes(':') ? `[${a}]` : a);
-  return `${host(t.src)}:${t.sport} -> ${host(t.dst)}:${t.dport}`;
+  return `${formatHostPort(t.src, t.sport)} -> ${formatHostPort(t.dst, t.dport)}`;
 }
 
 /** A lookup on a closed source fails with this (code ERR_CLOSED), whichever the source. */

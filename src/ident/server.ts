@@ -9,7 +9,8 @@ import type { Logger } from 'pino';
 import { elapsedUs, monoNs } from '../lib/clock';
 import { codedError, errorCode, errorMessage } from '../lib/errors';
 import { listen } from '../lib/listen';
-import { canonicalIp, type AddressSet } from '../lib/ip';
+import { Waiters } from '../lib/waiters';
+import { canonicalIp, formatHostPort, type AddressSet } from '../lib/ip';
 import { formatReply, parseRequest, type Answer } from './protocol';
 
 /** One well-formed query, with the addresses of the ident connection it came on. */
@@ -111,7 +112,7 @@ interface Deadlines {
 export const CONNECTION_IDLE_PERIODS = 2;
 
 export function formatListenAddress(a: ListenAddress): string {
-  return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+  return formatHostPort(a.host, a.port);
 }
 
 const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
@@ -125,7 +126,8 @@ export class IdentServer {
   private readonly sockets = new Set<net.Socket>();
   /** Connections whose answer is being looked up or written (graceful close waits for these). */
   private readonly inflight = new Set<net.Socket>();
-  private readonly drainWaiters: (() => void)[] = [];
+  /** Released when the last answer in flight is written. */
+  private readonly drained = new Waiters();
   private readonly perSource = new Map<string, number>();
   /** Connections refused by a cap, and whether the current incident was logged. */
   refused = 0;
@@ -286,12 +288,8 @@ export class IdentServer {
       } else s.destroy();
     }
     if (this.inflight.size > 0 && deadlineMs > 0) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        new Promise<void>((r) => this.drainWaiters.push(r)),
-        new Promise<void>((r) => (timer = setTimeout(r, deadlineMs))),
-      ]);
-      clearTimeout(timer);
+      // Past the deadline, the connections still in flight are cut off below.
+      await this.drained.wait(deadlineMs, 'the answers in flight').catch(() => undefined);
     }
     const cutOff = this.inflight.size;
     for (const s of this.sockets) s.destroy();
@@ -428,8 +426,7 @@ export class IdentServer {
   /** Counts `socket` as having an answer in flight until the answer is written (or the socket is gone). */
   private answered(socket: net.Socket): void {
     if (!this.inflight.delete(socket) || this.inflight.size > 0) return;
-    const waiters = this.drainWaiters.splice(0);
-    for (const w of waiters) w();
+    this.drained.release();
   }
 
   private answer(socket: net.Socket, querier: string, local: string, line: string | null, deadlines: Deadlines): void {

@@ -44,6 +44,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { after, before } from 'node:test';
 
 import { Daemon, sleep, waitFor, type DaemonExit } from '../support/daemon';
 
@@ -1449,6 +1450,34 @@ export class SuiteGuard {
   unwatchSignals(): void {
     process.removeListener('SIGINT', this.onSignal);
     process.removeListener('SIGTERM', this.onSignal);
+  }
+
+  /**
+   * A suite's hooks: before, signals are watched and `setUp` runs (a failure
+   * once the environment exists marks it failed, so its work dir is kept);
+   * after, signals are unwatched and the environment torn down.
+   */
+  hooks(setUp: () => Promise<void>, setUpTimeoutMs: number): void {
+    before(
+      async () => {
+        this.watchSignals();
+        try {
+          await setUp();
+        } catch (err) {
+          const env = this.env();
+          if (env) env.failed = true;
+          throw err;
+        }
+      },
+      { timeout: setUpTimeoutMs },
+    );
+    after(
+      async () => {
+        this.unwatchSignals();
+        await this.env()?.teardown();
+      },
+      { timeout: 120_000 },
+    );
   }
 
   /** Wraps a scenario body: on failure, diagnostics are printed and the work dir kept. */

@@ -23,7 +23,7 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { after, before, describe, it, test } from 'node:test';
+import { describe, it, test } from 'node:test';
 
 import {
   askHelper,
@@ -77,29 +77,13 @@ if (missing.length > 0 && inCI) {
     const guard = new SuiteGuard(() => env);
     const scenario = guard.scenario;
 
-    before(
-      async () => {
-        guard.watchSignals();
-        env = await TestEnv.setup({ runtime: 'podman', squid: await squidSpec(SQUID_VERSIONS[0], 'helper.conf') });
-        try {
-          daemon = await env.startDaemon(mode, ['--docker-host', `unix://${PODMAN_SOCKET}`]);
-          await daemon.waitLog('Docker index synced', 30_000);
-          await env.createNetwork(NET);
-          await env.createNetwork(REUSE_NET, REUSE_SUBNET);
-        } catch (err) {
-          env.failed = true;
-          throw err;
-        }
-      },
-      { timeout: 300_000 },
-    );
-    after(
-      async () => {
-        guard.unwatchSignals();
-        if (env) await env.teardown();
-      },
-      { timeout: 120_000 },
-    );
+    guard.hooks(async () => {
+      env = await TestEnv.setup({ runtime: 'podman', squid: await squidSpec(SQUID_VERSIONS[0], 'helper.conf') });
+      daemon = await env.startDaemon(mode, ['--docker-host', `unix://${PODMAN_SOCKET}`]);
+      await daemon.waitLog('Docker index synced', 30_000);
+      await env.createNetwork(NET);
+      await env.createNetwork(REUSE_NET, REUSE_SUBNET);
+    }, 300_000);
 
     it(
       "allowed container 200, other 403, named in Squid's access log (Podman's default network)",

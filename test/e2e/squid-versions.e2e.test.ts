@@ -22,7 +22,7 @@
  * minutes each).
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it, test } from 'node:test';
+import { before, describe, it, test } from 'node:test';
 
 import {
   askHelper,
@@ -61,28 +61,12 @@ if (missing.length > 0 && inCI) {
     const guard = new SuiteGuard(() => env);
     const scenario = guard.scenario;
 
-    before(
-      async () => {
-        guard.watchSignals();
-        env = await TestEnv.setup({ squid: await squidSpec(SQUID_VERSIONS[0], 'ident.conf') });
-        try {
-          daemon = await env.startDaemon(mode);
-          await env.createNetwork('idt-net');
-          await env.createNetwork(REUSE_NET, REUSE_SUBNET);
-        } catch (err) {
-          env.failed = true;
-          throw err;
-        }
-      },
-      { timeout: 300_000 },
-    );
-    after(
-      async () => {
-        guard.unwatchSignals();
-        if (env) await env.teardown();
-      },
-      { timeout: 120_000 },
-    );
+    guard.hooks(async () => {
+      env = await TestEnv.setup({ squid: await squidSpec(SQUID_VERSIONS[0], 'ident.conf') });
+      daemon = await env.startDaemon(mode);
+      await env.createNetwork('idt-net');
+      await env.createNetwork(REUSE_NET, REUSE_SUBNET);
+    }, 300_000);
 
     it(
       'Squid 5.7, native ident (examples/squid/ident.conf): allowed 200, other 403, %ui logged',

@@ -10,7 +10,7 @@
  *       it fails.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it, test } from 'node:test';
+import { describe, it, test } from 'node:test';
 import {
   AccessLogEntry,
   ClientResult,
@@ -110,31 +110,14 @@ if (missing.length > 0 && inCI) {
         const guard = new SuiteGuard(() => env);
         const scenario = guard.scenario;
 
-        before(
-          async () => {
-            guard.watchSignals();
-            env = await TestEnv.setup();
-            try {
-              daemon = await env.startDaemon(mode, workers > 1 ? ['--workers', String(workers)] : []);
-              if (workers > 1) {
-                // Every worker has synced with Docker (whichever accepts Squid's query must know the containers).
-                await daemon.waitLog('ready', 30_000, (l) => l.workers === workers);
-              }
-            } catch (err) {
-              env.failed = true;
-              throw err;
-            }
-          },
-          { timeout: 180_000 },
-        );
-
-        after(
-          async () => {
-            guard.unwatchSignals();
-            if (env) await env.teardown();
-          },
-          { timeout: 120_000 },
-        );
+        guard.hooks(async () => {
+          env = await TestEnv.setup();
+          daemon = await env.startDaemon(mode, workers > 1 ? ['--workers', String(workers)] : []);
+          if (workers > 1) {
+            // Every worker has synced with Docker (whichever accepts Squid's query must know the containers).
+            await daemon.waitLog('ready', 30_000, (l) => l.workers === workers);
+          }
+        }, 180_000);
 
         it(
           '(a) names an allowed and a denied container; Squid lets in only the allowed one',

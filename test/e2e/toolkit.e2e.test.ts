@@ -17,7 +17,7 @@
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { after, before, describe, it, test } from 'node:test';
+import { describe, it, test } from 'node:test';
 
 import {
   ClientResult,
@@ -157,38 +157,21 @@ if (missing.length > 0 && inCI) {
         const guard = new SuiteGuard(() => env);
         const scenario = guard.scenario;
 
-        before(
-          async () => {
-            guard.watchSignals();
-            env = await TestEnv.setup({ ipv6: true, helper: true });
-            try {
-              await env.createNetwork6(NET6, SUBNET6, 'nat');
-              await env.createNetwork6(NET6R, SUBNET6R, 'routed');
-              daemon = await env.startDaemon(mode, [
-                '--listen',
-                `[${HOST_IP6}]:113`,
-                '--allow',
-                PROXY_IP6,
-                '--routed',
-                SUBNET6R,
-                '--metrics',
-                `127.0.0.1:${METRICS_PORT}`,
-              ]);
-            } catch (err) {
-              env.failed = true;
-              throw err;
-            }
-          },
-          { timeout: 240_000 },
-        );
-
-        after(
-          async () => {
-            guard.unwatchSignals();
-            if (env) await env.teardown();
-          },
-          { timeout: 120_000 },
-        );
+        guard.hooks(async () => {
+          env = await TestEnv.setup({ ipv6: true, helper: true });
+          await env.createNetwork6(NET6, SUBNET6, 'nat');
+          await env.createNetwork6(NET6R, SUBNET6R, 'routed');
+          daemon = await env.startDaemon(mode, [
+            '--listen',
+            `[${HOST_IP6}]:113`,
+            '--allow',
+            PROXY_IP6,
+            '--routed',
+            SUBNET6R,
+            '--metrics',
+            `127.0.0.1:${METRICS_PORT}`,
+          ]);
+        }, 240_000);
 
         it(
           '(a) the squid-helper gives the same allow/deny and names as the ident ACL',
