@@ -9,6 +9,7 @@ import { canonicalIp } from '../lib/ip';
 import { createLogger } from '../lib/logger';
 import { formatTuple } from '../conntrack/types';
 import { explain, type ContainerReport, type ExplainReport } from '../resolve/explain';
+import { KernelPins, type BindingDocker } from '../service/port-binding';
 import { parse, parseSeconds, serveConfig, usageError } from './args';
 
 export const EXPLAIN_USAGE = `Usage: docker-identd explain PORT_SERVER PORT_CLIENT --querier ADDR [options]
@@ -79,7 +80,12 @@ export async function explainMain(args: string[]): Promise<number> {
   const log = createLogger(v.verbose === true ? 'debug' : 'error', 2);
   const report = await explain(
     { portOnServer, portOnClient, querier, ...(local ? { local } : {}), config, syncTimeoutMs },
-    { log },
+    {
+      log,
+      // --bind-ports: explain runs beside the daemon and cannot ask it, so it asks the kernel's table.
+      // The engine's own watcher (no stand-in is given here), which makes the inspects.
+      ...(config.bindPorts ? { pins: (docker) => new KernelPins(docker as unknown as BindingDocker) } : {}),
+    },
   );
   process.stdout.write(v.json === true ? explainJson(report) : formatExplain(report));
   return report.answer.kind === 'USERID' ? 0 : 1;
@@ -168,12 +174,23 @@ export function formatExplain(r: ExplainReport, nowMs: number = Date.now()): str
   } else {
     step(5, 'container', [r.containerAddress ? `at ${r.containerAddress}: none found` : 'not looked up']);
   }
-  step(6, 'name', [
+  let n = 6;
+  if (r.pin) {
+    const p = r.pin;
+    step(n++, 'port', [
+      !p.reached
+        ? 'not reached (--bind-ports)'
+        : p.pinned
+          ? `pinned to ${p.hostIfname} (MAC ${p.mac}) in table bridge docker_identd`
+          : `not pinned (${p.reason}): ${p.detail}`,
+    ]);
+  }
+  step(n++, 'name', [
     r.name
       ? `template "${r.name.template}" -> ${r.name.value === null ? 'nothing (NO-USER)' : JSON.stringify(r.name.value)}`
       : 'not reached',
   ]);
-  step(7, 'answer', [r.answer.reply, `reason: ${r.reason}`, `outcome: ${r.outcome}`]);
+  step(n, 'answer', [r.answer.reply, `reason: ${r.reason}`, `outcome: ${r.outcome}`]);
   for (const n of r.notes) out.push(`note: ${n}`);
   return out.join('\n') + '\n';
 }

@@ -27,6 +27,8 @@ import {
   type FirewallPlan,
 } from '../firewall/routed-redirect';
 import { formatCidr, parseCidr, type Cidr } from '../lib/ip';
+import { BRIDGE_FAMILY, BRIDGE_TABLE } from '../firewall/bridge-rules';
+import { removeTable } from '../firewall/bridge-table';
 
 export const FIREWALL_USAGE = `Usage: docker-identd firewall print [options]
        docker-identd firewall apply [options]     (or: firewall print --apply)
@@ -42,7 +44,8 @@ and queries forwarded into them (Squid in a container) are dropped until the
 rules are applied again with their subnet. Run the daemon with --routed for
 the same networks (printed as a comment). print never changes the firewall; apply adds
 the iptables/ip6tables rules (each once, marked with the comment
-"docker-identd"); remove deletes every rule so marked.
+"docker-identd"); remove deletes every rule so marked, and the table
+bridge docker_identd that serve --bind-ports keeps (if it is there).
 
 Options:
   --proxy-target T   where the queries go: PORT (redirect to that port on the
@@ -125,6 +128,14 @@ export async function firewallMain(args: string[]): Promise<number> {
       }
     }
     process.stdout.write(`# removed ${removed} docker-identd rule(s)\n`);
+    // --bind-ports' table, which a daemon that did not stop cleanly leaves behind.
+    try {
+      const had = spawnSync('nft', ['list', 'table', BRIDGE_FAMILY, BRIDGE_TABLE], { encoding: 'utf8' }).status === 0;
+      if (had) await removeTable();
+      process.stdout.write(`# ${had ? 'removed' : 'no'} table ${BRIDGE_FAMILY} ${BRIDGE_TABLE} (--bind-ports)\n`);
+    } catch (err) {
+      return fail(`removing table ${BRIDGE_FAMILY} ${BRIDGE_TABLE} failed: ${errorMessage(err)}`, 1);
+    }
     return 0;
   }
 

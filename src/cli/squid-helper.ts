@@ -94,6 +94,11 @@ export async function squidHelperMain(args: string[]): Promise<number> {
   if (v.direct === true) {
     const config = serveConfig('squid-helper', v);
     if (typeof config === 'number') return config;
+    if (config.bindPorts) {
+      // Pins are the daemon's: the helper could see that the kernel holds one, not since when.
+      warn('docker-identd squid-helper: --direct cannot answer with --bind-ports: ask the daemon (drop --direct)');
+      return 2;
+    }
     const log = createLogger(debugOn ? 'debug' : 'warn', 2);
     try {
       // The daemon's engine: the same conntrack source, second try, watcher and naming.

@@ -48,6 +48,8 @@ export interface Config {
    * ident connection's original destination.
    */
   routed: Cidr[];
+  /** --bind-ports: answer only for addresses pinned to their container's bridge port (issue 16). */
+  bindPorts: boolean;
   configFile?: string;
   /** The config file's text as loaded (a supervisor hands it to its workers). */
   configText?: string;

@@ -59,10 +59,10 @@ function parseConfigText(file: string, text: string): Raw {
         throw new ConfigError(`--config: "${key}" in ${file} must be a string or a list of strings`);
       }
       raw[key] = list as string[];
-    } else if (typeof value === 'string' || typeof value === 'number') {
+    } else if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') {
       raw[key] = String(value);
     } else {
-      throw new ConfigError(`--config: "${key}" in ${file} must be a string`);
+      throw new ConfigError(`--config: "${key}" in ${file} must be a string, a number or true/false`);
     }
   }
   return raw;
@@ -85,7 +85,11 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env,
   const configFile = values.config as string | undefined;
   const fileText = configFile ? (configText ?? readConfigText(configFile)) : undefined;
   const fromFile: Raw = configFile && fileText !== undefined ? parseConfigText(configFile, fileText) : {};
-  const given = (name: string): string | string[] | undefined => values[name] ?? fromFile[name];
+  // A switch (--bind-ports) is `true` from parseArgs: its setting reads the text "true".
+  const given = (name: string): string | string[] | undefined => {
+    const v: unknown = values[name];
+    return typeof v === 'boolean' ? String(v) : ((v as string | string[] | undefined) ?? fromFile[name]);
+  };
   const one = (name: string): string | undefined => {
     const v = given(name);
     return Array.isArray(v) ? v[v.length - 1] : v;
@@ -107,5 +111,9 @@ export function loadConfig(args: string[], env: NodeJS.ProcessEnv = process.env,
     }
   }
   if (configFile) Object.assign(config, { configFile, configText: fileText });
+  // Two processes keeping one nft table would each replace it from their own view of Docker.
+  if (config.bindPorts === true && (config.workers as number) > 1) {
+    throw new ConfigError('--bind-ports keeps one nft table from one process: it needs --workers 1');
+  }
   return config as Config;
 }

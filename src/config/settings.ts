@@ -9,7 +9,7 @@ import { formatListenAddress, type ListenAddress } from '../ident/server';
 import { formatCidr, type Cidr } from '../lib/ip';
 import { LOG_LEVELS } from '../lib/logger';
 import { DEFAULT_NAME_TEMPLATE } from '../resolve/naming';
-import type { Config } from './config';
+import { ConfigError, type Config } from './config';
 import {
   parseChoice,
   parseCidrSetting,
@@ -308,6 +308,22 @@ export const SETTINGS: readonly Setting[] = [
     default: [],
     parse: (t) => parseCidrSetting('routed', t),
     format: formatCidr,
+  }),
+  one({
+    name: 'bind-ports',
+    field: 'bindPorts',
+    help: [
+      'answer only for containers whose address is pinned to',
+      'their own bridge port by our nft table (bridge',
+      'docker_identd), which the daemon keeps; removed on stop',
+    ],
+    reload: 'restart',
+    default: () => 'false',
+    parse: (t) => {
+      if (t === 'true' || t === 'false') return t === 'true';
+      throw new ConfigError(`--bind-ports: ${JSON.stringify(t)} is not true or false`);
+    },
+    format: (b) => String(b),
   }),
   seconds('resync-interval', 'resyncIntervalMs', [
     'compare the Docker index with a full listing this',

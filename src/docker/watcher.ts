@@ -36,6 +36,7 @@ import {
   runningFromInspect,
   withGwbridge,
   type ContainerInfo,
+  type ContainerJson,
   type Gwbridge,
 } from './container-info';
 import { isNoSuchContainer } from './compat';
@@ -60,6 +61,14 @@ export interface WatcherOptions {
   verifyIntervalMs?: number;
   /** TLS towards a tcp:// or https:// Docker host (see `dockerTlsSettings`). */
   tls?: DockerTls | null;
+  /**
+   * Told, right after the index took it in or dropped it, of each container
+   * an event made the watcher read again: its inspect answer while it runs,
+   * null once it is gone (--bind-ports follows containers with it).
+   */
+  onContainer?: (id: string, inspect: ContainerJson | null) => void;
+  /** Told, right after a full listing became the index, of the running containers' ids. */
+  onListing?: (ids: ReadonlySet<string>) => void;
 }
 
 /**
@@ -171,6 +180,8 @@ export class ContainerWatcher {
   private readonly backoffMaxMs: number;
   private readonly maxEventBytes: number;
   private readonly verifyIntervalMs: number;
+  private readonly onContainer: WatcherOptions['onContainer'];
+  private readonly onListing: WatcherOptions['onListing'];
   /** Periodic comparisons with a full listing done. */
   verifications = 0;
   /** `waitSynced` callers. */
@@ -219,6 +230,8 @@ export class ContainerWatcher {
     this.backoffMaxMs = opts.backoffMaxMs ?? 30_000;
     this.maxEventBytes = opts.maxEventBytes ?? 1024 * 1024;
     this.verifyIntervalMs = opts.verifyIntervalMs ?? 10_000;
+    this.onContainer = opts.onContainer;
+    this.onListing = opts.onListing;
     this.docker = new DockerClient(dockerHost, { apiTimeoutMs: this.apiTimeoutMs, tls: opts.tls });
     this.capabilitySweep = new Promise((resolve) => (this.sweepEnded = resolve));
   }
@@ -382,6 +395,16 @@ export class ContainerWatcher {
     return current.done;
   }
 
+  /** `docker inspect ID`, outside any session (within the API deadline). */
+  inspectContainer(id: string, signal?: AbortSignal): Promise<ContainerJson & { Id: string }> {
+    return this.docker.inspectContainer(id, signal);
+  }
+
+  /** `docker network inspect ID-OR-NAME`, outside any session (a 404 when there is none: see `httpStatus`). */
+  inspectNetwork(idOrName: string, signal?: AbortSignal): Promise<unknown> {
+    return this.docker.inspectNetwork(idOrName, signal);
+  }
+
   async close(): Promise<void> {
     this.setState('closed', 'shutting down');
     if (this.live) this.endSession(this.live, new Error('shutting down'));
@@ -480,9 +503,10 @@ export class ContainerWatcher {
       // all the same, so that one session at a time talks to Docker and no
       // late answer to the old one is in flight beside the new listing.
       if (previous) await withDeadline(previous.queue.idle(), this.apiTimeoutMs, "the previous session's Docker calls");
-      const { index } = await this.listIndex(s);
+      const { index, ids } = await this.listIndex(s);
       if (!this.isLive(s)) throw s.reason;
       this.index = index;
+      this.onListing?.(ids);
     } catch (err) {
       readable.destroy?.();
       throw err;
@@ -519,7 +543,7 @@ export class ContainerWatcher {
    * A full listing as a new index that keeps the current one's release times
    * and releases (now) every address whose owner differs.
    */
-  private async listIndex(s: Session): Promise<{ index: AddressIndex; changed: number }> {
+  private async listIndex(s: Session): Promise<{ index: AddressIndex; changed: number; ids: Set<string> }> {
     const sentNs = wallNs();
     const list = await this.docker.listContainers(s.signal);
     const gw = await this.gwbridge(s, true);
@@ -529,7 +553,7 @@ export class ContainerWatcher {
     // The listing shows only running containers, each as Docker saw it after the request was sent.
     for (const info of containersFromListing(list, gw)) index.set(info, listedNs, sentNs);
     const changed = index.inheritFrom(this.index, listedNs);
-    return { index, changed };
+    return { index, changed, ids: new Set(list.map((c) => c.Id)) };
   }
 
   /**
@@ -566,9 +590,10 @@ export class ContainerWatcher {
 
   /** The periodic check: a listing that disagrees with the index means events were lost. */
   private async verify(s: Session): Promise<void> {
-    const { index, changed } = await this.listIndex(s);
+    const { index, changed, ids } = await this.listIndex(s);
     if (!this.isLive(s)) return;
     this.index = index;
+    this.onListing?.(ids);
     this.verifications++;
     if (changed > 0) {
       this.log.warn({ addresses: changed }, 'Docker index had missed changes (events lost); corrected from a listing');
@@ -687,9 +712,13 @@ export class ContainerWatcher {
       if (!this.isLive(s)) return;
       if (info) this.index.set(info, t, sentNs);
       else this.index.remove(id, t);
+      this.onContainer?.(id, info ? json : null);
     } catch (err) {
       if (isNoSuchContainer(err)) {
-        if (this.isLive(s)) this.index.remove(id, maxNs(atNs, wallNs()));
+        if (this.isLive(s)) {
+          this.index.remove(id, maxNs(atNs, wallNs()));
+          this.onContainer?.(id, null);
+        }
         return;
       }
       throw err;

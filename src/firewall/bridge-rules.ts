@@ -183,18 +183,37 @@ function normalize(ep: PinnedEndpoint): NormalEndpoint | RejectedEndpoint {
   };
 }
 
+/** One endpoint's input values as a string (planBridgeTable's memo key). */
+function inputKey(ep: PinnedEndpoint): string {
+  return JSON.stringify([ep.containerId, ep.name, ep.hostIfname, ep.mac, ep.ipv4, ep.ipv6]);
+}
+
 /**
  * Checks the endpoints and leaves out any that cannot be pinned safely: a bad
  * value, or an interface, MAC or address that two endpoints claim. In a
  * conflict every claimant is left out, never one picked: the address then has
- * no pinned owner and the daemon answers ERROR for it.
+ * no pinned owner and the daemon answers ERROR for it. With `memo` (kept by
+ * the caller between plans), an endpoint's own checks are made once while its
+ * values stay the same; entries of endpoints no longer given are dropped.
  */
-export function planBridgeTable(endpoints: readonly PinnedEndpoint[]): BridgePlan {
+export function planBridgeTable(
+  endpoints: readonly PinnedEndpoint[],
+  memo?: Map<string, NormalEndpoint | RejectedEndpoint>,
+): BridgePlan {
   const rejected: RejectedEndpoint[] = [];
   const ok: NormalEndpoint[] = [];
   const raw = new Map<NormalEndpoint, PinnedEndpoint>();
+  const seen = memo ? new Set<string>() : null;
   for (const ep of endpoints) {
-    const n = normalize(ep);
+    let n: NormalEndpoint | RejectedEndpoint;
+    if (memo) {
+      // The checks of one endpoint's values depend on nothing else: done once while it stays the same.
+      const k = inputKey(ep);
+      seen!.add(k);
+      const known = memo.get(k);
+      n = known ?? normalize(ep);
+      if (!known) memo.set(k, n);
+    } else n = normalize(ep);
     if ('reason' in n) rejected.push(n);
     else {
       ok.push(n);
@@ -229,6 +248,7 @@ export function planBridgeTable(endpoints: readonly PinnedEndpoint[]): BridgePla
     }
   }
   rejected.push(...bad.values());
+  if (memo) for (const k of memo.keys()) if (!seen!.has(k)) memo.delete(k);
   const pinned = ok.filter((ep) => !bad.has(ep)).sort((a, b) => (a.hostIfname < b.hostIfname ? -1 : 1));
   return { pinned, rejected };
 }
@@ -398,4 +418,21 @@ function elementScript(verb: 'add' | 'delete', ep: NormalEndpoint): string {
   const e = elementsOf(ep);
   const lines = SET_NAMES.filter((s) => e[s].length).map((s) => `${verb} element ${T} ${s} { ${e[s].join(', ')} }`);
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * A script that succeeds (`nft -f -` exits 0) only if the kernel's table pins
+ * `address` to `ep`'s port: the port's MAC, its own-address element and the
+ * claim on every other port. Changes nothing (explain's check of the kernel).
+ */
+export function endpointCheckScript(ep: NormalEndpoint, address: string): string | null {
+  const e = elementsOf(ep);
+  const a = canonicalIp(address);
+  if (!a) return null;
+  const ifq = `"${ep.hostIfname}"`;
+  const want: [SetName, string][] = [['port_mac', e.port_mac[0]]];
+  if (a === ep.ipv4) want.push(['port_ip4', `${ifq} . ${a}`], ['pinned_ip4', a]);
+  else if (ep.ipv6.includes(a)) want.push(['port_ip6', `${ifq} . ${a}`], ['pinned_ip6', a]);
+  else return null;
+  return `${want.map(([s, el]) => `get element ${T} ${s} { ${el} }`).join('\n')}\n`;
 }

@@ -30,19 +30,22 @@ import { spawn } from 'node:child_process';
 
 import { canonicalIp } from '../lib/ip';
 import {
+  addEndpointScript,
   bridgeTableScript,
   planBridgeTable,
+  removeEndpointScript,
   removeTableScript,
   type BridgePlan,
   type NormalEndpoint,
   type PinnedEndpoint,
+  type RejectedEndpoint,
   type RejectReason,
 } from './bridge-rules';
 
 // ---------------------------------------------------------------------------
 // running nft
 
-export type NftErrorCode = 'ENFT' | 'ETIMEDOUT' | 'ESPAWN';
+export type NftErrorCode = 'ERR_NFT_FAILED' | 'ETIMEDOUT' | 'ERR_NFT_SPAWN';
 
 export class NftError extends Error {
   constructor(
@@ -71,7 +74,7 @@ export function runNft(script: string, opts: NftOptions = {}): Promise<string> {
     try {
       child = spawn(opts.nft ?? 'nft', ['-f', '-'], { stdio: ['pipe', 'pipe', 'pipe'] });
     } catch (err) {
-      reject(new NftError('ESPAWN', `nft: ${(err as Error).message}`));
+      reject(new NftError('ERR_NFT_SPAWN', `nft: ${(err as Error).message}`));
       return;
     }
     const out = { stdout: '', stderr: '' };
@@ -87,13 +90,15 @@ export function runNft(script: string, opts: NftOptions = {}): Promise<string> {
     }, timeoutMs);
     child.on('error', (err) => {
       clearTimeout(timer);
-      reject(new NftError('ESPAWN', `nft: ${err.message}`));
+      reject(new NftError('ERR_NFT_SPAWN', `nft: ${err.message}`));
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       if (timedOut) reject(new NftError('ETIMEDOUT', `nft -f - did not finish within ${timeoutMs} ms`));
       else if (code !== 0) {
-        reject(new NftError('ENFT', `nft -f - failed (${code ?? signal}): ${out.stderr.trim().slice(0, 2000)}`));
+        reject(
+          new NftError('ERR_NFT_FAILED', `nft -f - failed (${code ?? signal}): ${out.stderr.trim().slice(0, 2000)}`),
+        );
       } else resolve(out.stdout);
     });
     child.stdin.on('error', () => {});
@@ -141,13 +146,21 @@ export type UnpinnedReason =
   /** The pinner was closed. */
   | 'closed';
 
-export type PinState = { pinned: true; endpoint: NormalEndpoint } | { pinned: false; reason: UnpinnedReason };
+export type PinState =
+  /** `sinceMs`: when the run that put this endpoint in completed (the pin holds from no later than then). */
+  | { pinned: true; endpoint: NormalEndpoint; sinceMs: number }
+  | { pinned: false; reason: UnpinnedReason; detail?: string };
 
 export interface PinnerStats {
   pinned: number;
   rejected: number;
-  /** How long the nft run took. */
+  /** Whether the run replaced the whole table, or changed only the endpoints added and removed. */
+  full: boolean;
+  added: number;
+  removed: number;
+  /** How long the nft run took, and how long the longest change it carried had waited (from setDesired). */
   ms: number;
+  waitedMs: number;
 }
 
 export interface PortPinnerOptions {
@@ -171,6 +184,8 @@ function addressesOf(ep: NormalEndpoint): string[] {
   return [...(ep.ipv4 ? [ep.ipv4] : []), ...ep.ipv6];
 }
 
+type Desired = { ep: NormalEndpoint; key: string } | { reason: RejectReason; detail: string };
+
 export class PortPinner {
   private readonly run: NftRunner;
   private readonly clock: Clock;
@@ -180,11 +195,20 @@ export class PortPinner {
 
   /** The plan of the desired set, and its endpoints by address (pinned or rejected). */
   private desired: BridgePlan = { pinned: [], rejected: [] };
-  private desiredByAddress = new Map<string, { ep: NormalEndpoint; key: string } | { reason: RejectReason }>();
-  /** Keys of the endpoints that the kernel holds for certain (see the header). */
-  private applied = new Set<string>();
-  /** The keys of the table last sent to nft (in flight or accepted); null after a failure. */
-  private target: Set<string> | null = null;
+  private desiredByKey = new Map<string, NormalEndpoint>();
+  private desiredByAddress = new Map<string, Desired>();
+  private readonly memo = new Map<string, NormalEndpoint | RejectedEndpoint>();
+  /** Keys of the endpoints that the kernel holds for certain (see the header), with when their run completed. */
+  private applied = new Map<string, number>();
+  /**
+   * What the kernel's table holds, after the last run that succeeded: the
+   * next run sends only the difference. Null when not known for certain (no
+   * run yet, a failed run, a refresh asked for): the next run replaces the
+   * whole table.
+   */
+  private kernel: Map<string, NormalEndpoint> | null = null;
+  /** When the oldest change not yet carried by a run was asked for. */
+  private changedSinceMs: number | null = null;
 
   private running: Promise<void> | null = null;
   /** A run is needed (something changed since the last run started, or a refresh was asked). */
@@ -209,31 +233,34 @@ export class PortPinner {
    */
   setDesired(endpoints: readonly PinnedEndpoint[]): void {
     if (this.closed) return;
-    this.desired = planBridgeTable(endpoints);
-    const byAddress = new Map<string, { ep: NormalEndpoint; key: string } | { reason: RejectReason }>();
+    this.desired = planBridgeTable(endpoints, this.memo);
+    const byKey = new Map<string, NormalEndpoint>();
+    const byAddress = new Map<string, Desired>();
     for (const ep of this.desired.pinned) {
-      for (const a of addressesOf(ep)) byAddress.set(a, { ep, key: keyOf(ep) });
+      const key = keyOf(ep);
+      byKey.set(key, ep);
+      for (const a of addressesOf(ep)) byAddress.set(a, { ep, key });
     }
     for (const r of this.desired.rejected) {
       for (const a of [r.endpoint.ipv4, ...(Array.isArray(r.endpoint.ipv6) ? r.endpoint.ipv6 : [])]) {
         const c = typeof a === 'string' ? canonicalIp(a) : null;
         // A rejected claimant wins over a pinned one: an address in conflict is never answered as pinned.
-        if (c) byAddress.set(c, { reason: r.reason });
+        if (c) byAddress.set(c, { reason: r.reason, detail: r.detail });
       }
     }
+    this.desiredByKey = byKey;
     this.desiredByAddress = byAddress;
-    const wanted = new Set(this.desired.pinned.map(keyOf));
     // Removals and changes take effect now.
-    for (const k of this.applied) if (!wanted.has(k)) this.applied.delete(k);
-    const t = this.target;
-    if (!t || t.size !== wanted.size || ![...wanted].every((k) => t.has(k))) this.dirty = true;
+    for (const k of this.applied.keys()) if (!byKey.has(k)) this.applied.delete(k);
+    if (!this.sameAsKernel()) this.markDirty();
     this.kick();
   }
 
-  /** Run again even if nothing changed (a resync: puts back a table someone flushed). */
+  /** Replace the whole table again even if nothing changed (a resync: puts back a table someone flushed). */
   refresh(): void {
     if (this.closed) return;
-    this.dirty = true;
+    this.kernel = null;
+    this.markDirty();
     this.kick();
   }
 
@@ -242,14 +269,15 @@ export class PortPinner {
     const c = canonicalIp(address);
     const d = c ? this.desiredByAddress.get(c) : undefined;
     if (!d) return { pinned: false, reason: 'unknown' };
-    if ('reason' in d) return { pinned: false, reason: d.reason };
-    if (!this.applied.has(d.key)) return { pinned: false, reason: 'pending' };
-    return { pinned: true, endpoint: d.ep };
+    if ('reason' in d) return { pinned: false, reason: d.reason, detail: d.detail };
+    const since = this.applied.get(d.key);
+    if (since === undefined) return { pinned: false, reason: 'pending' };
+    return { pinned: true, endpoint: d.ep, sinceMs: since };
   }
 
   /** Counts for a metric: desired endpoints pinned now, and those not (pending or rejected). */
   counts(): { pinned: number; unpinned: number } {
-    const pinned = this.desired.pinned.filter((ep) => this.applied.has(keyOf(ep))).length;
+    const pinned = this.applied.size;
     return { pinned, unpinned: this.desired.pinned.length - pinned + this.desired.rejected.length };
   }
 
@@ -274,6 +302,19 @@ export class PortPinner {
     this.settleIdle();
   }
 
+  private markDirty(): void {
+    this.dirty = true;
+    this.changedSinceMs ??= this.clock.now();
+  }
+
+  /** Whether the kernel holds exactly the desired endpoints (so no run is needed). */
+  private sameAsKernel(): boolean {
+    const k = this.kernel;
+    if (!k || this.running || k.size !== this.desiredByKey.size) return false;
+    for (const key of this.desiredByKey.keys()) if (!k.has(key)) return false;
+    return true;
+  }
+
   private kick(): void {
     if (this.closed || this.running || this.timer !== null || !this.dirty) return;
     this.start();
@@ -282,25 +323,64 @@ export class PortPinner {
   private start(): void {
     this.dirty = false;
     const plan = this.desired;
-    const keys = new Set(plan.pinned.map(keyOf));
-    const script = bridgeTableScript(plan);
-    this.target = keys;
+    const want = this.desiredByKey;
+    const before = this.kernel;
+    let script: string;
+    let added = 0;
+    let removed = 0;
+    if (before) {
+      // Only the difference, in one transaction: removals first, so that an
+      // address or MAC that changed hands is free again when it is added.
+      const parts: string[] = [];
+      for (const [k, ep] of before) {
+        if (!want.has(k)) {
+          parts.push(removeEndpointScript(ep));
+          removed++;
+        }
+      }
+      for (const [k, ep] of want) {
+        if (!before.has(k)) {
+          parts.push(addEndpointScript(ep));
+          added++;
+        }
+      }
+      script = parts.join('');
+    } else {
+      script = bridgeTableScript(plan);
+      added = want.size;
+    }
+    const waitedMs = this.changedSinceMs === null ? 0 : this.clock.now() - this.changedSinceMs;
+    this.changedSinceMs = null;
+    // In doubt while the run is in flight: a failure (or a timeout) may leave either table.
+    this.kernel = null;
     const t0 = this.clock.now();
     this.running = (async () => {
       try {
-        await this.run(script);
+        if (script) await this.run(script);
+        this.kernel = want;
         if (this.closed) return;
         this.failures = 0;
-        // Pinned: what this table holds and is still wanted unchanged.
-        const wanted = new Set(this.desired.pinned.map(keyOf));
-        this.applied = new Set([...keys].filter((k) => wanted.has(k)));
-        this.opts.onApplied?.({ pinned: keys.size, rejected: plan.rejected.length, ms: this.clock.now() - t0 });
+        const done = this.clock.now();
+        // Pinned: what this table holds and is still wanted unchanged; the ones pinned before keep their time.
+        const next = new Map<string, number>();
+        for (const k of want.keys()) {
+          if (this.desiredByKey.has(k)) next.set(k, this.applied.get(k) ?? done);
+        }
+        this.applied = next;
+        this.opts.onApplied?.({
+          pinned: want.size,
+          rejected: plan.rejected.length,
+          full: before === null,
+          added,
+          removed,
+          ms: done - t0,
+          waitedMs: waitedMs + (done - t0),
+        });
       } catch (err) {
         if (this.closed) return;
         // The kernel holds the previous table, or (after a timeout) perhaps this one: only what both pin is certain.
-        this.applied = new Set([...this.applied].filter((k) => keys.has(k)));
-        this.target = null;
-        this.dirty = true;
+        for (const k of [...this.applied.keys()]) if (!want.has(k)) this.applied.delete(k);
+        this.markDirty();
         const delay = Math.min(this.retryMaxMs, this.retryMs * 2 ** this.failures);
         this.failures++;
         this.opts.onError?.(err as Error, delay);

@@ -177,3 +177,36 @@ export function endpointsFromInspect(containers: readonly unknown[], networks: r
   }
   return { pinnable, unpinnable };
 }
+
+/**
+ * A swarm task container's endpoint on docker_gwbridge, which its own
+ * inspect does not list (its traffic leaves through it): added to the
+ * container's networks from `docker network inspect docker_gwbridge`, whose
+ * `Containers` map is keyed by container id. Unchanged when the network
+ * lists no such container or the container lists the network already.
+ */
+export function withGwbridgeEndpoint(container: unknown, gwbridge: unknown): unknown {
+  if (!isObj(container) || !isObj(gwbridge) || !isObj(gwbridge.Containers)) return container;
+  const id = str(container.Id);
+  const ep = id ? gwbridge.Containers[id] : undefined;
+  const settings = isObj(container.NetworkSettings) ? container.NetworkSettings : {};
+  const networks = isObj(settings.Networks) ? settings.Networks : {};
+  const name = str(gwbridge.Name) || 'docker_gwbridge';
+  if (!isObj(ep) || name in networks) return container;
+  const bare = (a: unknown): string => str(a).replace(/\/\d+$/, '');
+  return {
+    ...container,
+    NetworkSettings: {
+      ...settings,
+      Networks: {
+        ...networks,
+        [name]: {
+          NetworkID: str(gwbridge.Id),
+          MacAddress: str(ep.MacAddress),
+          IPAddress: bare(ep.IPv4Address),
+          GlobalIPv6Address: bare(ep.IPv6Address),
+        },
+      },
+    },
+  };
+}

@@ -29,7 +29,7 @@
  * Races: a container that restarts gets a new process and a new veth, and a
  * deleted veth's ifindex may be reused. The process start time is read before
  * and after, and every value is read again at the end: anything that changed
- * is ERACE, never an answer. The whole lookup has a deadline.
+ * is ERR_VETH_RACE, never an answer. The whole lookup has a deadline.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -41,23 +41,23 @@ export const SYSFS_MAGIC = 0x62656572;
 
 export type VethErrorCode =
   /** The process is gone, or the pid is not a positive integer. */
-  | 'ENOPROC'
+  | 'ERR_VETH_NO_PROCESS'
   /** The container's /sys is not a sysfs: its interfaces cannot be read. */
-  | 'ENOSYSFS'
+  | 'ERR_VETH_NO_SYSFS'
   /** No interface with the endpoint's MAC in the container. */
-  | 'ENOIF'
+  | 'ERR_VETH_NO_INTERFACE'
   /** More than one interface with the endpoint's MAC. */
-  | 'EAMBIGUOUS'
+  | 'ERR_VETH_AMBIGUOUS'
   /** What the container's sysfs says disagrees with the kernel's procfs for its namespace. */
-  | 'EINCONSISTENT'
+  | 'ERR_VETH_INCONSISTENT'
   /** No host interface with the ifindex the container's interface links to. */
-  | 'ENOPEER'
+  | 'ERR_VETH_NO_PEER'
   /** The host interface is not the peer of a veth pair (a macvlan's parent, say). */
-  | 'ENOTPEER'
+  | 'ERR_VETH_NOT_VETH'
   /** The host interface is not a port of the network's bridge. */
-  | 'EBRIDGE'
+  | 'ERR_VETH_NOT_BRIDGE_PORT'
   /** Something changed while it was being read. */
-  | 'ERACE'
+  | 'ERR_VETH_RACE'
   | 'ETIMEDOUT';
 
 export class VethError extends Error {
@@ -95,6 +95,13 @@ export interface VethOptions {
   sysRoot?: string;
   /** For tests: the statfs type of a path. */
   statfsType?: (p: string) => Promise<number>;
+  /**
+   * The host's interfaces by ifindex (default: one scan of /sys/class/net per
+   * lookup). A caller that looks up many endpoints at once passes one scan
+   * for all of them: an out-of-date entry cannot give a wrong answer (the
+   * interface found is read again, and must link back), only a miss.
+   */
+  hostInterfaces?: () => Promise<Map<number, string>>;
 }
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
@@ -106,7 +113,8 @@ async function readTrim(file: string): Promise<string> {
 
 async function readIndex(file: string): Promise<number> {
   const t = await readTrim(file);
-  if (!/^\d{1,10}$/.test(t)) throw new VethError('EINCONSISTENT', `${file}: not an ifindex: ${JSON.stringify(t)}`);
+  if (!/^\d{1,10}$/.test(t))
+    throw new VethError('ERR_VETH_INCONSISTENT', `${file}: not an ifindex: ${JSON.stringify(t)}`);
   return Number(t);
 }
 
@@ -116,11 +124,11 @@ async function startTime(procRoot: string, pid: number): Promise<string> {
   try {
     stat = await fsp.readFile(path.join(procRoot, String(pid), 'stat'), 'utf8');
   } catch {
-    throw new VethError('ENOPROC', `process ${pid} is gone`);
+    throw new VethError('ERR_VETH_NO_PROCESS', `process ${pid} is gone`);
   }
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const t = fields[19];
-  if (!t || !/^\d+$/.test(t)) throw new VethError('ENOPROC', `process ${pid}: unreadable stat`);
+  if (!t || !/^\d+$/.test(t)) throw new VethError('ERR_VETH_NO_PROCESS', `process ${pid}: unreadable stat`);
   return t;
 }
 
@@ -168,15 +176,16 @@ async function containerSide(q: VethQuery, procRoot: string, statfsType: (p: str
   try {
     type = await statfsType(sys);
   } catch (err) {
-    throw new VethError('ENOPROC', `process ${q.pid}: ${(err as Error).message}`);
+    throw new VethError('ERR_VETH_NO_PROCESS', `process ${q.pid}: ${(err as Error).message}`);
   }
-  if (type !== SYSFS_MAGIC) throw new VethError('ENOSYSFS', `${sys} is not a sysfs (type 0x${type.toString(16)})`);
+  if (type !== SYSFS_MAGIC)
+    throw new VethError('ERR_VETH_NO_SYSFS', `${sys} is not a sysfs (type 0x${type.toString(16)})`);
   const netDir = path.join(sys, 'class', 'net');
   let names: string[];
   try {
     names = await fsp.readdir(netDir);
   } catch (err) {
-    throw new VethError('ENOPROC', `process ${q.pid}: ${(err as Error).message}`);
+    throw new VethError('ERR_VETH_NO_PROCESS', `process ${q.pid}: ${(err as Error).message}`);
   }
   const matches: string[] = [];
   for (const name of names) {
@@ -184,9 +193,10 @@ async function containerSide(q: VethQuery, procRoot: string, statfsType: (p: str
     const addr = await readTrim(path.join(netDir, name, 'address')).catch(() => '');
     if (addr.toLowerCase() === q.mac) matches.push(name);
   }
-  if (matches.length === 0) throw new VethError('ENOIF', `process ${q.pid} has no interface with MAC ${q.mac}`);
+  if (matches.length === 0)
+    throw new VethError('ERR_VETH_NO_INTERFACE', `process ${q.pid} has no interface with MAC ${q.mac}`);
   if (matches.length > 1) {
-    throw new VethError('EAMBIGUOUS', `process ${q.pid} has ${matches.join(', ')} with MAC ${q.mac}`);
+    throw new VethError('ERR_VETH_AMBIGUOUS', `process ${q.pid} has ${matches.join(', ')} with MAC ${q.mac}`);
   }
   const ifname = matches[0];
   const side: ContainerSide = {
@@ -196,17 +206,23 @@ async function containerSide(q: VethQuery, procRoot: string, statfsType: (p: str
   };
   // The kernel's own view of that namespace must agree.
   const dev = await procNetDev(procRoot, q.pid).catch(() => {
-    throw new VethError('ENOPROC', `process ${q.pid} is gone`);
+    throw new VethError('ERR_VETH_NO_PROCESS', `process ${q.pid} is gone`);
   });
   if (!dev.has(ifname)) {
-    throw new VethError('EINCONSISTENT', `${ifname} is in the container's /sys but not in /proc/${q.pid}/net/dev`);
+    throw new VethError(
+      'ERR_VETH_INCONSISTENT',
+      `${ifname} is in the container's /sys but not in /proc/${q.pid}/net/dev`,
+    );
   }
   const mcast = (await procMcastIndex(procRoot, q.pid)).get(ifname);
   if (mcast !== undefined && mcast !== side.ifindex) {
-    throw new VethError('EINCONSISTENT', `${ifname}: ifindex ${side.ifindex} in /sys, ${mcast} in the kernel's list`);
+    throw new VethError(
+      'ERR_VETH_INCONSISTENT',
+      `${ifname}: ifindex ${side.ifindex} in /sys, ${mcast} in the kernel's list`,
+    );
   }
   if (side.iflink === side.ifindex) {
-    throw new VethError('ENOTPEER', `${ifname} in process ${q.pid} has no link (not a veth)`);
+    throw new VethError('ERR_VETH_NOT_VETH', `${ifname} in process ${q.pid} has no link (not a veth)`);
   }
   return { side, netDir };
 }
@@ -228,17 +244,17 @@ async function lookup(q: VethQuery, opts: VethOptions): Promise<VethFound> {
   const statfsType = opts.statfsType ?? defaultStatfsType;
   const before = await startTime(procRoot, q.pid);
   const { side, netDir } = await containerSide(q, procRoot, statfsType);
-  const hosts = await hostInterfacesByIndex(sysRoot);
+  const hosts = await (opts.hostInterfaces ?? (() => hostInterfacesByIndex(sysRoot)))();
   const hostIfname = hosts.get(side.iflink);
   if (!hostIfname)
-    throw new VethError('ENOPEER', `no host interface has ifindex ${side.iflink} (${side.ifname}'s link)`);
+    throw new VethError('ERR_VETH_NO_PEER', `no host interface has ifindex ${side.iflink} (${side.ifname}'s link)`);
   const hostDir = path.join(sysRoot, 'class', 'net', hostIfname);
   const hostIflink = await readIndex(path.join(hostDir, 'iflink')).catch(() => {
-    throw new VethError('ERACE', `${hostIfname} went away`);
+    throw new VethError('ERR_VETH_RACE', `${hostIfname} went away`);
   });
   if (hostIflink !== side.ifindex) {
     throw new VethError(
-      'ENOTPEER',
+      'ERR_VETH_NOT_VETH',
       `${hostIfname} (ifindex ${side.iflink}) links to ${hostIflink}, not to ${side.ifname} (${side.ifindex})`,
     );
   }
@@ -249,13 +265,13 @@ async function lookup(q: VethQuery, opts: VethOptions): Promise<VethFound> {
     .catch(() => false);
   if (!master || !isPort || path.basename(master) !== q.bridge) {
     throw new VethError(
-      'EBRIDGE',
+      'ERR_VETH_NOT_BRIDGE_PORT',
       `${hostIfname} is ${master ? `a port of ${path.basename(master)}` : 'not a bridge port'}, not of ${q.bridge}`,
     );
   }
   // Everything again: a restart, a rename or a reused ifindex in between is a race, not an answer.
   const again = await containerSide(q, procRoot, statfsType).catch((err: VethError) => {
-    throw new VethError('ERACE', `container side changed: ${err.message}`);
+    throw new VethError('ERR_VETH_RACE', `container side changed: ${err.message}`);
   });
   const hostIndexNow = await readIndex(path.join(hostDir, 'ifindex')).catch(() => -1);
   const after = await startTime(procRoot, q.pid).catch(() => '');
@@ -267,7 +283,7 @@ async function lookup(q: VethQuery, opts: VethOptions): Promise<VethFound> {
     again.side.iflink !== side.iflink ||
     hostIndexNow !== side.iflink
   ) {
-    throw new VethError('ERACE', `process ${q.pid} or its interfaces changed during the lookup`);
+    throw new VethError('ERR_VETH_RACE', `process ${q.pid} or its interfaces changed during the lookup`);
   }
   return { hostIfname, hostIfindex: side.iflink, containerIfname: side.ifname, containerIfindex: side.ifindex };
 }
@@ -278,16 +294,17 @@ async function lookup(q: VethQuery, opts: VethOptions): Promise<VethFound> {
  * with a code; never returns a veth it could not confirm.
  */
 export async function findHostVeth(q: VethQuery, opts: VethOptions = {}): Promise<VethFound> {
-  if (!Number.isSafeInteger(q.pid) || q.pid <= 0) throw new VethError('ENOPROC', `bad pid ${q.pid}`);
+  if (!Number.isSafeInteger(q.pid) || q.pid <= 0) throw new VethError('ERR_VETH_NO_PROCESS', `bad pid ${q.pid}`);
   const mac = typeof q.mac === 'string' ? q.mac.toLowerCase() : '';
-  if (!MAC.test(mac)) throw new VethError('ENOIF', `bad MAC ${JSON.stringify(q.mac)}`);
-  if (!IFNAME.test(q.bridge)) throw new VethError('EBRIDGE', `bad bridge name ${JSON.stringify(q.bridge)}`);
+  if (!MAC.test(mac)) throw new VethError('ERR_VETH_NO_INTERFACE', `bad MAC ${JSON.stringify(q.mac)}`);
+  if (!IFNAME.test(q.bridge))
+    throw new VethError('ERR_VETH_NOT_BRIDGE_PORT', `bad bridge name ${JSON.stringify(q.bridge)}`);
   const ms = opts.deadlineMs ?? 2000;
   try {
     return await withDeadline(lookup({ ...q, mac }, opts), ms, `veth lookup for process ${q.pid}`);
   } catch (err) {
     if (err instanceof VethError) throw err;
     if ((err as { code?: string }).code === 'ETIMEDOUT') throw new VethError('ETIMEDOUT', (err as Error).message);
-    throw new VethError('ENOPROC', `process ${q.pid}: ${(err as Error).message}`);
+    throw new VethError('ERR_VETH_NO_PROCESS', `process ${q.pid}: ${(err as Error).message}`);
   }
 }

@@ -20,6 +20,17 @@ export const ERROR_CODES = {
   ERR_NOT_READY: 'the service cannot answer yet (a worker is starting or restarting)',
   ERR_LISTEN_FAILED: 'a listening socket could not be opened (no errno was given)',
   ERR_INVALID_FD_TYPE: 'an inherited file descriptor is not a TCP listening socket',
+  ERR_NFT_FAILED: 'nft exited with an error (the transaction was not applied)',
+  ERR_NFT_SPAWN: 'nft could not be started',
+  ERR_VETH_NO_PROCESS: "the container's process is gone, or its pid is not usable",
+  ERR_VETH_NO_SYSFS: "the container's /sys is not a sysfs: its interfaces cannot be read",
+  ERR_VETH_NO_INTERFACE: "no interface in the container has the endpoint's MAC",
+  ERR_VETH_AMBIGUOUS: "several interfaces in the container have the endpoint's MAC",
+  ERR_VETH_INCONSISTENT: "the container's sysfs disagrees with the kernel's procfs for its namespace",
+  ERR_VETH_NO_PEER: "no host interface has the ifindex the container's interface links to",
+  ERR_VETH_NOT_VETH: 'the host interface is not the peer of a veth pair',
+  ERR_VETH_NOT_BRIDGE_PORT: "the host interface is not a port of the network's bridge",
+  ERR_VETH_RACE: 'the interfaces changed while they were being read',
 } as const;
 
 export type ProjectErrorCode = keyof typeof ERROR_CODES;

@@ -19,7 +19,7 @@ import { ContainerWatcher } from '../docker/watcher';
 import type { IdentConnection, IdentQuery } from '../ident/server';
 import { AddressSet, type Cidr } from '../lib/ip';
 import { applyNameTemplate, type NameTemplate } from './naming';
-import { Resolver, type ContainerOwners, type Resolution } from './resolver';
+import { Resolver, type ContainerOwners, type PortPins, type Resolution } from './resolver';
 import { originalDestination } from './routed';
 
 type WatcherOptions = NonNullable<ConstructorParameters<typeof ContainerWatcher>[2]>;
@@ -42,6 +42,8 @@ export interface EngineSettings {
   /** How often the watcher checks its index against a full listing (--resync-interval). */
   resyncIntervalMs?: number;
   nameTemplate: NameTemplate;
+  /** --bind-ports: an owner is named only while its port is pinned (the caller gives `pins`). */
+  bindPorts?: boolean;
 }
 
 /** What the engine needs of the container watcher (ContainerWatcher fits; tests give a stand-in). */
@@ -63,6 +65,10 @@ export interface EngineOptions<D extends EngineDocker> {
   backoff?: { minMs: number; maxMs: number };
   /** What the resolver asks of the watcher (explain's view of a fresh index); the watcher itself by default. */
   owners?: (docker: D) => ContainerOwners;
+  /** --bind-ports: who tells whether an address is pinned (the daemon's binding, explain's kernel check). */
+  pins?: (docker: D) => PortPins;
+  /** Told of the containers and listings the watcher reads (the daemon's --bind-ports binding). */
+  watcherHooks?: Pick<WatcherOptions, 'onContainer' | 'onListing'>;
   /** Stand-ins for the conntrack source and the watcher (tests). */
   openConntrack?: () => Promise<ConntrackSource>;
   openDocker?: () => D;
@@ -89,6 +95,8 @@ export async function openEngine<D extends EngineDocker = Watcher>(
   opts: EngineOptions<D>,
 ): Promise<Engine<D>> {
   const { log } = opts;
+  // Fail closed: with --bind-ports, nobody is named without a pin check.
+  if (settings.bindPorts && !opts.pins) throw new Error('--bind-ports needs a pin check, and none was given');
   const opened = opts.openConntrack
     ? await opts.openConntrack()
     : await selectConntrackSource({
@@ -107,6 +115,7 @@ export async function openEngine<D extends EngineDocker = Watcher>(
         tls: settings.dockerTls ?? null,
         ...(settings.resyncIntervalMs !== undefined ? { verifyIntervalMs: settings.resyncIntervalMs } : {}),
         ...(opts.backoff ? { backoffMinMs: opts.backoff.minMs, backoffMaxMs: opts.backoff.maxMs } : {}),
+        ...opts.watcherHooks,
       }) as unknown as D);
     docker.start();
   } catch (err) {
@@ -117,6 +126,7 @@ export async function openEngine<D extends EngineDocker = Watcher>(
   let nameTemplate = settings.nameTemplate;
   const resolver = new Resolver(conntrack, opts.owners ? opts.owners(docker) : docker, {
     nameFor: (c) => applyNameTemplate(nameTemplate, c),
+    ...(settings.bindPorts && opts.pins ? { pins: opts.pins(docker) } : {}),
   });
   const routed = settings.routed && settings.routed.length > 0 ? new AddressSet(settings.routed) : null;
   return {

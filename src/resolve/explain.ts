@@ -21,7 +21,7 @@ import { wallNs } from '../lib/clock';
 import { errorCode, errorMessage } from '../lib/errors';
 import { routeSource } from '../lib/route';
 import { openEngine, type EngineDocker, type EngineSettings } from './engine';
-import type { OwnerLookup, OwnerContainer, ContainerOwners, Resolution } from './resolver';
+import type { OwnerLookup, OwnerContainer, ContainerOwners, PortPins, Resolution } from './resolver';
 import type { Outcome } from './outcome';
 
 /** What explain needs of the Docker side (the engine's watcher fits). */
@@ -53,6 +53,8 @@ export interface ExplainDeps {
   openConntrack?: () => Promise<ConntrackSource>;
   openDocker?: () => ExplainDocker;
   routeSource?: (dest: string) => Promise<string | null>;
+  /** With --bind-ports in the config: the pin check (cli/explain.ts gives the kernel's). */
+  pins?: (docker: ExplainDocker) => PortPins;
 }
 
 export interface EntryReport {
@@ -99,6 +101,18 @@ export interface ExplainReport {
   /** For an address two containers claim. */
   owners: ContainerReport[];
   name: { template: string; value: string | null } | null;
+  /**
+   * --bind-ports (null when off): whether the owner's address is pinned to its
+   * own bridge port in the kernel's table now, once that step is reached.
+   */
+  pin: {
+    reached: boolean;
+    pinned?: boolean;
+    hostIfname?: string;
+    mac?: string;
+    reason?: string;
+    detail?: string;
+  } | null;
   answer: { reply: string; kind: 'USERID' | 'ERROR'; name?: string; code?: IdentErrorCode };
   /** The code of the step that decided the answer; `answer` and `reason` derive from it. */
   outcome: ExplainOutcome;
@@ -206,6 +220,7 @@ export async function explain(input: ExplainInput, deps: ExplainDeps): Promise<E
     container: null,
     owners: [],
     name: null,
+    pin: config.bindPorts ? { reached: false } : null,
     answer: { reply: '', kind: 'ERROR', code: 'UNKNOWN-ERROR' },
     outcome: 'no-route',
     reason: '',
@@ -242,6 +257,7 @@ export async function explain(input: ExplainInput, deps: ExplainDeps): Promise<E
             if (!report.notes.includes(FRESH_INDEX_NOTE)) report.notes.push(FRESH_INDEX_NOTE);
           },
         ),
+      ...(deps.pins ? { pins: deps.pins } : {}),
       ...(deps.openConntrack ? { openConntrack: deps.openConntrack } : {}),
       ...(deps.openDocker ? { openDocker: deps.openDocker } : {}),
     });
@@ -278,6 +294,11 @@ export async function explain(input: ExplainInput, deps: ExplainDeps): Promise<E
     if (r.container) report.container = containerReport(r.container, template.labels);
     if (r.owners) report.owners = r.owners.map((o) => containerReport(o, template.labels));
     if (r.name !== undefined) report.name = { template: template.text, value: r.name };
+    if (r.pin) {
+      report.pin = r.pin.pinned
+        ? { reached: true, pinned: true, hostIfname: r.pin.hostIfname, mac: r.pin.mac }
+        : { reached: true, pinned: false, reason: r.pin.reason, detail: r.pin.detail };
+    }
     return answered(r.outcome, r.reason, r);
   } finally {
     await engine.close().catch(() => undefined);

@@ -15,6 +15,8 @@
  * | ambiguous         | owner     | NO-USER       | several containers claim the address (issue 7)        |
  * | reused            | owner     | UNKNOWN-ERROR | the connection may be the address's former owner's    |
  * | unconfirmed       | confirm   | UNKNOWN-ERROR | a recent owner could not be confirmed with Docker     |
+ * | unpinned          | pin       | UNKNOWN-ERROR | --bind-ports: the owner's port is not pinned, or was  |
+ * |                   |           |               | pinned only after the connection started              |
  * | template-empty    | name      | NO-USER       | the name template yields nothing for the container    |
  * | unanswerable      | name      | UNKNOWN-ERROR | the name cannot be sent over ident                    |
  * | found             | name      | USERID        | the container's name                                  |
@@ -22,7 +24,7 @@
 import type { Answer, IdentErrorCode } from '../ident/protocol';
 
 /** The steps of a resolution, in order. */
-export const STEPS = ['tuple', 'conntrack', 'owner', 'confirm', 'name'] as const;
+export const STEPS = ['tuple', 'conntrack', 'owner', 'confirm', 'pin', 'name'] as const;
 export type Step = (typeof STEPS)[number];
 
 interface OutcomeInfo {
@@ -51,6 +53,7 @@ export const OUTCOMES = {
     reason: 'connection started before the address passed to its current owner',
   },
   unconfirmed: { step: 'confirm', answer: 'UNKNOWN-ERROR', reason: 'recent owner could not be confirmed with Docker' },
+  unpinned: { step: 'pin', answer: 'UNKNOWN-ERROR', reason: "the owner's address is not pinned to its bridge port" },
   'template-empty': {
     step: 'name',
     answer: 'NO-USER',
@@ -80,6 +83,10 @@ export interface OutcomeDetail {
   owners?: number;
   /** reused: whether the connection has a conntrack start time (else it is a moment after a hand-over). */
   timestamped?: boolean;
+  /** unpinned: why the port is not pinned. */
+  pin?: string;
+  /** unpinned: the port was pinned after the connection started (true), or moments ago with no start time (false). */
+  pinnedLate?: boolean;
 }
 
 const ERRORS = {
@@ -109,6 +116,11 @@ export function reasonFor(outcome: Outcome, d: OutcomeDetail = {}): string {
       return d.timestamped === false
         ? 'address changed hands moments ago and the connection has no conntrack timestamp'
         : OUTCOMES[outcome].reason;
+    case 'unpinned':
+      if (d.pinnedLate === true) return "the owner's port was pinned only after the connection started";
+      if (d.pinnedLate === false)
+        return "the owner's port was pinned moments ago and the connection has no conntrack timestamp";
+      return d.pin ? `${OUTCOMES[outcome].reason}: ${d.pin}` : OUTCOMES[outcome].reason;
     default:
       return OUTCOMES[outcome].reason;
   }

@@ -64,8 +64,24 @@ export interface Resolution {
   unavailable?: string;
   /** ambiguous: the containers that claim the address. */
   owners?: readonly OwnerContainer[];
+  /** --bind-ports: the owner's port, pinned or not (once the pin step is reached). */
+  pin?: PinVerdict;
   source?: string;
   lookupUs?: number;
+}
+
+/**
+ * Whether a container's address is pinned to its own bridge port
+ * (--bind-ports): `sinceMs`, when known, is the time by which the pin was in
+ * the kernel (a connection that started earlier may have been spoofed).
+ */
+export type PinVerdict =
+  | { pinned: true; hostIfname: string; mac: string; sinceMs: number | null }
+  | { pinned: false; reason: string; detail: string };
+
+/** What the resolver asks with --bind-ports (service/port-binding.ts fits). */
+export interface PortPins {
+  pinState(address: string, containerId: string): PinVerdict | Promise<PinVerdict>;
 }
 
 /** What the resolver needs of the Docker side (the container watcher fits). */
@@ -92,6 +108,8 @@ export interface ResolverOptions {
   reuseWindowMs?: number;
   /** What is answered for a container (the naming template); null gives NO-USER. Default: its name. */
   nameFor?: (c: OwnerContainer) => string | null;
+  /** --bind-ports: an owner is named only while its address is pinned to its port, since before the connection. */
+  pins?: PortPins;
 }
 
 /** The fields the outcome decides (found is built in `named`, with its name). */
@@ -117,6 +135,7 @@ export class Resolver {
   private readonly recentOwnerMs: number;
   private readonly reuseWindowMs: number;
   private readonly nameFor: (c: OwnerContainer) => string | null;
+  private readonly pins: PortPins | null;
 
   constructor(
     private readonly conntrack: ConntrackSource,
@@ -129,6 +148,7 @@ export class Resolver {
     this.recentOwnerMs = opts.recentOwnerMs ?? 10_000;
     this.reuseWindowMs = opts.reuseWindowMs ?? 15_000;
     this.nameFor = opts.nameFor ?? ((c) => c.name);
+    this.pins = opts.pins ?? null;
   }
 
   /**
@@ -254,10 +274,44 @@ export class Resolver {
           'docker confirm',
         )
           .catch(() => false)
-          .then((ok) => (ok ? this.named(withOwner, container) : { ...withOwner, ...ended('unconfirmed') }));
+          .then((ok) => (ok ? this.pinned(withOwner, entry, container) : { ...withOwner, ...ended('unconfirmed') }));
       }
     }
-    return this.named(withOwner, container);
+    return this.pinned(withOwner, entry, container);
+  }
+
+  /** --bind-ports: the owner's address must be pinned to its own port, since before the connection started. */
+  private pinned(
+    withOwner: Passed,
+    entry: ConntrackEntry,
+    container: OwnerContainer,
+  ): Resolution | Promise<Resolution> {
+    if (!this.pins) return this.named(withOwner, container);
+    const withPin = (pin: PinVerdict): Resolution => {
+      const at = { ...withOwner, pin };
+      if (!pin.pinned) return { ...at, ...ended('unpinned', reasonFor('unpinned', { pin: pin.detail })) };
+      if (pin.sinceMs !== null) {
+        const sinceNs = BigInt(pin.sinceMs) * 1_000_000n;
+        if (entry.startNs !== undefined) {
+          // A connection older than the pin may have been made from a spoofed address.
+          if (entry.startNs <= sinceNs)
+            return { ...at, ...ended('unpinned', reasonFor('unpinned', { pinnedLate: true })) };
+        } else if (this.now() - pin.sinceMs < this.reuseWindowMs) {
+          return { ...at, ...ended('unpinned', reasonFor('unpinned', { pinnedLate: false })) };
+        }
+      }
+      return this.named(at, container);
+    };
+    let pin: PinVerdict | Promise<PinVerdict>;
+    try {
+      pin = this.pins.pinState(entry.orig.src, container.id);
+    } catch (err) {
+      pin = { pinned: false, reason: 'error', detail: errorMessage(err) };
+    }
+    if (!(pin instanceof Promise)) return withPin(pin);
+    return withDeadline(pin, this.dockerTimeoutMs, 'pin check')
+      .catch((err: unknown): PinVerdict => ({ pinned: false, reason: 'error', detail: errorMessage(err) }))
+      .then(withPin);
   }
 
   private named(withOwner: Passed, container: OwnerContainer): Resolution {

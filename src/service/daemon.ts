@@ -14,7 +14,9 @@ import { openEngine } from '../resolve/engine';
 import { planReload } from './reload';
 import { CONNECTION_IDLE_PERIODS, formatListenAddress, IdentServer, type ListenAddress } from '../ident/server';
 import { SystemdNotifier, Watchdog, type Notifier } from './systemd';
+import { errorMessage } from '../lib/errors';
 import { VERSION } from '../lib/version';
+import { PortBinding } from './port-binding';
 
 /** Protocol limit, not a setting. */
 export const MAX_REQUEST_BYTES = 1000;
@@ -105,8 +107,31 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   }
   const allow = new AddressSet(config.allow);
   const metrics = config.metrics ? new Metrics({ version: VERSION }) : null;
+  // --bind-ports: the binding follows the watcher's containers and keeps our bridge table.
+  const binding = config.bindPorts
+    ? new PortBinding({
+        log,
+        onApplied: (st) => metrics?.observePinUpdate(st.waitedMs / 1000, st.full),
+      })
+    : null;
+  if (binding) {
+    metrics?.setPortBinding(binding);
+    log.info('--bind-ports: answering only for addresses pinned to their own bridge port (table bridge docker_identd)');
+  }
   const engine = await openEngine(config, {
     log,
+    ...(binding
+      ? {
+          watcherHooks: {
+            onContainer: (id, inspect) => binding.onContainer(id, inspect),
+            onListing: (ids) => binding.onListing(ids),
+          },
+          pins: (docker) => {
+            binding.attach(docker);
+            return binding;
+          },
+        }
+      : {}),
     ...(metrics ? { instrument: (source) => metrics.instrumentConntrack(source) } : {}),
     onConntrackReady: async (conntrack) => {
       // Conntrack start times tell a former owner's connection from the current owner's.
@@ -161,6 +186,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     bound = opts.inherited ? await server.startFromFds(opts.inherited.fds) : await server.start();
   } catch (err) {
     await engine.close();
+    await binding?.close({ removeTable: true }).catch(() => undefined);
     throw err;
   }
   let metricsServer: MetricsServer | null = null;
@@ -172,6 +198,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     } catch (err) {
       await server.close();
       await engine.close();
+      await binding?.close({ removeTable: true }).catch(() => undefined);
       throw err;
     }
   }
@@ -279,6 +306,18 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
       if (cutOff > 0) log.warn({ connections: cutOff }, 'answers still in flight at the stop deadline were cut off');
       await metricsServer?.close();
       await engine.close();
+      if (binding) {
+        // The table goes with the daemon: left behind, it would keep pinning ports of containers that may
+        // be gone, and keep their addresses from new containers (README: --bind-ports).
+        await binding.close({ removeTable: true }).then(
+          () => log.info('bridge port table removed'),
+          (err: unknown) =>
+            log.warn(
+              { err: errorMessage(err) },
+              'bridge port table not removed (docker-identd firewall remove does it)',
+            ),
+        );
+      }
       clearTimeout(timer);
     },
   };

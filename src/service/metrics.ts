@@ -92,6 +92,7 @@ export class Metrics implements MetricsSource {
   private readonly lookupErrors: Counter<'source'>;
   private readonly conntrackSource: Gauge<'source'>;
   private readonly conntrackTimestamps: Gauge;
+  private pinUpdates: Histogram<'kind'> | null = null;
 
   constructor(opts: { version: string; defaultMetrics?: boolean }) {
     const registers = [this.registry];
@@ -259,6 +260,39 @@ export class Metrics implements MetricsSource {
         this.set(self.readinessNow().ready ? 1 : 0);
       },
     });
+  }
+
+  /** --bind-ports: the container endpoints pinned to their bridge port, and those not. */
+  setPortBinding(view: { counts(): { pinned: number; unpinned: number } }): void {
+    this.pinUpdates = new Histogram({
+      name: 'docker_identd_bound_ports_update_seconds',
+      help:
+        'With --bind-ports: from a change of the containers (as the daemon learnt it) to the nft transaction ' +
+        'carrying it completed, by kind of run (full: the whole table; delta: only what changed).',
+      labelNames: ['kind'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [this.registry],
+    });
+    new Gauge({
+      name: 'docker_identd_bound_ports',
+      help:
+        'With --bind-ports: container endpoints whose address is pinned to their own bridge port (state="pinned"), ' +
+        'and those not (state="unpinned": just started, a veth not confirmed, a driver without a bridge port, ' +
+        'a conflict, nft failing): their addresses are answered ERROR.',
+      labelNames: ['state'],
+      aggregator: 'max',
+      registers: [this.registry],
+      collect() {
+        const c = view.counts();
+        this.set({ state: 'pinned' }, c.pinned);
+        this.set({ state: 'unpinned' }, c.unpinned);
+      },
+    });
+  }
+
+  /** One completed nft run of --bind-ports: how long its oldest change waited for it. */
+  observePinUpdate(seconds: number, full: boolean): void {
+    this.pinUpdates?.observe({ kind: full ? 'full' : 'delta' }, seconds);
   }
 
   setDocker(view: DockerView): void {

@@ -39,6 +39,7 @@ function report(over: Partial<ExplainReport> = {}): ExplainReport {
     container: web,
     owners: [],
     name: { template: 'compose', value: 'shop.web' },
+    pin: null,
     answer: { reply: '40001 , 3128 : USERID : OTHER : shop.web', kind: 'USERID', name: 'shop.web' },
     outcome: 'found',
     reason: 'container found',

@@ -23,7 +23,8 @@ test('every setting has flags, config keys and help lines', () => {
     assert.ok(flags.length > 0, s.name);
     for (const f of flags) {
       assert.match(f.name, /^[a-z][a-z-]*[a-z]$/, f.name);
-      assert.ok(f.arg, `--${f.name} takes a value`);
+      // Switches (no value): only --bind-ports, whose config key takes true or false.
+      if (f.name !== 'bind-ports') assert.ok(f.arg, `--${f.name} takes a value`);
       assert.ok(CONFIG_KEYS.includes(f.name), `${f.name} is a config file key`);
       assert.ok(SERVE_OPTIONS[f.name], `--${f.name} is a serve flag`);
       assert.ok(f.help.length > 0 && f.help.every((l) => l.trim() !== ''), `--${f.name} has help`);
@@ -86,6 +87,7 @@ test('the "starting" log shows the settings as before the table', () => {
     nameTemplate: 'name',
     metrics: null,
     routed: [],
+    bindPorts: false,
     resyncIntervalMs: 10_000,
     configFile: undefined,
   });

@@ -159,7 +159,7 @@ test('a failed run pins nothing new and is retried with a growing delay', async 
   t.calls[0].resolve();
   await tick();
   t.pinner.setDesired([A, B]);
-  t.calls[1].reject(new NftError('ENFT', 'nft -f - failed (1)'));
+  t.calls[1].reject(new NftError('ERR_NFT_FAILED', 'nft -f - failed (1)'));
   await tick();
   assert.equal(who(t.pinner.pinState('172.17.0.10')), 'ca', 'still in the kernel, old table or new');
   assert.equal(who(t.pinner.pinState('172.17.0.11')), 'unpinned:pending');
@@ -308,7 +308,7 @@ test('runNft: script on stdin as `-f -`, exit codes, output capped, deadline, mi
     const fail = standIn(dir, 'fail-nft', 'cat >/dev/null; echo "Error: syntax error" >&2; exit 1');
     await assert.rejects(
       runNft('x', { nft: fail }),
-      (e: NftError) => e.code === 'ENFT' && /syntax error/.test(e.message),
+      (e: NftError) => e.code === 'ERR_NFT_FAILED' && /syntax error/.test(e.message),
     );
     const loud = standIn(dir, 'loud-nft', 'cat >/dev/null; head -c 1000000 /dev/zero | tr "\\0" x');
     assert.equal((await runNft('x', { nft: loud, maxOutput: 100 })).length, 100);
@@ -316,7 +316,7 @@ test('runNft: script on stdin as `-f -`, exit codes, output capped, deadline, mi
     const t0 = Date.now();
     await assert.rejects(runNft('x', { nft: slow, timeoutMs: 200 }), (e: NftError) => e.code === 'ETIMEDOUT');
     assert.ok(Date.now() - t0 < 5000);
-    await assert.rejects(runNft('x', { nft: path.join(dir, 'missing') }), (e: NftError) => e.code === 'ESPAWN');
+    await assert.rejects(runNft('x', { nft: path.join(dir, 'missing') }), (e: NftError) => e.code === 'ERR_NFT_SPAWN');
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -111,46 +111,49 @@ test('each endpoint of a two-network container maps to its own veth, by MAC', as
 
 test('bad input, a gone process, no sysfs, no such MAC', async () => {
   const q = { pid: PID, mac: '02:42:ac:11:00:03', bridge: 'docker0' };
-  assert.equal(await code(findHostVeth({ ...q, pid: 0 }, opts())), 'ENOPROC');
-  assert.equal(await code(findHostVeth({ ...q, pid: 1.5 }, opts())), 'ENOPROC');
-  assert.equal(await code(findHostVeth({ ...q, mac: 'nope' }, opts())), 'ENOIF');
-  assert.equal(await code(findHostVeth({ ...q, bridge: 'a b' }, opts())), 'EBRIDGE');
-  assert.equal(await code(findHostVeth({ ...q, pid: 999999 }, opts())), 'ENOPROC');
-  assert.equal(await code(findHostVeth({ ...q, mac: '02:42:ac:11:00:99' }, opts())), 'ENOIF');
-  assert.equal(await code(findHostVeth(q, opts({ statfsType: async () => 0x01021994 /* tmpfs */ }))), 'ENOSYSFS');
+  assert.equal(await code(findHostVeth({ ...q, pid: 0 }, opts())), 'ERR_VETH_NO_PROCESS');
+  assert.equal(await code(findHostVeth({ ...q, pid: 1.5 }, opts())), 'ERR_VETH_NO_PROCESS');
+  assert.equal(await code(findHostVeth({ ...q, mac: 'nope' }, opts())), 'ERR_VETH_NO_INTERFACE');
+  assert.equal(await code(findHostVeth({ ...q, bridge: 'a b' }, opts())), 'ERR_VETH_NOT_BRIDGE_PORT');
+  assert.equal(await code(findHostVeth({ ...q, pid: 999999 }, opts())), 'ERR_VETH_NO_PROCESS');
+  assert.equal(await code(findHostVeth({ ...q, mac: '02:42:ac:11:00:99' }, opts())), 'ERR_VETH_NO_INTERFACE');
+  assert.equal(
+    await code(findHostVeth(q, opts({ statfsType: async () => 0x01021994 /* tmpfs */ }))),
+    'ERR_VETH_NO_SYSFS',
+  );
 });
 
 test('a peer that does not point back, a wrong bridge, no host peer: never mapped', async () => {
   const q = { pid: PID, mac: '02:42:ac:11:00:03', bridge: 'docker0' };
-  assert.equal(await code(findHostVeth({ ...q, bridge: 'idt-rec6br' }, opts())), 'EBRIDGE');
+  assert.equal(await code(findHostVeth({ ...q, bridge: 'idt-rec6br' }, opts())), 'ERR_VETH_NOT_BRIDGE_PORT');
   // A macvlan: its iflink is the parent, whose own iflink is itself.
   containerIf('eth1', 17843, 3, '02:42:ac:11:00:03');
-  assert.equal(await code(findHostVeth(q, opts())), 'ENOTPEER');
+  assert.equal(await code(findHostVeth(q, opts())), 'ERR_VETH_NOT_VETH');
   containerIf('eth1', 17843, 17843, '02:42:ac:11:00:03');
-  assert.equal(await code(findHostVeth(q, opts())), 'ENOTPEER');
+  assert.equal(await code(findHostVeth(q, opts())), 'ERR_VETH_NOT_VETH');
   containerIf('eth1', 17843, 55555, '02:42:ac:11:00:03');
-  assert.equal(await code(findHostVeth(q, opts())), 'ENOPEER');
+  assert.equal(await code(findHostVeth(q, opts())), 'ERR_VETH_NO_PEER');
   // The peer exists but is not enslaved.
   containerIf('eth1', 17843, 17844, '02:42:ac:11:00:03');
   fs.rmSync(path.join(sys(), 'class', 'net', 'veth5912a9a', 'master'));
-  assert.equal(await code(findHostVeth(q, opts())), 'EBRIDGE');
+  assert.equal(await code(findHostVeth(q, opts())), 'ERR_VETH_NOT_BRIDGE_PORT');
 });
 
 test("the container's /sys must agree with the kernel's view of its namespace", async () => {
   const q = { pid: PID, mac: '02:42:ac:11:00:03', bridge: 'docker0' };
   // Two interfaces claim the MAC.
   containerIf('eth2', 17850, 17844, '02:42:ac:11:00:03');
-  assert.equal(await code(findHostVeth(q, opts())), 'EAMBIGUOUS');
+  assert.equal(await code(findHostVeth(q, opts())), 'ERR_VETH_AMBIGUOUS');
   fs.rmSync(path.join(proc(), String(PID), 'root', 'sys', 'class', 'net', 'eth2'), { recursive: true });
   // An interface the kernel does not list in that namespace.
   containerIf('eth9', 17843, 17844, '02:42:ac:11:00:09');
-  assert.equal(await code(findHostVeth({ ...q, mac: '02:42:ac:11:00:09' }, opts())), 'EINCONSISTENT');
+  assert.equal(await code(findHostVeth({ ...q, mac: '02:42:ac:11:00:09' }, opts())), 'ERR_VETH_INCONSISTENT');
   // An ifindex the kernel disagrees with.
   write(path.join(proc(), String(PID), 'net', 'dev_mcast'), '17999 eth1            1     0     333300000001\n');
-  assert.equal(await code(findHostVeth(q, opts())), 'EINCONSISTENT');
+  assert.equal(await code(findHostVeth(q, opts())), 'ERR_VETH_INCONSISTENT');
 });
 
-test('a restart (new start time) or a relinked interface during the lookup is ERACE', async () => {
+test('a restart (new start time) or a relinked interface during the lookup is ERR_VETH_RACE', async () => {
   const q = { pid: PID, mac: '02:42:ac:11:00:03', bridge: 'docker0' };
   // The second look at the container side happens after the host side was read: change things then.
   const changing = (change: () => void): VethOptions => {
@@ -173,7 +176,7 @@ test('a restart (new start time) or a relinked interface during the lookup is ER
         changing(() => stat(999999)),
       ),
     ),
-    'ERACE',
+    'ERR_VETH_RACE',
   );
   assert.equal(
     await code(
@@ -182,7 +185,7 @@ test('a restart (new start time) or a relinked interface during the lookup is ER
         changing(() => containerIf('eth1', 17843, 17840, '02:42:ac:11:00:03')),
       ),
     ),
-    'ERACE',
+    'ERR_VETH_RACE',
   );
   assert.equal(
     await code(
@@ -191,7 +194,7 @@ test('a restart (new start time) or a relinked interface during the lookup is ER
         changing(() => write(path.join(sys(), 'class', 'net', 'veth5912a9a', 'ifindex'), '17900\n')),
       ),
     ),
-    'ERACE',
+    'ERR_VETH_RACE',
   );
   // Last: the process is gone for good.
   assert.equal(
@@ -201,7 +204,7 @@ test('a restart (new start time) or a relinked interface during the lookup is ER
         changing(() => fs.rmSync(path.join(proc(), String(PID)), { recursive: true })),
       ),
     ),
-    'ERACE',
+    'ERR_VETH_RACE',
   );
 });
 

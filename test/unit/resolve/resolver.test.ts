@@ -461,6 +461,14 @@ test('each way a resolution ends has its outcome code, and the answer and reason
       ),
     ],
     [
+      'unpinned',
+      new Resolver(
+        source(async () => entry),
+        registry(o),
+        { pins: { pinState: () => ({ pinned: false, reason: 'pending', detail: 'not in the kernel yet' }) } },
+      ),
+    ],
+    [
       'template-empty',
       new Resolver(
         source(async () => entry),

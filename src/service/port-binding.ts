@@ -1,0 +1,418 @@
+/**
+ * --bind-ports (issue 16): keeps `table bridge docker_identd` in step with
+ * the running containers, and tells the resolver whether a container's
+ * address is pinned to that container's own bridge port right now.
+ *
+ * The container watcher tells of every container it reads again after an
+ * event (with its inspect answer) and of every full listing (the ids).
+ * PortBinding keeps the running containers' inspect answers, inspects the
+ * networks they are on (once per network id: a network's driver and bridge
+ * never change) and the containers a listing showed that no event told of,
+ * finds each bridge endpoint's host-side veth (firewall/veth.ts), and hands
+ * the whole set to a PortPinner, which runs nft. One update runs at a time;
+ * whatever arrives meanwhile is carried by the next one.
+ *
+ * An address is answered for only when the pinner says it is pinned, to the
+ * very container the Docker index names as its owner. Everything else is
+ * unpinned, with the reason: a container not read yet, a network whose driver
+ * has no bridge port (macvlan, ipvlan, overlay), a veth that could not be
+ * confirmed, a conflict, an nft run not done yet or failed.
+ *
+ * Fail closed throughout: a failed inspect or veth lookup leaves the
+ * endpoint unpinned until the next event or listing tries again.
+ */
+import type { Logger } from 'pino';
+
+import type { ContainerJson } from '../docker/container-info';
+import { httpStatus } from '../docker/client';
+import { type PinnedEndpoint, endpointCheckScript, planBridgeTable } from '../firewall/bridge-rules';
+import {
+  PortPinner,
+  defaultRunner,
+  realClock,
+  type Clock,
+  type NftRunner,
+  type PinnerStats,
+} from '../firewall/bridge-table';
+import { endpointsFromInspect, withGwbridgeEndpoint, type BridgeEndpoint } from '../firewall/endpoints';
+import { findHostVeth, hostInterfacesByIndex, type VethFound, type VethQuery } from '../firewall/veth';
+import { errorCode, errorMessage } from '../lib/errors';
+import { canonicalIp } from '../lib/ip';
+import type { PinVerdict, PortPins } from '../resolve/resolver';
+
+/** What the binding needs of Docker (the container watcher fits). */
+export interface BindingDocker {
+  inspectContainer(id: string): Promise<ContainerJson & { Id: string }>;
+  inspectNetwork(idOrName: string): Promise<unknown>;
+}
+
+export interface PortBindingOptions {
+  log: Logger;
+  run?: NftRunner;
+  clock?: Clock;
+  /** The veth lookup (firewall/veth.ts's by default). */
+  findVeth?: (q: VethQuery, hostInterfaces: () => Promise<Map<number, string>>) => Promise<VethFound>;
+  /** After each completed nft run (the daemon logs and counts it). */
+  onApplied?: (stats: PinnerStats) => void;
+}
+
+/** Docker calls in flight at once while a listing's containers or a batch's veths are read. */
+const CONCURRENCY = 8;
+/** A swarm task's label: its docker_gwbridge endpoint is listed by the network only. */
+const SWARM_TASK_LABEL = 'com.docker.swarm.task.id';
+const GWBRIDGE = 'docker_gwbridge';
+
+interface Unpinnable {
+  containerId: string;
+  reason: string;
+  detail: string;
+}
+
+type VethResult = { ok: true; hostIfname: string } | { ok: false; code: string; message: string };
+
+/** Runs `fn` over `items`, at most `n` at a time. */
+async function eachLimited<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
+}
+
+const labelsOf = (json: ContainerJson): Record<string, unknown> => {
+  const cfg = (json as { Config?: { Labels?: unknown } }).Config;
+  return typeof cfg?.Labels === 'object' && cfg.Labels !== null ? (cfg.Labels as Record<string, unknown>) : {};
+};
+
+export class PortBinding implements PortPins {
+  private docker: BindingDocker | null = null;
+  private readonly log: Logger;
+  private readonly pinner: PortPinner;
+  private readonly findVeth: NonNullable<PortBindingOptions['findVeth']>;
+  /** Running containers' inspect answers, by id. */
+  private readonly containers = new Map<string, ContainerJson>();
+  /** Per container, a count of what was told of it: a read started before a newer word is not applied. */
+  private readonly told = new Map<string, number>();
+  /** Ids of a listing that no event has told of yet: inspected by the next update. */
+  private toInspect = new Set<string>();
+  /** Network inspect answers by id (null: Docker has no such network). */
+  private readonly networks = new Map<string, unknown>();
+  /** Veth lookups by container, pid, MAC and bridge: the same process keeps the same port. */
+  private veths = new Map<string, VethResult>();
+  /** Addresses that cannot be pinned, and why (by canonical address). */
+  private unpinnable = new Map<string, Unpinnable>();
+  private working: Promise<void> | null = null;
+  private again = false;
+  private closed = false;
+  /** Updates made (tests and benchmarks). */
+  updates = 0;
+
+  constructor(opts: PortBindingOptions) {
+    this.log = opts.log;
+    this.findVeth = opts.findVeth ?? ((q, hostInterfaces) => findHostVeth(q, { hostInterfaces }));
+    this.pinner = new PortPinner({
+      run: opts.run ?? defaultRunner,
+      clock: opts.clock ?? realClock,
+      onApplied: (stats) => {
+        this.log.debug({ ...stats }, 'bridge port table updated');
+        opts.onApplied?.(stats);
+      },
+      onError: (err, retryInMs) =>
+        this.log.warn(
+          { err: errorMessage(err), code: errorCode(err), retryInMs },
+          'bridge port table update failed; the ports it would pin stay unpinned (answered ERROR)',
+        ),
+    });
+  }
+
+  /** The Docker calls go through `docker` (the watcher, once the engine has made it). */
+  attach(docker: BindingDocker): void {
+    this.docker = docker;
+  }
+
+  /** The watcher's word about one container: its inspect answer while it runs, null once gone. */
+  onContainer(id: string, inspect: ContainerJson | null): void {
+    if (this.closed) return;
+    this.told.set(id, (this.told.get(id) ?? 0) + 1);
+    this.toInspect.delete(id);
+    if (inspect) this.containers.set(id, inspect);
+    else {
+      this.containers.delete(id);
+      this.told.delete(id);
+    }
+    this.schedule();
+  }
+
+  /** A full listing's running containers: the others are gone; the unknown ones are read. */
+  onListing(ids: ReadonlySet<string>): void {
+    if (this.closed) return;
+    for (const id of [...this.containers.keys()]) {
+      if (!ids.has(id)) {
+        this.containers.delete(id);
+        this.told.delete(id);
+      }
+    }
+    this.toInspect = new Set([...ids].filter((id) => !this.containers.has(id)));
+    // A resync also puts the whole table back, in case someone flushed it.
+    this.pinner.refresh();
+    this.schedule();
+  }
+
+  pinState(address: string, containerId: string): PinVerdict {
+    if (this.closed) return { pinned: false, reason: 'closed', detail: 'the daemon is stopping' };
+    const a = canonicalIp(address);
+    const u = a ? this.unpinnable.get(a) : undefined;
+    if (u) return { pinned: false, reason: u.reason, detail: u.detail };
+    const s = this.pinner.pinState(address);
+    if (!s.pinned) {
+      const detail =
+        s.detail ??
+        (s.reason === 'pending'
+          ? 'the rules for its port are not in the kernel yet'
+          : s.reason === 'unknown'
+            ? 'no bridge port is known for the address (its container was not read yet)'
+            : s.reason);
+      return { pinned: false, reason: s.reason, detail };
+    }
+    if (s.endpoint.containerId !== containerId) {
+      return {
+        pinned: false,
+        reason: 'other-container',
+        detail: `the address is pinned to another container's port (${s.endpoint.name})`,
+      };
+    }
+    return { pinned: true, hostIfname: s.endpoint.hostIfname, mac: s.endpoint.mac, sinceMs: s.sinceMs };
+  }
+
+  /** Endpoints pinned now, and those not (pending, failed, or on a network that cannot be pinned). */
+  counts(): { pinned: number; unpinned: number } {
+    const c = this.pinner.counts();
+    return { pinned: c.pinned, unpinned: c.unpinned + this.unpinnable.size };
+  }
+
+  /** Resolves once no update or nft run is in flight or waiting. */
+  async idle(): Promise<void> {
+    while (this.working) await this.working;
+    await this.pinner.idle();
+  }
+
+  /** Stops answering pinned, waits for the work in flight, and (with `removeTable`) deletes our table. */
+  async close(opts: { removeTable?: boolean } = {}): Promise<void> {
+    this.closed = true;
+    while (this.working) await this.working.catch(() => undefined);
+    await this.pinner.close(opts);
+  }
+
+  private schedule(): void {
+    if (this.closed) return;
+    if (this.working) {
+      this.again = true;
+      return;
+    }
+    this.working = (async () => {
+      // Events that arrive together are carried by one update.
+      await new Promise((r) => setImmediate(r));
+      do {
+        this.again = false;
+        try {
+          await this.update();
+        } catch (err) {
+          this.log.warn({ err: errorMessage(err) }, 'bridge port binding update failed; retried with the next event');
+        }
+      } while (this.again && !this.closed);
+    })().finally(() => {
+      this.working = null;
+    });
+  }
+
+  private async update(): Promise<void> {
+    const docker = this.docker;
+    if (!docker || this.closed) return;
+    this.updates++;
+    await this.inspectListed(docker);
+    const jsons = [...this.containers.values()];
+    // Swarm tasks' docker_gwbridge endpoints.
+    let gwbridge: unknown = null;
+    if (jsons.some((j) => SWARM_TASK_LABEL in labelsOf(j))) {
+      gwbridge = await docker.inspectNetwork(GWBRIDGE).catch((err: unknown) => {
+        if (httpStatus(err) !== 404) this.log.warn({ err: errorMessage(err) }, 'docker_gwbridge inspect failed');
+        return null;
+      });
+    }
+    const containers = gwbridge ? jsons.map((j) => withGwbridgeEndpoint(j, gwbridge)) : jsons;
+    await this.inspectNetworks(docker, containers);
+    if (this.closed) return;
+    const networks = [...this.networks.values()].filter((n) => n !== null);
+    const { pinnable, unpinnable } = endpointsFromInspect(containers, networks);
+    const unpin = new Map<string, Unpinnable>();
+    for (const u of unpinnable) {
+      for (const a of u.addresses) unpin.set(a, { containerId: u.containerId, reason: u.reason, detail: u.detail });
+    }
+    const pinned = await this.withVeths(pinnable, unpin);
+    if (this.closed) return;
+    this.unpinnable = unpin;
+    this.pinner.setDesired(pinned);
+  }
+
+  /** Reads the containers a listing showed that no event told of. */
+  private async inspectListed(docker: BindingDocker): Promise<void> {
+    const ids = [...this.toInspect];
+    this.toInspect.clear();
+    await eachLimited(ids, CONCURRENCY, async (id) => {
+      const told = this.told.get(id);
+      try {
+        const json = await docker.inspectContainer(id);
+        // An event's word, newer than this read, stands.
+        if (this.closed || this.told.get(id) !== told) return;
+        if ((json as { State?: { Running?: boolean } }).State?.Running) this.containers.set(id, json);
+      } catch (err) {
+        if (httpStatus(err) === 404) return;
+        this.log.warn({ container: id, err: errorMessage(err) }, 'container inspect failed; its port stays unpinned');
+      }
+    });
+  }
+
+  /** Inspects every network the containers are on that is not known yet. */
+  private async inspectNetworks(docker: BindingDocker, containers: readonly unknown[]): Promise<void> {
+    const ids = new Set<string>();
+    for (const c of containers) {
+      const nets = (c as { NetworkSettings?: { Networks?: Record<string, { NetworkID?: unknown }> } }).NetworkSettings
+        ?.Networks;
+      for (const ep of Object.values(nets ?? {})) {
+        if (typeof ep?.NetworkID === 'string' && ep.NetworkID && !this.networks.has(ep.NetworkID))
+          ids.add(ep.NetworkID);
+      }
+    }
+    await eachLimited([...ids], CONCURRENCY, async (id) => {
+      try {
+        this.networks.set(id, await docker.inspectNetwork(id));
+      } catch (err) {
+        if (httpStatus(err) === 404) this.networks.set(id, null);
+        else this.log.warn({ network: id, err: errorMessage(err) }, 'network inspect failed; its ports stay unpinned');
+      }
+    });
+  }
+
+  /** Each bridge endpoint with its host-side veth; the ones whose veth cannot be confirmed go to `unpin`. */
+  private async withVeths(
+    pinnable: readonly BridgeEndpoint[],
+    unpin: Map<string, Unpinnable>,
+  ): Promise<PinnedEndpoint[]> {
+    let scan: Promise<Map<number, string>> | null = null;
+    let rescanned = false;
+    // One scan of the host's interfaces for the whole batch, made again once if it misses.
+    const hostInterfaces = (): Promise<Map<number, string>> => (scan ??= hostInterfacesByIndex());
+    const next = new Map<string, VethResult>();
+    const out: PinnedEndpoint[] = [];
+    await eachLimited(pinnable, CONCURRENCY, async (ep) => {
+      const key = `${ep.containerId} ${ep.pid} ${ep.mac} ${ep.bridge}`;
+      let r = this.veths.get(key);
+      if (!r || !r.ok) {
+        r = await this.lookupVeth(ep, hostInterfaces);
+        if (!r.ok && r.code === 'ERR_VETH_NO_PEER' && !rescanned) {
+          rescanned = true;
+          scan = null;
+          r = await this.lookupVeth(ep, hostInterfaces);
+        }
+      }
+      next.set(key, r);
+      const addresses = [...(ep.ipv4 ? [ep.ipv4] : []), ...ep.ipv6];
+      if (r.ok) {
+        out.push({
+          containerId: ep.containerId,
+          name: ep.name,
+          hostIfname: r.hostIfname,
+          mac: ep.mac,
+          ipv4: ep.ipv4,
+          ipv6: ep.ipv6,
+        });
+      } else {
+        for (const a of addresses) {
+          unpin.set(a, { containerId: ep.containerId, reason: 'veth', detail: `${r.code}: ${r.message}` });
+        }
+      }
+    });
+    this.veths = next;
+    return out;
+  }
+
+  private async lookupVeth(
+    ep: BridgeEndpoint,
+    hostInterfaces: () => Promise<Map<number, string>>,
+  ): Promise<VethResult> {
+    try {
+      const found = await this.findVeth({ pid: ep.pid, mac: ep.mac, bridge: ep.bridge }, hostInterfaces);
+      return { ok: true, hostIfname: found.hostIfname };
+    } catch (err) {
+      const r = { ok: false as const, code: errorCode(err) ?? 'ERR_VETH_NO_PROCESS', message: errorMessage(err) };
+      this.log.debug({ container: ep.name, network: ep.network, ...r }, 'host-side veth not confirmed');
+      return r;
+    }
+  }
+}
+
+/**
+ * The pin check of explain and `squid-helper --direct`, which run beside the
+ * daemon and cannot ask it: whether the kernel's table holds the endpoint of
+ * `containerId` that has `address`, on its current veth. One inspect, one veth
+ * lookup and one `nft -f -` of `get element` lines (which changes nothing).
+ */
+export class KernelPins implements PortPins {
+  constructor(
+    private readonly docker: BindingDocker,
+    private readonly run: NftRunner = defaultRunner,
+  ) {}
+
+  async pinState(address: string, containerId: string): Promise<PinVerdict> {
+    const a = canonicalIp(address);
+    const no = (reason: string, detail: string): PinVerdict => ({ pinned: false, reason, detail });
+    if (!a) return no('unknown', `not an address: ${address}`);
+    let json: unknown;
+    try {
+      json = await this.docker.inspectContainer(containerId);
+    } catch (err) {
+      return no('unknown', `container inspect failed: ${errorMessage(err)}`);
+    }
+    const netIds = Object.values(
+      (json as { NetworkSettings?: { Networks?: Record<string, { NetworkID?: string }> } }).NetworkSettings?.Networks ??
+        {},
+    )
+      .map((n) => n?.NetworkID)
+      .filter((id): id is string => typeof id === 'string' && id !== '');
+    let container = json;
+    if (SWARM_TASK_LABEL in labelsOf(json as ContainerJson)) {
+      const gw = await this.docker.inspectNetwork(GWBRIDGE).catch(() => null);
+      if (gw) container = withGwbridgeEndpoint(json, gw);
+      const gwId = (gw as { Id?: string } | null)?.Id;
+      if (gwId) netIds.push(gwId);
+    }
+    const networks: unknown[] = [];
+    for (const id of netIds) {
+      const n = await this.docker.inspectNetwork(id).catch(() => null);
+      if (n) networks.push(n);
+    }
+    const { pinnable, unpinnable } = endpointsFromInspect([container], networks);
+    const u = unpinnable.find((e) => e.addresses.includes(a));
+    if (u) return no(u.reason, u.detail);
+    const ep = pinnable.find((e) => e.ipv4 === a || e.ipv6.includes(a));
+    if (!ep) return no('unknown', 'the container has no bridge endpoint with this address');
+    let veth: VethFound;
+    try {
+      veth = await findHostVeth({ pid: ep.pid, mac: ep.mac, bridge: ep.bridge });
+    } catch (err) {
+      return no('veth', `${errorCode(err) ?? ''}: ${errorMessage(err)}`);
+    }
+    const plan = planBridgeTable([{ ...ep, hostIfname: veth.hostIfname }]);
+    const normal = plan.pinned[0];
+    if (!normal) return no(plan.rejected[0]?.reason ?? 'unknown', plan.rejected[0]?.detail ?? 'cannot be pinned');
+    const script = endpointCheckScript(normal, a);
+    if (!script) return no('unknown', 'the endpoint does not have this address');
+    try {
+      await this.run(script);
+    } catch {
+      return no('not-in-kernel', `table bridge docker_identd does not pin ${a} to ${veth.hostIfname}`);
+    }
+    // The kernel does not say since when: explain reports the pin as it is now.
+    return { pinned: true, hostIfname: veth.hostIfname, mac: normal.mac, sinceMs: null };
+  }
+}
