@@ -351,22 +351,22 @@ export class PortPinner {
     }
     const waitedMs = this.changedSinceMs === null ? 0 : this.clock.now() - this.changedSinceMs;
     this.changedSinceMs = null;
+    if (!script) {
+      // Changed and changed back while a run was in flight: the kernel holds what is wanted.
+      this.markApplied(want, this.clock.now());
+      this.settleIdle();
+      return;
+    }
     // In doubt while the run is in flight: a failure (or a timeout) may leave either table.
     this.kernel = null;
     const t0 = this.clock.now();
     this.running = (async () => {
       try {
-        if (script) await this.run(script);
-        this.kernel = want;
+        await this.run(script);
         if (this.closed) return;
         this.failures = 0;
         const done = this.clock.now();
-        // Pinned: what this table holds and is still wanted unchanged; the ones pinned before keep their time.
-        const next = new Map<string, number>();
-        for (const k of want.keys()) {
-          if (this.desiredByKey.has(k)) next.set(k, this.applied.get(k) ?? done);
-        }
-        this.applied = next;
+        this.markApplied(want, done);
         this.opts.onApplied?.({
           pinned: want.size,
           rejected: plan.rejected.length,
@@ -395,6 +395,15 @@ export class PortPinner {
       this.kick();
       this.settleIdle();
     })();
+  }
+
+  /** The kernel holds `want` as of `at`: pinned is what it holds and is still wanted unchanged. */
+  private markApplied(want: Map<string, NormalEndpoint>, at: number): void {
+    this.kernel = want;
+    const next = new Map<string, number>();
+    // The ones pinned before keep their time.
+    for (const k of want.keys()) if (this.desiredByKey.has(k)) next.set(k, this.applied.get(k) ?? at);
+    this.applied = next;
   }
 
   private settleIdle(): void {

@@ -252,6 +252,10 @@ export class PortBinding implements PortPins {
     if (this.closed) return;
     this.unpinnable = unpin;
     this.pinner.setDesired(pinned);
+    this.log.debug(
+      { containers: containers.length, endpoints: pinned.length, unpinnable: unpin.size },
+      'bridge port binding updated',
+    );
   }
 
   /** Reads the containers a listing showed that no event told of. */

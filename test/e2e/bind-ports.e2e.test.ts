@@ -17,11 +17,11 @@
  * IPv6, the same on a dual-stack user network (NAT66 to the proxy), with a
  * spoofed IPv6 source, an unsolicited neighbour advertisement and a
  * neighbour solicitation carrying the made-up MAC.
- * At the end the table is removed and `nft list table bridge docker_identd`
- * finds nothing.
- *
- * The table is applied from the test through src/firewall (PortPinner with
- * the real nft), since the daemon has no --bind-ports yet: see pinFromTest().
+ * The daemon starts without --bind-ports (the hole is shown), then again
+ * with it, and keeps the table itself: a new container is answered once its
+ * port is pinned, 30 cycles of containers taking over one address never show
+ * a stale pin, and stopping the daemon (or `firewall remove` after a kill)
+ * leaves `nft list table bridge docker_identd` empty.
  *
  * Run as root: node --import tsx --test test/e2e/bind-ports.e2e.test.ts
  */
@@ -48,11 +48,11 @@ import {
   missingPrerequisites,
   run,
   which,
+  BIND_PORTS,
+  daemonEntry,
 } from './env';
-import { inCI, sleep } from '../support/daemon';
-import { planBridgeTable, type PinnedEndpoint } from '../../src/firewall/bridge-rules';
-import { PortPinner, defaultRunner, removeTable } from '../../src/firewall/bridge-table';
-import { endpointsFromInspect } from '../../src/firewall/endpoints';
+import { inCI, sleep, waitFor } from '../support/daemon';
+import { removeTable } from '../../src/firewall/bridge-table';
 import { findHostVeth } from '../../src/firewall/veth';
 
 /** Whether nft can make a bridge-family table here (checked in a network namespace of its own). */
@@ -75,6 +75,41 @@ if (missing.length === 0) {
 /** The made-up MAC mallory claims the victim's address with. */
 const FAKE_MAC = '02:00:00:de:ad:01';
 const SUBNET6 = 'fd00:219::/64';
+const CHURN_SUBNET = '10.219.0.0/24';
+const CHURN_IP = '10.219.0.10';
+const CYCLES = 30;
+
+/** A network's Linux bridge, by Docker's rule. */
+async function bridgeOf(network: string): Promise<string> {
+  const n = JSON.parse((await run('docker', ['network', 'inspect', network])).stdout)[0];
+  return n.Options?.['com.docker.network.bridge.name'] ?? `br-${String(n.Id).slice(0, 12)}`;
+}
+
+/** The elements of one set of our table, as nft prints them (empty when there is no table). */
+async function setElements(set: string): Promise<string[]> {
+  const r = await run('nft', ['list', 'set', 'bridge', 'docker_identd', set], { allowFail: true });
+  const m = /elements = \{([^}]*)\}/s.exec(r.stdout);
+  return m
+    ? m[1]
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean)
+    : [];
+}
+
+/** The host-side veth of a container's endpoint, or undefined when it cannot be found. */
+async function hostVethOf(box: { name: string; network: string; bridge: string }): Promise<string | undefined> {
+  const pid = Number((await run('docker', ['inspect', '-f', '{{.State.Pid}}', box.name])).stdout.trim());
+  const mac = (
+    await run('docker', [
+      'inspect',
+      '-f',
+      `{{(index .NetworkSettings.Networks "${box.network}").MacAddress}}`,
+      box.name,
+    ])
+  ).stdout.trim();
+  return (await findHostVeth({ pid, mac, bridge: box.bridge }).catch(() => undefined))?.hostIfname;
+}
 
 interface Box {
   name: string;
@@ -86,7 +121,11 @@ interface Box {
   bridge: string;
 }
 
-if (missing.length > 0 && inCI) {
+if (BIND_PORTS) {
+  // The suite starts its daemons with and without the flag itself.
+  test('bind ports: the co-tenant attack (e2e)', (t) =>
+    t.skip('IDENTD_E2E_BIND_PORTS: this suite sets the flag itself'));
+} else if (missing.length > 0 && inCI) {
   test('bind-ports prerequisites (CI)', () => assert.fail(`missing under CI:\n- ${missing.join('\n- ')}`));
 } else if (missing.length > 0) {
   test('bind ports: the co-tenant attack (e2e)', (t) => t.skip(`prerequisites missing: ${missing.join('; ')}`));
@@ -102,7 +141,6 @@ if (missing.length > 0 && inCI) {
       const tok = Math.random().toString(36).slice(2, 6);
       const net6 = `idt-bind6-${tok}`;
       let spoof = '';
-      let pinner: PortPinner | null = null;
       const boxes: Record<'victim4' | 'mallory4' | 'victim6' | 'mallory6', Box> = {} as never;
       let n = 0;
       const attackUrl = (what: string) => `http://${PROXY_IP}:${ORIGIN_PORT}/who/spoofed-${what}-${tok}-${++n}`;
@@ -168,63 +206,51 @@ if (missing.length > 0 && inCI) {
         await run('ip', ['neigh', 'del', addr, 'dev', dev], { allowFail: true });
       }
 
-      // ---- PINNING FROM THE TEST (issue 16) ---------------------------------
-      // INTEGRATION: the daemon has no --bind-ports yet, so the test pins the
-      // allowed containers' ports itself through the same modules the daemon
-      // will use: endpoints from inspect JSON, the veth from the container's
-      // process, and PortPinner running the real nft. Once --bind-ports exists,
-      // start the daemon with it instead, drop pinFromTest() and unpinFromTest(),
-      // and wait for the daemon to report the endpoints pinned (metric/explain).
-      async function pinFromTest(names: string[]): Promise<PinnedEndpoint[]> {
-        const containers = JSON.parse((await run('docker', ['inspect', ...names])).stdout) as unknown[];
-        const netIds = new Set<string>();
-        for (const c of containers as { NetworkSettings: { Networks: Record<string, { NetworkID: string }> } }[]) {
-          for (const ep of Object.values(c.NetworkSettings.Networks)) netIds.add(ep.NetworkID);
+      const METRICS_PORT = 9219;
+      /** The daemon's count of pinned endpoints (docker_identd_bound_ports{state="pinned"}). */
+      async function boundPorts(): Promise<{ pinned: number; unpinned: number } | null> {
+        try {
+          const body = await (await fetch(`http://127.0.0.1:${METRICS_PORT}/metrics`)).text();
+          const n = (state: string) =>
+            Number(new RegExp(`^docker_identd_bound_ports\\{state="${state}"\\} (\\d+)$`, 'm').exec(body)?.[1] ?? NaN);
+          return { pinned: n('pinned'), unpinned: n('unpinned') };
+        } catch {
+          return null;
         }
-        const networks = JSON.parse((await run('docker', ['network', 'inspect', ...netIds])).stdout) as unknown[];
-        const { pinnable, unpinnable } = endpointsFromInspect(containers, networks);
-        assert.deepEqual(unpinnable, [], 'every endpoint of the allowed containers is on a bridge');
-        const endpoints: PinnedEndpoint[] = [];
-        for (const e of pinnable) {
-          const veth = await findHostVeth({ pid: e.pid, mac: e.mac, bridge: e.bridge });
-          // The kernel's own word: that veth is a port of that bridge.
-          const link = (await run('ip', ['-o', 'link', 'show', veth.hostIfname])).stdout;
-          assert.match(link, new RegExp(`master ${e.bridge} `), link);
-          env!.log(
-            `pin ${e.name} ${e.network}: ${veth.containerIfname} -> ${veth.hostIfname} (${e.mac} ${e.ipv4} ${e.ipv6})`,
-          );
-          endpoints.push({
-            containerId: e.containerId,
-            name: e.name,
-            hostIfname: veth.hostIfname,
-            mac: e.mac,
-            ipv4: e.ipv4,
-            ipv6: e.ipv6,
-          });
-        }
-        assert.deepEqual(planBridgeTable(endpoints).rejected, []);
-        pinner ??= new PortPinner({
-          run: defaultRunner,
-          onError: (err, ms) => env!.log(`nft failed (retry in ${ms} ms): ${err.message}`),
-          onApplied: (s) => env!.log(`bridge table applied: ${s.pinned} pinned in ${s.ms} ms`),
-        });
-        pinner.setDesired(endpoints);
-        await pinner.idle();
-        for (const e of endpoints) {
-          for (const a of [e.ipv4!, ...e.ipv6]) {
-            const s = pinner.pinState(a);
-            assert.ok(s.pinned && s.endpoint.containerId === e.containerId, `${a} pinned: ${JSON.stringify(s)}`);
-          }
-        }
-        return endpoints;
       }
 
-      async function unpinFromTest(): Promise<void> {
-        if (pinner) await pinner.close({ removeTable: true });
-        pinner = null;
-        await removeTable();
+      /** The kernel's table pins `box`'s address(es) to its own veth (an `nft get element` per set). */
+      async function kernelPins(box: Box): Promise<boolean> {
+        const veth = await hostVethOf(box);
+        if (!veth) return false;
+        const els = [`get element bridge docker_identd port_ip4 { "${veth}" . ${box.ip} }`];
+        if (box.ip6) els.push(`get element bridge docker_identd port_ip6 { "${veth}" . ${box.ip6} }`);
+        const r = spawnSync('nft', ['-f', '-'], { input: els.join('\n') + '\n', encoding: 'utf8', timeout: 10_000 });
+        return r.status === 0;
       }
-      // ---- end of PINNING FROM THE TEST -------------------------------------
+
+      /** Waits until the daemon pins every one of `list` (kernel elements, and its own count). */
+      async function waitPinned(list: Box[], total: number): Promise<void> {
+        await waitFor(
+          `${list.map((b) => b.name).join(', ')} pinned (${total} endpoints)`,
+          async () => {
+            const c = await boundPorts();
+            if (!c || c.pinned < total) return false;
+            for (const b of list) if (!(await kernelPins(b))) return false;
+            return true;
+          },
+          30_000,
+          100,
+        );
+      }
+
+      async function startFlagged(): Promise<void> {
+        await env!.stopDaemon();
+        await env!.startDaemon(mode, [
+          ...['--listen', `[${HOST_IP6}]:113`, '--allow', PROXY_IP6],
+          ...['--metrics', `127.0.0.1:${METRICS_PORT}`, '--bind-ports', '--log-level', 'debug'],
+        ]);
+      }
 
       before(
         async () => {
@@ -255,7 +281,7 @@ if (missing.length > 0 && inCI) {
       after(
         async () => {
           guard.unwatchSignals();
-          await unpinFromTest().catch((err: Error) => env?.log(`removing the bridge table: ${err.message}`));
+          await removeTable().catch((err: Error) => env?.log(`removing the bridge table: ${err.message}`));
           for (const b of Object.values(boxes)) {
             await forget(b.ip, b.bridge);
             if (b.ip6) await forget(b.ip6, b.bridge);
@@ -307,10 +333,11 @@ if (missing.length > 0 && inCI) {
       );
 
       it(
-        "with the allowed containers' ports pinned: no response, no allowed name in the log, the allowed still get 200",
+        'with --bind-ports: every port pinned, the attack gets no response and no name, the containers are themselves',
         scenario(async () => {
           const e = env!;
-          await pinFromTest([boxes.victim4.name, boxes.victim6.name]);
+          await startFlagged();
+          await waitPinned(Object.values(boxes), 4);
           const table = (await run('nft', ['list', 'table', 'bridge', 'docker_identd'])).stdout;
           assert.match(table, /iifname @ports jump port_in/);
           for (const [m, v, fam] of [
@@ -336,49 +363,125 @@ if (missing.length > 0 && inCI) {
               new RegExp(FAKE_MAC),
               'the neighbour entry was not poisoned',
             );
-            // The allowed container itself, on the pinned port.
-            const own = await ownRequest(v, fam);
-            assert.equal(own.status, 200, `${v.name} IPv${fam} with its port pinned`);
-            const logged = (await e.waitForAccessLog([own.url])).get(own.url)!;
-            assert.equal(logged.ident, v.name, logged.raw);
+            // Both containers, each on its own pinned port, are still themselves.
+            for (const [box, want] of [
+              [v, 200],
+              [m, 403],
+            ] as const) {
+              const own = await ownRequest(box, fam);
+              assert.equal(own.status, want, `${box.name} IPv${fam} with its port pinned`);
+              const logged = (await e.waitForAccessLog([own.url])).get(own.url)!;
+              assert.equal(logged.ident, box.name, logged.raw);
+            }
           }
-          // The drops were counted where expected: claims from mallory's unpinned ports.
           const counted = (await run('nft', ['list', 'table', 'bridge', 'docker_identd'])).stdout;
           e.log(`bridge table after the attacks:\n${counted}`);
-          assert.match(counted, /ip saddr @pinned_ip4 counter packets [1-9]/);
-          assert.match(counted, /arp saddr ip @pinned_ip4 counter packets [1-9]/);
-          assert.match(counted, /ip6 saddr @pinned_ip6 counter packets [1-9]/);
-        }),
-      );
-
-      it(
-        "with mallory's own ports pinned too: its spoofed frames die on its own port, its own requests still work",
-        scenario(async () => {
-          await pinFromTest([boxes.victim4.name, boxes.victim6.name, boxes.mallory4.name, boxes.mallory6.name]);
-          for (const [m, v, fam] of [
-            [boxes.mallory4, boxes.victim4, 4],
-            [boxes.mallory6, boxes.victim6, 6],
-          ] as const) {
-            const res = await attack(m, v, fam, attackUrl(`both${fam}`), 6);
-            assert.equal(res.code, 3, `spoof should get no response: ${res.stdout} ${res.stderr}`);
-            const own = await ownRequest(m, fam);
-            assert.equal(own.status, 403, `${m.name} is still itself (and refused as such)`);
-            const logged = (await env!.waitForAccessLog([own.url])).get(own.url)!;
-            assert.equal(logged.ident, m.name, logged.raw);
-          }
-          const counted = (await run('nft', ['list', 'table', 'bridge', 'docker_identd'])).stdout;
-          env!.log(`bridge table with every port pinned, after the attacks:\n${counted}`);
           // The made-up MAC as Ethernet source, dropped on mallory's own pinned port.
           assert.match(counted, /iifname \. ether saddr != @port_mac counter packets [1-9]/);
         }),
       );
 
       it(
-        'removing the table leaves nothing behind',
+        'with --bind-ports: the attack on an unpinned neighbour of a pinned victim still fails (the victim is claimed everywhere)',
         scenario(async () => {
-          await unpinFromTest();
-          const r = await run('nft', ['list', 'table', 'bridge', 'docker_identd'], { allowFail: true });
-          assert.notEqual(r.code, 0, `the table is still there:\n${r.stdout}`);
+          // A mallory the daemon has not pinned yet (just started): its frames
+          // are dropped by the claim on the victim's identity, on every port.
+          const fresh = await startBox(`${NO_PREFIX}mallory4b-${tok}`, 'bridge');
+          const url = attackUrl('unpinned-neighbour');
+          const res = await attack(fresh, boxes.victim4, 4, url, 8);
+          assert.equal(res.code, 3, `spoof should get no response: ${res.stdout} ${res.stderr}`);
+          await sleep(1500);
+          assert.deepEqual(
+            env!.accessLog().filter((l) => l.url === url && (l.ident === boxes.victim4.name || l.status === 200)),
+            [],
+          );
+          await run('docker', ['rm', '-f', fresh.name]);
+        }),
+      );
+
+      it(
+        'with --bind-ports: a new container is answered once its port is pinned',
+        scenario(async () => {
+          const e = env!;
+          const box = await startBox(`${OK_PREFIX}late-${tok}`, 'bridge');
+          await waitPinned([box], 5);
+          const own = await ownRequest(box, 4);
+          assert.equal(own.status, 200, `${box.name} once pinned`);
+          const logged = (await e.waitForAccessLog([own.url])).get(own.url)!;
+          assert.equal(logged.ident, box.name, logged.raw);
+          const q = e.daemon!.queries().find((l) => l.container === box.ip && l.answer === `USERID:${box.name}`);
+          assert.ok(q, `the daemon named ${box.name}`);
+          await run('docker', ['rm', '-f', box.name]);
+        }),
+      );
+
+      it(
+        'with --bind-ports: 30 cycles of containers taking over one address and veth, never a stale pin or rule',
+        scenario(async () => {
+          const e = env!;
+          const net = `idt-bindchurn-${tok}`;
+          await e.createNetwork(net, CHURN_SUBNET);
+          const wrong: string[] = [];
+          let previousVeth: string | null = null;
+          for (let i = 0; i < CYCLES; i++) {
+            const ok = i % 2 === 0;
+            const name = `${ok ? OK_PREFIX : NO_PREFIX}bc${i}-${tok}`;
+            await run('docker', [
+              ...['run', '-d', '--pull=never', '--name', name, '--label', `${LABEL}=1`],
+              ...['--network', net, '--ip', CHURN_IP, IMAGE, 'sleep', '3600'],
+            ]);
+            const box: Box = {
+              name,
+              network: net,
+              ip: CHURN_IP,
+              ip6: null,
+              gateway: '',
+              gateway6: null,
+              bridge: await bridgeOf(net),
+            };
+            await waitFor(`${name} pinned`, () => kernelPins(box), 30_000, 50);
+            const own = await ownRequest(box, 4);
+            const logged = (await e.waitForAccessLog([own.url])).get(own.url)!;
+            if (logged.ident !== name) wrong.push(`cycle ${i}: ${name}'s request logged as ${logged.ident}`);
+            if (own.status !== (ok ? 200 : 403)) wrong.push(`cycle ${i}: ${name} got ${own.status}`);
+            const ports = await setElements('ports');
+            if (previousVeth && ports.includes(`"${previousVeth}"`)) {
+              wrong.push(`cycle ${i}: the previous owner's veth ${previousVeth} is still in the table`);
+            }
+            previousVeth = (await hostVethOf(box)) ?? null;
+            await run('docker', ['rm', '-f', name]);
+            // Its rules go with it (the daemon learns of it from Docker's events).
+            await waitFor(
+              `${name}'s rules removed`,
+              async () => !(await setElements('pinned_ip4')).includes(CHURN_IP),
+              30_000,
+              50,
+            );
+          }
+          assert.deepEqual(wrong, []);
+          const left = await setElements('port_ip4');
+          assert.ok(!left.includes(CHURN_IP), `no rule for ${CHURN_IP} is left: ${left.join(', ')}`);
+          e.log(`bind-ports churn: ${CYCLES} cycles, every request named its own container`);
+        }),
+      );
+
+      it(
+        'stopping the daemon removes the table; after a kill, `firewall remove` does',
+        scenario(async () => {
+          const e = env!;
+          await e.stopDaemon();
+          let r = await run('nft', ['list', 'table', 'bridge', 'docker_identd'], { allowFail: true });
+          assert.notEqual(r.code, 0, `the table is still there after a stop:\n${r.stdout}`);
+          await startFlagged();
+          await waitPinned([boxes.victim4], 1);
+          e.daemon!.child.kill('SIGKILL');
+          await e.stopDaemon();
+          r = await run('nft', ['list', 'table', 'bridge', 'docker_identd'], { allowFail: true });
+          assert.equal(r.code, 0, 'a killed daemon leaves its table');
+          const removed = await run(process.execPath, [daemonEntry(), 'firewall', 'remove']);
+          assert.match(removed.stdout, /removed table bridge docker_identd/);
+          r = await run('nft', ['list', 'table', 'bridge', 'docker_identd'], { allowFail: true });
+          assert.notEqual(r.code, 0, `the table is still there after firewall remove:\n${r.stdout}`);
         }),
       );
     },

@@ -82,6 +82,16 @@ export const NO_PREFIX = 'idt-no-';
 /** Pid files of what we start, so that a later run can clean up after a crash. */
 export const STATE_DIR = '/run/idt-e2e';
 
+/**
+ * IDENTD_E2E_BIND_PORTS=1 (the test command's second e2e run): every daemon
+ * is started with --bind-ports, and a client container waits before its
+ * request (its own --at) long enough for its new port to be pinned: a
+ * connection that starts before the pin is answered ERROR, by design.
+ */
+export const BIND_PORTS = process.env.IDENTD_E2E_BIND_PORTS === '1';
+/** With BIND_PORTS: how long after `docker run` a client makes its request. */
+export const BIND_PORTS_CLIENT_DELAY_MS = 2000;
+
 export type ConntrackMode = 'procfs' | 'netlink';
 
 export function conntrackModeFromEnv(): ConntrackMode {
@@ -1215,6 +1225,7 @@ export class TestEnv {
       '--log-level',
       'info',
       ...extraArgs,
+      ...(BIND_PORTS && !extraArgs.includes('--bind-ports') ? ['--bind-ports'] : []),
     ];
     const child = spawn(process.execPath, args, {
       cwd: REPO_ROOT,
@@ -1317,10 +1328,11 @@ export class TestEnv {
     if (req.ip) args.push('--ip', req.ip);
     args.push(IMAGE, '/httpclient', req.proxy ?? PROXY_IP, String(req.proxyPort ?? SQUID_PORT), url);
     if (req.sport) args.push('--sport', String(req.sport));
-    if (req.at) args.push('--at', String(req.at));
+    const at = req.at ?? (BIND_PORTS ? Date.now() + BIND_PORTS_CLIENT_DELAY_MS : undefined);
+    if (at) args.push('--at', String(at));
     const timeoutS = req.timeoutS ?? 20;
     args.push('--timeout', String(timeoutS));
-    const wait = req.at ? Math.max(0, req.at - Date.now()) : 0;
+    const wait = at ? Math.max(0, at - Date.now()) : 0;
     const res = await run(this.cli, args, { allowFail: true, timeoutMs: wait + timeoutS * 1000 + 60_000 });
     const m = /^STATUS (\d{3})$/m.exec(res.stdout);
     const result: ClientResult = {
@@ -1388,6 +1400,14 @@ export class TestEnv {
       );
     }
     await step('remove leftover commented rules', () => this.removeCommentedRules());
+    // A daemon with --bind-ports removes its table when it stops; one that was killed leaves it.
+    await step('remove the --bind-ports table', async () => {
+      const had = await run('nft', ['list', 'table', 'bridge', 'docker_identd'], { allowFail: true });
+      if (had.code === 0) {
+        this.log('the bridge docker_identd table was left behind; removing it');
+        await run('nft', ['delete', 'table', 'bridge', 'docker_identd']);
+      }
+    });
     if (this.cli === 'podman') {
       await step('stop podman service', () => this.stopPodmanService());
       await step("remove netavark's chains", () => this.removeNetavarkChains());

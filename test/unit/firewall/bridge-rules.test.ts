@@ -5,10 +5,6 @@
  * a network namespace made for the test (unshare --net), never the host's.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { test } from 'node:test';
 
 import {
@@ -21,37 +17,8 @@ import {
   removeTableScript,
   type PinnedEndpoint,
 } from '../../../src/firewall/bridge-rules';
-import { endpointsFromInspect, type BridgeEndpoint } from '../../../src/firewall/endpoints';
-
-const DIR = path.join(__dirname, '..', '..', 'fixtures', 'docker');
-const load = (f: string): unknown[] => JSON.parse(fs.readFileSync(path.join(DIR, f), 'utf8')) as unknown[];
-const containers = fs
-  .readdirSync(DIR)
-  .filter((f) => f.startsWith('inspect-'))
-  .sort()
-  .flatMap(load);
-const networks = fs
-  .readdirSync(DIR)
-  .filter((f) => f.startsWith('network-'))
-  .sort()
-  .flatMap(load);
-
-/** Host-side veths as the recording saw them (mapping by iflink, see veth.ts). */
-const VETH: Record<string, string> = {
-  'idt-ok-rec4/bridge': 'veth50d1e9f',
-  'idt-ok-rec6/idt-rec6': 'veth77177a0',
-  'idt-ok-recmulti/bridge': 'veth5912a9a',
-  'idt-ok-recmulti/idt-rec6': 'veth7fd976e',
-};
-const pinned = (eps: BridgeEndpoint[]): PinnedEndpoint[] =>
-  eps.map((e) => ({
-    containerId: e.containerId,
-    name: e.name,
-    hostIfname: VETH[`${e.name}/${e.network}`],
-    mac: e.mac,
-    ipv4: e.ipv4,
-    ipv6: e.ipv6,
-  }));
+import { endpointsFromInspect } from '../../../src/firewall/endpoints';
+import { containers, networks, pinned } from '../../support/docker-fixtures';
 
 test('endpoints from recorded inspect JSON: bridge endpoints pinnable, every other driver not, with the reason', () => {
   const { pinnable, unpinnable } = endpointsFromInspect(containers, networks);
@@ -247,55 +214,3 @@ test('incremental scripts add and remove exactly one endpoint', () => {
 });
 
 /** nft in a network namespace of the test's own. */
-function nftInOwnNetns(script: string): { status: number | null; out: string } {
-  const r = spawnSync('unshare', ['--net', 'sh', '-c', script], { encoding: 'utf8', timeout: 20_000 });
-  return { status: r.status, out: `${r.stdout}${r.stderr}` };
-}
-
-test('the kernel takes the scripts: full table twice, add, remove, delete (in a netns of its own)', (t) => {
-  const nft = spawnSync('sh', ['-c', 'command -v nft'], { encoding: 'utf8' }).stdout.trim();
-  const why = !nft ? 'nft is not installed' : process.getuid?.() !== 0 ? 'needs root' : null;
-  if (why) return t.skip(why);
-  const plan = planBridgeTable(pinned(endpointsFromInspect(containers, networks).pinnable));
-  const extra = planBridgeTable([
-    ep({ hostIfname: 'vethnew', mac: '02:42:ac:11:00:63', ipv4: '172.17.0.99', ipv6: ['fd00:218::99'] }),
-  ]).pinned[0];
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bridge-rules-'));
-  try {
-    const files = {
-      full: bridgeTableScript(plan),
-      add: addEndpointScript(extra),
-      del: removeEndpointScript(extra),
-      rm: removeTableScript(),
-    };
-    for (const [k, v] of Object.entries(files)) fs.writeFileSync(path.join(dir, k), v);
-    const f = (k: string) => path.join(dir, k);
-    const r = nftInOwnNetns(
-      [
-        `nft -f ${f('full')}`,
-        `nft -f ${f('full')}`,
-        `nft -f ${f('add')}`,
-        'echo "== after add"',
-        'nft list set bridge docker_identd ports',
-        'nft list set bridge docker_identd pinned_nd',
-        `nft -f ${f('del')}`,
-        'echo "== after delete"',
-        'nft list set bridge docker_identd ports',
-        `! nft -f ${f('del')} 2>/dev/null`,
-        `nft -f ${f('rm')}`,
-        `nft -f ${f('rm')}`,
-        'echo "== tables"',
-        'nft list tables',
-      ].join(' && '),
-    );
-    assert.equal(r.status, 0, r.out);
-    const [, afterAdd, afterDel, tables] = r.out.split(/== [a-z ]+\n/);
-    assert.match(afterAdd, /"vethnew"/);
-    assert.match(afterAdd, /0xfd000218000000000000000000000099/);
-    assert.doesNotMatch(afterDel, /vethnew/);
-    assert.match(afterDel, /"veth50d1e9f"/);
-    assert.doesNotMatch(tables, /docker_identd/);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-});

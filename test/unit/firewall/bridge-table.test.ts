@@ -321,3 +321,80 @@ test('runNft: script on stdin as `-f -`, exit codes, output capped, deadline, mi
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('after the first full table, runs carry only what changed; refresh and failures replace it whole', async () => {
+  const t = setup();
+  t.pinner.setDesired([A, B]);
+  assert.match(t.calls[0].script, /^table bridge docker_identd$/m, 'the first run replaces the whole table');
+  t.calls[0].resolve();
+  await tick();
+  t.pinner.setDesired([A, C]);
+  const delta = t.calls[1].script;
+  assert.doesNotMatch(delta, /^table bridge/m, 'no full table');
+  assert.match(delta, /^delete element bridge docker_identd port_ip4 \{ "vethb" \. 172\.17\.0\.11 \}$/m);
+  assert.match(delta, /^add element bridge docker_identd port_ip4 \{ "vethc" \. 172\.17\.0\.12 \}$/m);
+  assert.doesNotMatch(delta, /vetha/, 'what stays is not sent again');
+  assert.ok(delta.indexOf('delete element') < delta.indexOf('add element'), 'removals first');
+  t.calls[1].reject(new Error('boom'));
+  await tick();
+  t.advance(500);
+  assert.match(t.calls[2].script, /^table bridge docker_identd$/m, 'after a failure the table is replaced whole');
+  t.calls[2].resolve();
+  await tick();
+  t.pinner.refresh();
+  assert.match(t.calls[3].script, /^table bridge docker_identd$/m, 'a refresh replaces it whole');
+  t.calls[3].resolve();
+  await t.pinner.idle();
+});
+
+test('a pin keeps the time its first run completed; a changed endpoint starts again', async () => {
+  const t = setup();
+  t.pinner.setDesired([A]);
+  t.advance(40);
+  t.calls[0].resolve();
+  await tick();
+  const first = t.pinner.pinState('172.17.0.10');
+  assert.ok(first.pinned && first.sinceMs === 40);
+  t.advance(1000);
+  t.pinner.setDesired([A, B]);
+  t.calls[1].resolve();
+  await tick();
+  const again = t.pinner.pinState('172.17.0.10');
+  assert.ok(again.pinned && again.sinceMs === 40, 'unchanged: still pinned since the first run');
+  const b = t.pinner.pinState('172.17.0.11');
+  assert.ok(b.pinned && b.sinceMs === 1040);
+  // A's container comes back on another veth: pinned anew, with a new time.
+  t.advance(10);
+  t.pinner.setDesired([{ ...A, hostIfname: 'vetha2' }, B]);
+  assert.equal(who(t.pinner.pinState('172.17.0.10')), 'unpinned:pending');
+  t.calls[2].resolve();
+  await tick();
+  const moved = t.pinner.pinState('172.17.0.10');
+  assert.ok(moved.pinned && moved.endpoint.hostIfname === 'vetha2' && moved.sinceMs === 1050);
+  await t.pinner.idle();
+});
+
+test('a change undone while a run is in flight runs nothing more, and later changes still run', async () => {
+  const t = setup();
+  t.pinner.setDesired([A]);
+  t.calls[0].resolve();
+  await tick();
+  t.pinner.setDesired([A, B]);
+  t.pinner.setDesired([A]);
+  t.pinner.setDesired([A, B]);
+  t.calls[1].resolve();
+  await tick();
+  t.pinner.setDesired([A]);
+  t.pinner.setDesired([A, B]);
+  t.pinner.setDesired([A]);
+  t.calls[2].resolve();
+  await tick();
+  assert.equal(t.calls.length, 3, 'the kernel holds [A]: nothing to send');
+  assert.equal(who(t.pinner.pinState('172.17.0.10')), 'ca');
+  t.pinner.setDesired([A, C]);
+  assert.equal(t.calls.length, 4, 'a later change runs (no run left stuck)');
+  t.calls[3].resolve();
+  await tick();
+  assert.equal(who(t.pinner.pinState('172.17.0.12')), 'cc');
+  await t.pinner.idle();
+});
