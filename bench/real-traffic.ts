@@ -52,7 +52,6 @@
  * arguments), IDENTD_BENCH_NODE_ARGS adds node options, IDENTD_BENCH_CPU_PROF=DIR
  * profiles (bench/daemon-process.ts); IDENTD_BENCH_KEEP_LOGS=1 keeps the logs.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -61,7 +60,8 @@ import { performance } from 'node:perf_hooks';
 import { type SyntheticEntry } from '../test/support/native-extras';
 import type { FakeDocker } from '../test/support/fake-docker';
 import type { DaemonLogStats } from './daemon-log';
-import { buildC, cpuUsOfTree, DaemonProcess, fakeDockerOf, rssKbOfTree, terminate } from './daemon-process';
+import { buildC, cpuUsOfTree, DaemonProcess, fakeDockerOf, rssKbOfTree } from './daemon-process';
+import { FloorProcess, type Server } from './floor-process';
 import { queryFileLine, runIdentLoad, shuffle, type IdentLoadOutput } from './ident-load';
 import { addonPath, runInfo, writeResults } from './results';
 import { us } from './stats';
@@ -221,62 +221,6 @@ async function runLoad(port: number, clients: number, measureMs: number, file: s
 const sum = (a: number[], from = 0, to = a.length): number => a.slice(from, to).reduce((x, y) => x + y, 0);
 
 // ------------------------------------------------------------ the servers
-
-/** The daemon or the floor, as the bench drives it. */
-interface Server {
-  label: string;
-  port: number;
-  pids(): number[];
-  alive(): void;
-  stop(): Promise<void>;
-}
-
-/** The C floor (bench/floor-identd.c), or the same work in Node (bench/node-floor.ts): `cmd` HOST PORT SOCKET. */
-class FloorProcess implements Server {
-  private child: ChildProcess | null = null;
-  private exit: string | null = null;
-  private stderr = '';
-
-  constructor(
-    readonly label: string,
-    readonly port: number,
-    private readonly cmd: string[],
-    private readonly socketPath: string,
-  ) {}
-
-  /** Starts it; resolves with its "ready" line. */
-  start(): Promise<string> {
-    const [bin, ...args] = this.cmd;
-    const child = spawn(bin, [...args, HOST, String(this.port), this.socketPath], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    this.child = child;
-    child.stderr.setEncoding('utf8').on('data', (t: string) => (this.stderr += t));
-    child.on('exit', (code, signal) => (this.exit = `exited (code ${code}, signal ${signal})`));
-    return new Promise((resolve, reject) => {
-      let out = '';
-      child.stdout.setEncoding('utf8').on('data', (t: string) => {
-        out += t;
-        const line = out.split('\n').find((l) => l.startsWith('ready'));
-        if (line) resolve(line);
-      });
-      child.once('exit', () => reject(new Error(`the ${this.label} ${this.exit}: ${this.stderr.trim()}`)));
-    });
-  }
-
-  pids(): number[] {
-    return [this.child!.pid!];
-  }
-
-  alive(): void {
-    if (this.exit) throw new Error(`the ${this.label} ${this.exit}: ${this.stderr.trim()}`);
-  }
-
-  async stop(): Promise<void> {
-    if (!this.child || this.exit) return;
-    await terminate(this.child);
-  }
-}
 
 class DaemonServer implements Server {
   constructor(

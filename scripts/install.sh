@@ -31,6 +31,10 @@
 #                          tests); implies --no-start
 #   --no-start             do not enable or start the units
 #   --force-config         overwrite an existing config.json
+#   --bind-ports           answer only for containers pinned to their bridge
+#                          port (README: "Binding names to bridge ports"):
+#                          "bind-ports": true in a new config.json, and the
+#                          drop-in docker-identd.service.d/40-bind-ports.conf
 #
 # Undo with scripts/uninstall.sh.
 set -euo pipefail
@@ -43,6 +47,7 @@ PREFIX=/opt/docker-identd
 ROOT=
 START=1
 FORCE_CONFIG=0
+BIND_PORTS=0
 DOCKER_HOST_URL=
 ALLOW=()
 
@@ -58,6 +63,7 @@ while [ $# -gt 0 ]; do
     --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT=$(realpath -m "$2"); START=0; shift 2 ;;
     --no-start) START=0; shift ;;
     --force-config) FORCE_CONFIG=1; shift ;;
+    --bind-ports) BIND_PORTS=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (try --help)" ;;
   esac
@@ -150,9 +156,9 @@ mkdir -p "$ETC"
 if [ -f "$CONFIG" ] && [ "$FORCE_CONFIG" = 0 ]; then
   echo "install: keeping $CONFIG (--force-config writes a new one); the allow list in it is not changed"
 else
-  "$NODE" - "$CONFIG" "${DOCKER_HOST_URL:-unix:///var/run/docker.sock}" "${ALLOW[@]}" <<'EOF'
+  "$NODE" - "$CONFIG" "${DOCKER_HOST_URL:-unix:///var/run/docker.sock}" "$BIND_PORTS" "${ALLOW[@]}" <<'EOF'
 const fs = require('node:fs');
-const [file, dockerHost, ...allow] = process.argv.slice(2);
+const [file, dockerHost, bindPorts, ...allow] = process.argv.slice(2);
 const config = {
   '//': [
     'docker-identd configuration (keys starting with // are comments).',
@@ -182,6 +188,10 @@ const config = {
   '// metrics':
     'Set to 127.0.0.1:9113 to serve /metrics, /healthz and /readyz; the service then needs the drop-in ' +
     'described in README.md ("Metrics and health") to open an Internet socket.',
+  '// bind-ports':
+    'true: answer only for containers whose address is pinned to their own bridge port by the nft table ' +
+    'bridge docker_identd, which the daemon keeps (needs the drop-in 40-bind-ports.conf). See README.md.',
+  'bind-ports': bindPorts === '1',
   '// listen':
     'Not used by the service: the port comes from docker-identd.socket (ListenStream=113).',
 };
@@ -241,6 +251,14 @@ if [ -n "$DOCKER_HOST_URL" ]; then
   } >"$UNITS/docker-identd.service.d/20-docker.conf"
 elif [ -z "$ROOT" ] && ! getent group docker >/dev/null; then
   echo "install: WARNING: there is no docker group yet; the service needs it for /var/run/docker.sock (install Docker first)" >&2
+fi
+rm -f "$UNITS/docker-identd.service.d/40-bind-ports.conf"
+if [ "$BIND_PORTS" = 1 ]; then
+  mkdir -p "$UNITS/docker-identd.service.d"
+  install -m 0644 systemd/bind-ports.conf "$UNITS/docker-identd.service.d/40-bind-ports.conf"
+  if [ -f "$CONFIG" ] && ! grep -q '"bind-ports": true' "$CONFIG"; then
+    echo "install: note: set \"bind-ports\": true in $CONFIG (kept as it was)" >&2
+  fi
 fi
 echo "install: units in $UNITS"
 

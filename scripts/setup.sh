@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in build-essential python3 pkg-config libnetfilter-conntrack-dev libmnl-dev conntrack; do
+for pkg in build-essential python3 pkg-config libnetfilter-conntrack-dev libmnl-dev conntrack nftables; do
   have "$pkg" || need_apt+=("$pkg")
 done
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)

@@ -65,6 +65,13 @@ fi
 echo "== end-to-end tests (${#hosted[@]} files, in the host network namespace)"
 "${runner[@]}" --test-reporter-destination="$counts/hosted" "${hosted[@]}" || failed_runs+=(hosted)
 
+# The same suites again with every daemon started with --bind-ports (issue
+# 16): what they prove must hold with the flag on. bind-ports.e2e sets the
+# flag itself and skips this run.
+echo "== end-to-end tests again, with --bind-ports (${#hosted[@]} files)"
+IDENTD_E2E_BIND_PORTS=1 "${runner[@]}" --test-reporter-destination="$counts/bindports" "${hosted[@]}" ||
+  failed_runs+=(bindports)
+
 # A run's summary is its last "# pass N", "# fail N", ... lines. The runner
 # counts tests only: a suite whose before/after hook failed is a top-level
 # "not ok" with every test passed, so a run's failures are the larger of its
@@ -74,7 +81,7 @@ count() {
   awk -v k="$2" '$1 == "#" && $2 == k && NF == 3 { n = $3 } END { print n + 0 }' "$counts/$1"
 }
 passed=0 failed=0 skipped=0
-for run in isolated hosted; do
+for run in isolated hosted bindports; do
   [ -f "$counts/$run" ] || touch "$counts/$run"
   f=$(count "$run" fail)
   top=$(grep -c '^not ok ' "$counts/$run" || true)

@@ -36,7 +36,8 @@ if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
   systemctl disable --now docker-identd.service docker-identd.socket 2>/dev/null || true
 fi
 rm -f "$UNITS/docker-identd.service" "$UNITS/docker-identd.socket"
-rm -f "$UNITS/docker-identd.socket.d/10-allow.conf" "$UNITS/docker-identd.service.d/20-docker.conf"
+rm -f "$UNITS/docker-identd.socket.d/10-allow.conf" "$UNITS/docker-identd.service.d/20-docker.conf" \
+  "$UNITS/docker-identd.service.d/40-bind-ports.conf"
 rmdir "$UNITS/docker-identd.socket.d" "$UNITS/docker-identd.service.d" 2>/dev/null || true
 if [ -d "$UNITS/docker-identd.socket.d" ] || [ -d "$UNITS/docker-identd.service.d" ]; then
   echo "uninstall: left drop-in directories with files of your own in $UNITS/docker-identd.*.d"

@@ -132,18 +132,41 @@ export class DockerClient {
    * Network.inspect takes no AbortSignal, so the same call through its modem.
    */
   inspectNetwork(name: string, signal?: AbortSignal): Promise<unknown> {
+    return this.get(
+      `/networks/${encodeURIComponent(name)}?`,
+      'no such network',
+      `docker network inspect ${name}`,
+      signal,
+    );
+  }
+
+  /**
+   * Podman's own inspect of a network (`GET /v4.0.0/libpod/networks/NAME/json`),
+   * which names its Linux bridge (`network_interface`) where the compatible
+   * inspect does not; a 404 from Docker.
+   */
+  inspectLibpodNetwork(name: string, signal?: AbortSignal): Promise<unknown> {
+    return this.get(
+      `/v4.0.0/libpod/networks/${encodeURIComponent(name)}/json?`,
+      'no such network',
+      `libpod network inspect ${name}`,
+      signal,
+    );
+  }
+
+  private get(path: string, notFound: string, what: string, signal?: AbortSignal): Promise<unknown> {
     const call = new Promise<unknown>((resolve, reject) => {
       this.api.modem.dial(
         {
-          path: `/networks/${encodeURIComponent(name)}?`,
+          path,
           method: 'GET',
-          statusCodes: { 200: true, 404: 'no such network', 500: 'server error' },
+          statusCodes: { 200: true, 404: notFound, 500: 'server error' },
           options: {},
           ...(signal ? { abortSignal: signal } : {}),
         },
         (err, data) => (err ? reject(err) : resolve(data)),
       );
     });
-    return withDeadline(call, this.apiTimeoutMs, `docker network inspect ${name}`);
+    return withDeadline(call, this.apiTimeoutMs, what);
   }
 }

@@ -405,6 +405,11 @@ export class ContainerWatcher {
     return this.docker.inspectNetwork(idOrName, signal);
   }
 
+  /** Podman's own network inspect, which names the network's bridge (a 404 from Docker). */
+  inspectLibpodNetwork(name: string, signal?: AbortSignal): Promise<unknown> {
+    return this.docker.inspectLibpodNetwork(name, signal);
+  }
+
   async close(): Promise<void> {
     this.setState('closed', 'shutting down');
     if (this.live) this.endSession(this.live, new Error('shutting down'));

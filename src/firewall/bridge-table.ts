@@ -207,6 +207,8 @@ export class PortPinner {
    * whole table.
    */
   private kernel: Map<string, NormalEndpoint> | null = null;
+  /** The next run replaces the whole table, whatever the kernel should hold (refresh, or setDesired's replace). */
+  private forceFull = false;
   /** When the oldest change not yet carried by a run was asked for. */
   private changedSinceMs: number | null = null;
 
@@ -230,9 +232,12 @@ export class PortPinner {
    * The whole set of endpoints that should be pinned now (the caller's view
    * of Docker after an event or a resync). Takes effect for pinState() at
    * once for removals and changes; additions count once a run has put them in.
+   * With `replace`, the next run replaces the whole table even if the kernel
+   * should hold it already (a resync: puts back a table someone flushed).
    */
-  setDesired(endpoints: readonly PinnedEndpoint[]): void {
+  setDesired(endpoints: readonly PinnedEndpoint[], { replace = false }: { replace?: boolean } = {}): void {
     if (this.closed) return;
+    if (replace) this.forceFull = true;
     this.desired = planBridgeTable(endpoints, this.memo);
     const byKey = new Map<string, NormalEndpoint>();
     const byAddress = new Map<string, Desired>();
@@ -259,7 +264,7 @@ export class PortPinner {
   /** Replace the whole table again even if nothing changed (a resync: puts back a table someone flushed). */
   refresh(): void {
     if (this.closed) return;
-    this.kernel = null;
+    this.forceFull = true;
     this.markDirty();
     this.kick();
   }
@@ -310,7 +315,7 @@ export class PortPinner {
   /** Whether the kernel holds exactly the desired endpoints (so no run is needed). */
   private sameAsKernel(): boolean {
     const k = this.kernel;
-    if (!k || this.running || k.size !== this.desiredByKey.size) return false;
+    if (!k || this.forceFull || this.running || k.size !== this.desiredByKey.size) return false;
     for (const key of this.desiredByKey.keys()) if (!k.has(key)) return false;
     return true;
   }
@@ -324,7 +329,8 @@ export class PortPinner {
     this.dirty = false;
     const plan = this.desired;
     const want = this.desiredByKey;
-    const before = this.kernel;
+    const before = this.forceFull ? null : this.kernel;
+    this.forceFull = false;
     let script: string;
     let added = 0;
     let removed = 0;

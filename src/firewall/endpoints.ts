@@ -80,17 +80,22 @@ export function bridgeName(network: { Id: string; Options?: Record<string, strin
 
 function networkFacts(networks: readonly unknown[]): Map<string, NetworkFacts> {
   const byId = new Map<string, NetworkFacts>();
+  const byName = new Map<string, NetworkFacts>();
   for (const n of networks) {
     if (!isObj(n) || !str(n.Id)) continue;
     const id = str(n.Id);
     const driver = str(n.Driver);
     const options = isObj(n.Options) ? (n.Options as Record<string, string>) : null;
-    byId.set(id, {
+    const facts = {
       name: str(n.Name),
       driver,
       bridge: driver === 'bridge' ? bridgeName({ Id: id, Options: options }) : null,
-    });
+    };
+    byId.set(id, facts);
+    // Podman's container inspect gives the network's name as its NetworkID.
+    if (facts.name && !byName.has(facts.name)) byName.set(facts.name, facts);
   }
+  for (const [name, facts] of byName) if (!byId.has(name)) byId.set(name, facts);
   return byId;
 }
 
@@ -209,4 +214,16 @@ export function withGwbridgeEndpoint(container: unknown, gwbridge: unknown): unk
       },
     },
   };
+}
+
+/**
+ * A network's inspect with its Linux bridge named, from Podman's own inspect
+ * (`network_interface`) where the compatible one has no bridge option.
+ */
+export function withLibpodBridge(network: unknown, libpod: unknown): unknown {
+  if (!isObj(network) || !isObj(libpod) || str(network.Driver) !== 'bridge') return network;
+  const options = isObj(network.Options) ? network.Options : {};
+  const iface = str(libpod.network_interface);
+  if ('com.docker.network.bridge.name' in options || !/^[A-Za-z0-9_.-]{1,15}$/.test(iface)) return network;
+  return { ...network, Options: { ...options, 'com.docker.network.bridge.name': iface } };
 }

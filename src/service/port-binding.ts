@@ -34,7 +34,12 @@ import {
   type NftRunner,
   type PinnerStats,
 } from '../firewall/bridge-table';
-import { endpointsFromInspect, withGwbridgeEndpoint, type BridgeEndpoint } from '../firewall/endpoints';
+import {
+  endpointsFromInspect,
+  withGwbridgeEndpoint,
+  withLibpodBridge,
+  type BridgeEndpoint,
+} from '../firewall/endpoints';
 import { findHostVeth, hostInterfacesByIndex, type VethFound, type VethQuery } from '../firewall/veth';
 import { errorCode, errorMessage } from '../lib/errors';
 import { canonicalIp } from '../lib/ip';
@@ -44,6 +49,8 @@ import type { PinVerdict, PortPins } from '../resolve/resolver';
 export interface BindingDocker {
   inspectContainer(id: string): Promise<ContainerJson & { Id: string }>;
   inspectNetwork(idOrName: string): Promise<unknown>;
+  /** Podman's own network inspect (names the bridge where the compatible one does not); a 404 from Docker. */
+  inspectLibpodNetwork?(name: string): Promise<unknown>;
 }
 
 export interface PortBindingOptions {
@@ -54,6 +61,24 @@ export interface PortBindingOptions {
   findVeth?: (q: VethQuery, hostInterfaces: () => Promise<Map<number, string>>) => Promise<VethFound>;
   /** After each completed nft run (the daemon logs and counts it). */
   onApplied?: (stats: PinnerStats) => void;
+}
+
+/**
+ * A network's inspect; for a bridge network whose Linux bridge it does not
+ * name (Podman's compatible API), with the bridge from Podman's own inspect.
+ */
+async function inspectBridgeNetwork(docker: BindingDocker, id: string): Promise<unknown> {
+  const n = await docker.inspectNetwork(id);
+  const o = n as { Driver?: unknown; Name?: unknown; Options?: Record<string, unknown> | null } | null;
+  if (
+    o?.Driver !== 'bridge' ||
+    (o.Options && 'com.docker.network.bridge.name' in o.Options) ||
+    !docker.inspectLibpodNetwork
+  ) {
+    return n;
+  }
+  const libpod = await docker.inspectLibpodNetwork(typeof o.Name === 'string' ? o.Name : id).catch(() => null);
+  return libpod ? withLibpodBridge(n, libpod) : n;
 }
 
 /** Docker calls in flight at once while a listing's containers or a batch's veths are read. */
@@ -91,8 +116,13 @@ export class PortBinding implements PortPins {
   private readonly findVeth: NonNullable<PortBindingOptions['findVeth']>;
   /** Running containers' inspect answers, by id. */
   private readonly containers = new Map<string, ContainerJson>();
-  /** Per container, a count of what was told of it: a read started before a newer word is not applied. */
+  /** Per container, when it was last told of (a sequence number): a read started before a newer word is not applied. */
   private readonly told = new Map<string, number>();
+  private seq = 0;
+  /** The latest listing's ids: a listing's read applies only to a container still listed. */
+  private listed: ReadonlySet<string> = new Set();
+  /** The next update replaces the whole table (after a listing: puts back a table someone flushed). */
+  private replaceNext = false;
   /** Ids of a listing that no event has told of yet: inspected by the next update. */
   private toInspect = new Set<string>();
   /** Network inspect answers by id (null: Docker has no such network). */
@@ -133,28 +163,22 @@ export class PortBinding implements PortPins {
   /** The watcher's word about one container: its inspect answer while it runs, null once gone. */
   onContainer(id: string, inspect: ContainerJson | null): void {
     if (this.closed) return;
-    this.told.set(id, (this.told.get(id) ?? 0) + 1);
+    this.told.set(id, ++this.seq);
     this.toInspect.delete(id);
     if (inspect) this.containers.set(id, inspect);
-    else {
-      this.containers.delete(id);
-      this.told.delete(id);
-    }
+    else this.containers.delete(id);
     this.schedule();
   }
 
   /** A full listing's running containers: the others are gone; the unknown ones are read. */
   onListing(ids: ReadonlySet<string>): void {
     if (this.closed) return;
-    for (const id of [...this.containers.keys()]) {
-      if (!ids.has(id)) {
-        this.containers.delete(id);
-        this.told.delete(id);
-      }
-    }
+    this.listed = ids;
+    for (const id of [...this.containers.keys()]) if (!ids.has(id)) this.containers.delete(id);
+    for (const id of [...this.told.keys()]) if (!ids.has(id)) this.told.delete(id);
     this.toInspect = new Set([...ids].filter((id) => !this.containers.has(id)));
     // A resync also puts the whole table back, in case someone flushed it.
-    this.pinner.refresh();
+    this.replaceNext = true;
     this.schedule();
   }
 
@@ -251,7 +275,8 @@ export class PortBinding implements PortPins {
     const pinned = await this.withVeths(pinnable, unpin);
     if (this.closed) return;
     this.unpinnable = unpin;
-    this.pinner.setDesired(pinned);
+    this.pinner.setDesired(pinned, { replace: this.replaceNext });
+    this.replaceNext = false;
     this.log.debug(
       { containers: containers.length, endpoints: pinned.length, unpinnable: unpin.size },
       'bridge port binding updated',
@@ -266,8 +291,8 @@ export class PortBinding implements PortPins {
       const told = this.told.get(id);
       try {
         const json = await docker.inspectContainer(id);
-        // An event's word, newer than this read, stands.
-        if (this.closed || this.told.get(id) !== told) return;
+        // An event's word, newer than this read, stands; so does a newer listing without it.
+        if (this.closed || this.told.get(id) !== told || !this.listed.has(id)) return;
         if ((json as { State?: { Running?: boolean } }).State?.Running) this.containers.set(id, json);
       } catch (err) {
         if (httpStatus(err) === 404) return;
@@ -289,7 +314,7 @@ export class PortBinding implements PortPins {
     }
     await eachLimited([...ids], CONCURRENCY, async (id) => {
       try {
-        this.networks.set(id, await docker.inspectNetwork(id));
+        this.networks.set(id, await inspectBridgeNetwork(docker, id));
       } catch (err) {
         if (httpStatus(err) === 404) this.networks.set(id, null);
         else this.log.warn({ network: id, err: errorMessage(err) }, 'network inspect failed; its ports stay unpinned');
@@ -392,7 +417,7 @@ export class KernelPins implements PortPins {
     }
     const networks: unknown[] = [];
     for (const id of netIds) {
-      const n = await this.docker.inspectNetwork(id).catch(() => null);
+      const n = await inspectBridgeNetwork(this.docker, id).catch(() => null);
       if (n) networks.push(n);
     }
     const { pinnable, unpinnable } = endpointsFromInspect([container], networks);

@@ -89,8 +89,19 @@ export const STATE_DIR = '/run/idt-e2e';
  * connection that starts before the pin is answered ERROR, by design.
  */
 export const BIND_PORTS = process.env.IDENTD_E2E_BIND_PORTS === '1';
-/** With BIND_PORTS: how long after `docker run` a client makes its request. */
-export const BIND_PORTS_CLIENT_DELAY_MS = 2000;
+/** With BIND_PORTS: how long after its start a client container makes its request. */
+export const BIND_PORTS_CLIENT_DELAY_S = 2;
+
+/**
+ * A client container's command: as is, or with BIND_PORTS first a pause of
+ * BIND_PORTS_CLIENT_DELAY_S after the container's own start (its port is
+ * pinned meanwhile). `argv` holds no shell metacharacters but is quoted anyway.
+ */
+export function bindPortsDelayed(argv: string[]): string[] {
+  if (!BIND_PORTS) return argv;
+  const quoted = argv.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  return ['sh', '-c', `sleep ${BIND_PORTS_CLIENT_DELAY_S}; exec ${quoted}`];
+}
 
 export type ConntrackMode = 'procfs' | 'netlink';
 
@@ -1326,13 +1337,13 @@ export class TestEnv {
     const args = ['run', '--rm', '--pull=never', '--name', req.name, '--label', `${LABEL}=1`];
     if (req.network) args.push('--network', req.network);
     if (req.ip) args.push('--ip', req.ip);
-    args.push(IMAGE, '/httpclient', req.proxy ?? PROXY_IP, String(req.proxyPort ?? SQUID_PORT), url);
-    if (req.sport) args.push('--sport', String(req.sport));
-    const at = req.at ?? (BIND_PORTS ? Date.now() + BIND_PORTS_CLIENT_DELAY_MS : undefined);
-    if (at) args.push('--at', String(at));
+    const client = ['/httpclient', req.proxy ?? PROXY_IP, String(req.proxyPort ?? SQUID_PORT), url];
+    if (req.sport) client.push('--sport', String(req.sport));
+    if (req.at) client.push('--at', String(req.at));
     const timeoutS = req.timeoutS ?? 20;
-    args.push('--timeout', String(timeoutS));
-    const wait = at ? Math.max(0, at - Date.now()) : 0;
+    client.push('--timeout', String(timeoutS));
+    args.push(IMAGE, ...(req.at ? client : bindPortsDelayed(client)));
+    const wait = (req.at ? Math.max(0, req.at - Date.now()) : 0) + (BIND_PORTS ? BIND_PORTS_CLIENT_DELAY_S * 1000 : 0);
     const res = await run(this.cli, args, { allowFail: true, timeoutMs: wait + timeoutS * 1000 + 60_000 });
     const m = /^STATUS (\d{3})$/m.exec(res.stdout);
     const result: ClientResult = {

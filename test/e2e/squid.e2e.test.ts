@@ -10,6 +10,7 @@
  *       it fails.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { describe, it, test } from 'node:test';
 import {
   AccessLogEntry,
@@ -23,6 +24,8 @@ import {
   conntrackModeFromEnv,
   type ConntrackMode,
   missingPrerequisites,
+  BIND_PORTS,
+  daemonEntry,
 } from './env';
 import { inCI } from '../support/daemon';
 
@@ -33,7 +36,8 @@ const variants: { mode: ConntrackMode; workers: number }[] = process.env.IDENTD_
   : [
       { mode: 'netlink', workers: 1 },
       { mode: 'procfs', workers: 1 },
-      { mode: 'netlink', workers: 2 },
+      // Not with --bind-ports, which needs one process: that refusal is checked below instead.
+      ...(BIND_PORTS ? [] : [{ mode: 'netlink' as const, workers: 2 }]),
     ];
 
 /**
@@ -98,6 +102,16 @@ if (missing.length > 0 && inCI) {
     t.skip(reason);
   });
 } else {
+  if (BIND_PORTS) {
+    test('--bind-ports with --workers 2 is refused at start, with the reason', () => {
+      const r = spawnSync(process.execPath, [daemonEntry(), 'serve', '--bind-ports', '--workers', '2'], {
+        encoding: 'utf8',
+        timeout: 30_000,
+      });
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, /--bind-ports keeps one nft table from one process: it needs --workers 1/);
+    });
+  }
   for (const { mode, workers } of variants)
     describe(
       `docker-identd behind Squid (e2e, conntrack=${mode}${workers > 1 ? `, --workers ${workers}` : ''})`,

@@ -25,6 +25,7 @@ import {
   missingPrerequisites,
   run,
   urlFor,
+  bindPortsDelayed,
 } from './env';
 
 const missing = missingPrerequisites();
@@ -119,12 +120,7 @@ if (missing.length > 0 && inCI) {
           'none',
           '--no-resolve-image',
           IMAGE,
-          '/httpclient',
-          PROXY_IP,
-          String(SQUID_PORT),
-          urlFor(s),
-          '--timeout',
-          '20',
+          ...bindPortsDelayed(['/httpclient', PROXY_IP, String(SQUID_PORT), urlFor(s), '--timeout', '20']),
         ]);
       }
       const logged = await e.waitForAccessLog(services.map(urlFor), 90_000);

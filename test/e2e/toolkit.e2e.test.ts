@@ -41,6 +41,8 @@ import {
   SuiteGuard,
   TestEnv,
   which,
+  BIND_PORTS,
+  BIND_PORTS_CLIENT_DELAY_S,
 } from './env';
 import { inCI } from '../support/daemon';
 
@@ -109,7 +111,9 @@ async function liveConnection(
 ): Promise<{ port: number; containerIp: string }> {
   const args = ['run', '-d', '--pull=never', '--name', name, '--label', `${LABEL}=1`];
   if (network) args.push('--network', network);
-  args.push(IMAGE, 'sh', '-c', `sleep 600 | nc ${proxy} ${SQUID_PORT}`);
+  // With --bind-ports, after a pause: a connection older than the container's pin is answered ERROR.
+  const pause = BIND_PORTS ? `sleep ${BIND_PORTS_CLIENT_DELAY_S}; ` : '';
+  args.push(IMAGE, 'sh', '-c', `${pause}sleep 600 | nc ${proxy} ${SQUID_PORT}`);
   await run('docker', args);
   const inspect = JSON.parse((await run('docker', ['inspect', name])).stdout)[0] as {
     NetworkSettings: { Networks: Record<string, { IPAddress: string; GlobalIPv6Address: string }> };

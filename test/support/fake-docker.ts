@@ -16,7 +16,9 @@ export interface FakeContainer {
    */
   HostConfig?: { NetworkMode?: string; Privileged?: boolean; CapAdd?: string[] | null; CapDrop?: string[] | null };
   Running: boolean;
-  Networks: Record<string, { NetworkID: string; IPAddress: string; GlobalIPv6Address?: string }>;
+  /** The main process (inspect's State.Pid; --bind-ports finds the container's veth through it). */
+  Pid?: number;
+  Networks: Record<string, { NetworkID: string; IPAddress: string; GlobalIPv6Address?: string; MacAddress?: string }>;
   Labels?: Record<string, string>;
 }
 
@@ -108,7 +110,7 @@ export class FakeDocker {
       Id: c.Id,
       Name: `/${c.Name}`,
       Names: [`/${c.Name}`],
-      State: { Running: c.Running },
+      State: { Running: c.Running, ...(c.Pid !== undefined && !listed ? { Pid: c.Pid } : {}) },
       // List JSON has Labels, inspect JSON Config.Labels: both are served.
       Labels: c.Labels ?? {},
       Config: { Labels: c.Labels ?? {} },

@@ -122,3 +122,19 @@ test('the CLI stops with a one-line error and exit code 2 on a bad flag', () => 
     assert.ok(h.stdout.includes(flag), flag);
   }
 });
+
+test('--bind-ports: a switch, a config key taking true or false, off by default, and one process only', () => {
+  assert.equal(loadConfig([], {}).bindPorts, false);
+  assert.equal(loadConfig(['--bind-ports'], {}).bindPorts, true);
+  const on = path.join(dir, 'bind-on.json');
+  writeFileSync(on, JSON.stringify({ 'bind-ports': true }));
+  assert.equal(loadConfig(['--config', on], {}).bindPorts, true);
+  const off = path.join(dir, 'bind-off.json');
+  writeFileSync(off, JSON.stringify({ 'bind-ports': 'false' }));
+  assert.equal(loadConfig(['--config', off], {}).bindPorts, false);
+  assert.equal(loadConfig(['--config', off, '--bind-ports'], {}).bindPorts, true, 'the flag wins');
+  const bad = path.join(dir, 'bind-bad.json');
+  writeFileSync(bad, JSON.stringify({ 'bind-ports': 'yes' }));
+  assert.throws(() => loadConfig(['--config', bad], {}), /--bind-ports: "yes" is not true or false/);
+  assert.throws(() => loadConfig(['--bind-ports', '--workers', '2'], {}), /--bind-ports .* needs --workers 1/);
+});

@@ -6,6 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import fs from 'node:fs';
+import path from 'node:path';
 
 import {
   addEndpointScript,
@@ -17,7 +19,7 @@ import {
   removeTableScript,
   type PinnedEndpoint,
 } from '../../../src/firewall/bridge-rules';
-import { endpointsFromInspect } from '../../../src/firewall/endpoints';
+import { endpointsFromInspect, withGwbridgeEndpoint, withLibpodBridge } from '../../../src/firewall/endpoints';
 import { containers, networks, pinned } from '../../support/docker-fixtures';
 
 test('endpoints from recorded inspect JSON: bridge endpoints pinnable, every other driver not, with the reason', () => {
@@ -214,3 +216,64 @@ test('incremental scripts add and remove exactly one endpoint', () => {
 });
 
 /** nft in a network namespace of the test's own. */
+
+test("a swarm task's docker_gwbridge endpoint, listed by the network only, is added from the network's inspect", () => {
+  const task = {
+    Id: 'b'.repeat(64),
+    Name: '/web.1.x',
+    State: { Running: true, Pid: 4242, Status: 'running' },
+    HostConfig: { NetworkMode: 'default' },
+    NetworkSettings: {
+      Networks: { ingress: { NetworkID: 'ing', MacAddress: '02:42:0a:00:00:05', IPAddress: '10.0.0.5' } },
+    },
+  };
+  const gw = {
+    Id: 'g'.repeat(64),
+    Name: 'docker_gwbridge',
+    Driver: 'bridge',
+    Options: { 'com.docker.network.bridge.name': 'docker_gwbridge' },
+    Containers: {
+      ['b'.repeat(64)]: { MacAddress: '02:42:ac:12:00:03', IPv4Address: '172.18.0.3/16', IPv6Address: '' },
+      'ingress-sbox': { MacAddress: '02:42:ac:12:00:02', IPv4Address: '172.18.0.2/16', IPv6Address: '' },
+    },
+  };
+  const ingress = { Id: 'ing', Name: 'ingress', Driver: 'overlay' };
+  const { pinnable, unpinnable } = endpointsFromInspect([withGwbridgeEndpoint(task, gw)], [gw, ingress]);
+  assert.deepEqual(
+    pinnable.map((e) => [e.network, e.bridge, e.mac, e.ipv4]),
+    [['docker_gwbridge', 'docker_gwbridge', '02:42:ac:12:00:03', '172.18.0.3']],
+  );
+  assert.deepEqual(
+    unpinnable.map((e) => [e.network, e.reason]),
+    [['ingress', 'driver']],
+  );
+  assert.deepEqual(
+    Object.keys((withGwbridgeEndpoint({ ...task, Id: 'c'.repeat(64) }, gw) as typeof task).NetworkSettings.Networks),
+    ['ingress'],
+    'a container the network does not list is unchanged',
+  );
+});
+
+test("Podman: its container inspect names a network by name, and its bridge comes from Podman's own inspect", () => {
+  const dir = path.join(__dirname, '..', '..', 'fixtures', 'podman');
+  const read = (f: string): unknown => JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8'));
+  const inspect = read('inspect-two-networks.json');
+  const compat = read('network-podman.json');
+  const libpod = read('libpod-network-podman.json');
+  // The compatible inspect has no bridge option: without Podman's own word the bridge would be guessed.
+  assert.deepEqual((compat as { Options: object }).Options, {});
+  const { pinnable, unpinnable } = endpointsFromInspect(Array.isArray(inspect) ? inspect : [inspect], [
+    withLibpodBridge(compat, libpod),
+  ]);
+  assert.deepEqual(
+    pinnable.map((e) => [e.network, e.bridge, e.mac, e.ipv4]),
+    [['podman', 'podman0', 'a6:7a:a8:80:8a:8a', '10.88.0.42']],
+  );
+  assert.deepEqual(
+    unpinnable.map((e) => [e.network, e.reason]),
+    [['idt-recnet', 'unknown-network']],
+  );
+  // A Docker network keeps its own bridge option.
+  const docker = { Driver: 'bridge', Options: { 'com.docker.network.bridge.name': 'docker0' } };
+  assert.equal(withLibpodBridge(docker, libpod), docker);
+});

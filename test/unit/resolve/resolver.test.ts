@@ -5,7 +5,7 @@ import type { ConntrackEntry, ConntrackSource, ReplyTuple } from '../../../src/c
 import { codedError } from '../../../src/lib/errors';
 import type { ContainerLookup } from '../../../src/docker/watcher';
 import { OUTCOMES } from '../../../src/resolve/outcome';
-import { Resolver, type ContainerOwners } from '../../../src/resolve/resolver';
+import { Resolver, type ContainerOwners, type PortPins } from '../../../src/resolve/resolver';
 
 const query = { querier: '10.213.0.2', local: '10.213.0.1', portOnServer: 40001, portOnClient: 3128 };
 const entry: ConntrackEntry = {
@@ -543,4 +543,60 @@ test('what a step found stays in the resolution: the source’s error, why the i
     { nameFor: () => null },
   ).resolve(query);
   assert.equal(named.name, null);
+});
+
+test('--bind-ports: named only while the owner’s own port is pinned, since before the connection started', async () => {
+  const pinnedSince = (sinceMs: number | null): PortPins & { asked: [string, string][] } => {
+    const asked: [string, string][] = [];
+    return {
+      asked,
+      pinState: (address, containerId) => {
+        asked.push([address, containerId]);
+        return { pinned: true, hostIfname: 'veth1', mac: '02:42:ac:11:00:03', sinceMs };
+      },
+    };
+  };
+  const at = (startNs: bigint | undefined, pins: PortPins, now = Date.now) =>
+    new Resolver(
+      source(async () => ({ ...entry, ...(startNs !== undefined ? { startNs } : {}) })),
+      registry(owner('web')),
+      { pins },
+      now,
+    ).resolve(query);
+  const sinceMs = 1_700_000_000_000;
+  const sinceNs = BigInt(sinceMs) * 1_000_000n;
+  // Pinned before the connection started: named, and the pin check was about the owner's address and id.
+  const p = pinnedSince(sinceMs);
+  const ok = await at(sinceNs + 1n, p);
+  assert.deepEqual(ok.answer, { kind: 'USERID', name: 'web' });
+  assert.deepEqual(p.asked, [['172.17.0.3', 'id-web']]);
+  assert.equal(ok.pin?.pinned, true);
+  // Pinned only after the connection started: it may have come from a spoofed address.
+  const late = await at(sinceNs, pinnedSince(sinceMs));
+  assert.equal(late.outcome, 'unpinned');
+  assert.match(late.reason, /pinned only after the connection started/);
+  assert.deepEqual(late.answer, { kind: 'ERROR', code: 'UNKNOWN-ERROR' });
+  // No start time: ERROR for the reuse window after the pin, named after it.
+  const fresh = await at(undefined, pinnedSince(sinceMs), () => sinceMs + 1000);
+  assert.equal(fresh.outcome, 'unpinned');
+  const settled = await at(undefined, pinnedSince(sinceMs), () => sinceMs + 60_000);
+  assert.equal(settled.outcome, 'found');
+  // The kernel's word without a time (explain): named.
+  assert.equal((await at(undefined, pinnedSince(null))).outcome, 'found');
+  // Not pinned, a check that throws, or one that fails: ERROR with the reason.
+  const no = await at(sinceNs + 1n, {
+    pinState: () => ({ pinned: false, reason: 'pending', detail: 'the rules for its port are not in the kernel yet' }),
+  });
+  assert.equal(no.outcome, 'unpinned');
+  assert.match(no.reason, /not in the kernel yet/);
+  assert.equal(no.name, undefined, 'the name step is not reached');
+  const threw = await at(sinceNs + 1n, {
+    pinState: () => {
+      throw new Error('boom');
+    },
+  });
+  assert.equal(threw.outcome, 'unpinned');
+  const rejected = await at(sinceNs + 1n, { pinState: () => Promise.reject(new Error('nft gone')) });
+  assert.equal(rejected.outcome, 'unpinned');
+  assert.match(rejected.reason, /nft gone/);
 });
