@@ -51,6 +51,7 @@ export function serveConfig(cmd: string, v: Record<string, unknown>): Config | n
     if (typeof v[k] === 'string') args.push(`--${k}`, v[k] as string);
   }
   for (const p of (v['proxy-address'] as string[] | undefined) ?? []) args.push('--proxy-address', p);
+  if (v['bind-ports'] === true) args.push('--bind-ports');
   try {
     return loadConfig(args);
   } catch (err) {

@@ -28,9 +28,12 @@ Options:
   --json                 machine-readable output
   --timeout SECS         how long to wait for the Docker index (default: 10)
   --config FILE          the daemon's config file (docker-host, conntrack,
-                         proxy-address, name-template are used)
+                         proxy-address, name-template, bind-ports are used)
   --docker-host URL, --conntrack MODE, --name-template T, --proxy-address CIDR
                          as for serve; flags win over the config file
+  --bind-ports           as for serve: also shows whether the kernel's table
+                         bridge docker_identd pins the owner's port, and
+                         answers ERROR when it does not
   --verbose              log what the Docker and conntrack code does (stderr)
   -h, --help             show this help
 
@@ -51,6 +54,7 @@ export async function explainMain(args: string[]): Promise<number> {
       conntrack: { type: 'string' },
       'name-template': { type: 'string' },
       'proxy-address': { type: 'string', multiple: true },
+      'bind-ports': { type: 'boolean' },
       verbose: { type: 'boolean' },
     },
     true,

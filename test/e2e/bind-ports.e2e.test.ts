@@ -26,13 +26,14 @@
  * Run as root: node --import tsx --test test/e2e/bind-ports.e2e.test.ts
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 
 import {
   FIXTURES,
+  HOST_IP,
   HOST_IP6,
   IMAGE,
   LABEL,
@@ -50,6 +51,7 @@ import {
   which,
   BIND_PORTS,
   daemonEntry,
+  REPO_ROOT,
 } from './env';
 import { inCI, sleep, waitFor } from '../support/daemon';
 import { removeTable } from '../../src/firewall/bridge-table';
@@ -411,7 +413,42 @@ if (BIND_PORTS) {
           assert.equal(logged.ident, box.name, logged.raw);
           const q = e.daemon!.queries().find((l) => l.container === box.ip && l.answer === `USERID:${box.name}`);
           assert.ok(q, `the daemon named ${box.name}`);
+          // explain --bind-ports asks the kernel's table about the owner's port, for a live connection.
+          await run('docker', ['exec', '-d', box.name, 'sh', '-c', `sleep 600 | nc ${PROXY_IP} ${SQUID_PORT}`]);
+          let port = 0;
+          for (let i = 0; i < 100 && port === 0; i++) {
+            const ct = await run(
+              'conntrack',
+              ['-L', '-p', 'tcp', '--orig-src', box.ip, '--orig-dst', PROXY_IP, '--dport', String(SQUID_PORT)],
+              { allowFail: true },
+            );
+            const m = /ESTABLISHED .*?dport=\d+ src=\S+ dst=\S+ sport=\d+ dport=(\d+)/.exec(ct.stdout);
+            if (m) port = Number(m[1]);
+            else await sleep(100);
+          }
+          assert.ok(port > 0, 'a live connection');
+          const explain = (more: string[]) =>
+            run(
+              process.execPath,
+              [
+                ...[daemonEntry(), 'explain', String(port), String(SQUID_PORT), '--querier', PROXY_IP],
+                ...['--conntrack', mode, '--bind-ports', ...more],
+              ],
+              { allowFail: true },
+            );
+          const x = JSON.parse((await explain(['--json'])).stdout) as {
+            answer: { kind: string; name?: string };
+            pin: { reached: boolean; pinned?: boolean; hostIfname?: string; mac?: string };
+          };
+          assert.equal(x.answer.name, box.name);
+          assert.deepEqual(x.pin, { reached: true, pinned: true, hostIfname: await hostVethOf(box), mac: x.pin.mac });
+          const text = (await explain([])).stdout;
+          assert.match(text, new RegExp(` 6\\. port {8}pinned to ${await hostVethOf(box)} \\(MAC `), text);
+          assert.match(text, / 8\. answer /, text);
           await run('docker', ['rm', '-f', box.name]);
+          // Its container gone, explain finds no owner to pin (and the daemon ERROR).
+          const gone = JSON.parse((await explain(['--json'])).stdout) as { outcome: string };
+          assert.notEqual(gone.outcome, 'found');
         }),
       );
 
@@ -462,6 +499,53 @@ if (BIND_PORTS) {
           const left = await setElements('port_ip4');
           assert.ok(!left.includes(CHURN_IP), `no rule for ${CHURN_IP} is left: ${left.join(', ')}`);
           e.log(`bind-ports churn: ${CYCLES} cycles, every request named its own container`);
+        }),
+      );
+
+      it(
+        "under the systemd drop-in's privileges (another user, its capabilities only, /proc of pids): ports pinned",
+        scenario(async () => {
+          const e = env!;
+          await e.stopDaemon();
+          const dropIn = fs.readFileSync(path.join(REPO_ROOT, 'systemd', 'bind-ports.conf'), 'utf8');
+          const caps = /^CapabilityBoundingSet=(.+)$/m
+            .exec(dropIn)![1]
+            .trim()
+            .split(/\s+/)
+            .map((c) => c.replace(/^CAP_/, '').toLowerCase());
+          assert.deepEqual(caps, ['net_admin', 'sys_ptrace']);
+          const capList = `-all,${caps.map((c) => `+${c}`).join(',')}`;
+          const dockerGid = /^docker:[^:]*:(\d+):/m.exec(fs.readFileSync('/etc/group', 'utf8'))?.[1];
+          assert.ok(dockerGid, 'a docker group (the socket is root:docker)');
+          const logFile = path.join(e.dir, 'unprivileged.log');
+          const out = fs.openSync(logFile, 'a');
+          // ProtectProc=default with ProcSubset=pid: a procfs of pids only, every user's visible.
+          const child = spawn(
+            'unshare',
+            [
+              ...['--mount', '--propagation', 'private', '--', 'sh', '-c'],
+              'mount -t proc -o subset=pid proc /proc && exec "$@"',
+              'sh',
+              ...['setpriv', '--reuid', '65534', '--regid', '65534', '--groups', dockerGid],
+              ...['--inh-caps', capList, '--ambient-caps', capList, '--bounding-set', capList, '--no-new-privs', '--'],
+              ...[process.execPath, daemonEntry(), 'serve', '--listen', `${HOST_IP}:1113`, '--allow', PROXY_IP],
+              ...['--conntrack', 'netlink', '--bind-ports', '--metrics', `127.0.0.1:${METRICS_PORT}`],
+            ],
+            // The unit's start step passes what it found of conntrack timestamps (/proc/sys is not there).
+            { stdio: ['ignore', out, out], env: { ...process.env, DOCKER_IDENTD_CONNTRACK_TIMESTAMP: '1' } },
+          );
+          fs.closeSync(out);
+          try {
+            await waitPinned(Object.values(boxes), 4);
+            assert.doesNotMatch(fs.readFileSync(logFile, 'utf8'), /"level":(40|50)/, 'no warnings or errors');
+          } finally {
+            child.kill('SIGTERM');
+            await new Promise((r) => child.once('exit', r));
+            e.log(`unprivileged daemon log:\n${fs.readFileSync(logFile, 'utf8').slice(-4000)}`);
+          }
+          const r = await run('nft', ['list', 'table', 'bridge', 'docker_identd'], { allowFail: true });
+          assert.notEqual(r.code, 0, 'it removed its table on SIGTERM, with CAP_NET_ADMIN only');
+          assert.match(fs.readFileSync(logFile, 'utf8'), /bridge port table removed/);
         }),
       );
 

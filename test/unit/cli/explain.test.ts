@@ -166,3 +166,26 @@ test('notes follow the steps', () => {
   const text = formatExplain(report({ notes: ['explain lists the containers afresh: ...'] }));
   assert.match(text, /^note: explain lists the containers afresh/m);
 });
+
+test('with --bind-ports a port step shows the pin (or why there is none), and the later steps move down one', () => {
+  const pinned = formatExplain(
+    report({ pin: { reached: true, pinned: true, hostIfname: 'veth50d1e9f', mac: '02:42:ac:11:00:02' } }),
+  );
+  assert.match(pinned, /^ 6\. port {8}pinned to veth50d1e9f \(MAC 02:42:ac:11:00:02\) in table bridge docker_identd$/m);
+  assert.match(pinned, /^ 7\. name /m);
+  assert.match(pinned, /^ 8\. answer /m);
+  const pending = formatExplain(
+    report({
+      pin: {
+        reached: true,
+        pinned: false,
+        reason: 'pending',
+        detail: 'the rules for its port are not in the kernel yet',
+      },
+      outcome: 'unpinned',
+    }),
+  );
+  assert.match(pending, /^ 6\. port {8}not pinned \(pending\): the rules for its port are not in the kernel yet$/m);
+  assert.match(formatExplain(report({ pin: { reached: false } })), /^ 6\. port {8}not reached \(--bind-ports\)$/m);
+  assert.doesNotMatch(formatExplain(report()), /^ *\d+\. port /m, 'no port step without --bind-ports');
+});
