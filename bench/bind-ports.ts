@@ -22,8 +22,8 @@
  *      - churn alone: `--starts` container starts per second (default 50),
  *        each with a stop of an older churn container, for `--churn-seconds`
  *        (default 10); each start gets a new MAC on its netns's eth0, and
- *        its latency is from the event sent to `nft get element` finding
- *        that MAC on its port (polled every 5 ms);
+ *        its latency is from the event sent to the kernel's report of that
+ *        MAC's element on its port (`nft monitor new elements`);
  *      - q/s during the same churn, and the daemon's own update latencies
  *        (docker_identd_bound_ports_update_seconds) over it.
  * Queried connections belong to the stable containers and are inserted after
@@ -34,11 +34,12 @@
  * Results: a table with medians and ratios to the floor measured in this run,
  * and JSON in bench/results/.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { promisify } from 'node:util';
 
 import { FakeDocker } from '../test/support/fake-docker';
 import { type SyntheticEntry, insertSyntheticEntries } from '../test/support/native-extras';
@@ -58,10 +59,13 @@ import {
   setUpQueryNamespace,
 } from './table';
 
+const execFileP = promisify(execFile);
 const PROXY_PORT = 3128;
 const ABSENT_PORT = 444;
-const BRIDGE = 'idtb0';
-const NETWORK_ID = 'bench-bind-net';
+/** A Linux bridge takes at most 1,024 ports (BR_MAX_PORTS): port i is on bridge i / 500. */
+const PORTS_PER_BRIDGE = 500;
+const bridgeOf = (i: number): string => `idtbr${Math.floor(i / PORTS_PER_BRIDGE)}`;
+const networkOf = (i: number): string => `bench-bind-net-${Math.floor(i / PORTS_PER_BRIDGE)}`;
 const METRICS_PORT = 9119;
 
 interface Options {
@@ -126,14 +130,23 @@ class Ports {
 
   constructor(readonly count: number) {}
 
+  get bridges(): number {
+    return Math.ceil(this.count / PORTS_PER_BRIDGE);
+  }
+
   create(): void {
-    ipBatch([`link add ${BRIDGE} type bridge`, `link set ${BRIDGE} up`]);
     const lines: string[] = [];
+    for (let b = 0; b < this.bridges; b++) {
+      lines.push(
+        `link add ${bridgeOf(b * PORTS_PER_BRIDGE)} type bridge`,
+        `link set ${bridgeOf(b * PORTS_PER_BRIDGE)} up`,
+      );
+    }
     for (let i = 0; i < this.count; i++) {
       lines.push(
         `netns add ${nsOf(i)}`,
         `link add ${vethOf(i)} type veth peer name eth0 address ${macOf(i)} netns ${nsOf(i)}`,
-        `link set ${vethOf(i)} master ${BRIDGE} up`,
+        `link set ${vethOf(i)} master ${bridgeOf(i)} up`,
       );
     }
     ipBatch(lines);
@@ -144,17 +157,20 @@ class Ports {
     }
   }
 
-  /** Gives port i's container side a new MAC (a container started anew on it). */
-  setMac(i: number, mac: string): void {
-    const r = spawnSync('ip', ['-n', nsOf(i), 'link', 'set', 'eth0', 'address', mac], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`ip link set address: ${r.stderr}`);
+  /**
+   * Gives port i's container side a new MAC (a container started anew on it).
+   * Asynchronous: the FakeDocker answering the daemon runs in this process,
+   * and must not wait for child processes.
+   */
+  async setMac(i: number, mac: string): Promise<void> {
+    await execFileP('ip', ['-n', nsOf(i), 'link', 'set', 'eth0', 'address', mac]);
   }
 
   destroy(): void {
     for (const c of this.sleepers) c.kill('SIGKILL');
     const lines = Array.from({ length: this.count }, (_, i) => `netns del ${nsOf(i)}`);
     spawnSync('ip', ['-force', '-batch', '-'], { input: lines.join('\n') + '\n' });
-    spawnSync('ip', ['link', 'del', BRIDGE]);
+    for (let b = 0; b < this.bridges; b++) spawnSync('ip', ['link', 'del', bridgeOf(b * PORTS_PER_BRIDGE)]);
     spawnSync('nft', ['delete', 'table', 'bridge', 'docker_identd']);
   }
 }
@@ -171,7 +187,7 @@ function addContainer(docker: FakeDocker, ports: Ports, i: number, gen: number):
     Name: nameOf(i),
     Running: true,
     Pid: ports.pids[i],
-    Networks: { bench: { NetworkID: NETWORK_ID, IPAddress: addressOf(i), MacAddress: macOf(i, gen) } },
+    Networks: { [networkOf(i)]: { NetworkID: networkOf(i), IPAddress: addressOf(i), MacAddress: macOf(i, gen) } },
   });
   return Id;
 }
@@ -261,6 +277,62 @@ function spread(samples: number[]): { median: number; p95: number; max: number; 
 
 // ------------------------------------------------------------ churn
 
+/**
+ * `nft monitor new elements`: when each port_mac element reaches the kernel,
+ * as the kernel reports it (no polling, one process).
+ */
+class ElementMonitor {
+  private readonly child = spawn('nft', ['monitor', 'new', 'elements'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  private readonly seen = new Map<string, number>();
+  private readonly waiting = new Map<string, (at: number) => void>();
+  private buf = '';
+
+  constructor() {
+    this.child.stdout.setEncoding('utf8').on('data', (t: string) => {
+      const at = performance.now();
+      this.buf += t;
+      const lines = this.buf.split('\n');
+      this.buf = lines.pop()!;
+      for (const line of lines) {
+        const m = /^add element bridge docker_identd port_mac \{ (.+) \}$/.exec(line.trim());
+        if (!m) continue;
+        for (const el of m[1].split(', ')) {
+          const w = this.waiting.get(el);
+          if (w) {
+            this.waiting.delete(el);
+            w(at);
+          } else this.seen.set(el, at);
+        }
+      }
+    });
+  }
+
+  /** Resolves once nft monitor runs (it prints nothing before the first change). */
+  async started(): Promise<void> {
+    await sleep(300);
+  }
+
+  /** When `element` ("vbN" . MAC) was added (now or later), or null after `ms`. */
+  wait(element: string, ms: number): Promise<number | null> {
+    const at = this.seen.get(element);
+    if (at !== undefined) return Promise.resolve(at);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(element);
+        resolve(null);
+      }, ms);
+      this.waiting.set(element, (t) => {
+        clearTimeout(timer);
+        resolve(t);
+      });
+    });
+  }
+
+  stop(): void {
+    this.child.kill('SIGTERM');
+  }
+}
+
 interface Churn {
   starts: number;
   stops: number;
@@ -283,7 +355,7 @@ async function churn(
   rate: number,
   seconds: number,
   gen: { n: number },
-  poll: boolean,
+  monitor: ElementMonitor | null,
 ): Promise<Churn> {
   const r: Churn = { starts: 0, stops: 0, latencies: [], late: 0 };
   const free: number[] = [];
@@ -310,27 +382,18 @@ async function churn(
     }
     const i = free.shift()!;
     const g = ++gen.n;
-    ports.setMac(i, macOf(i, g));
+    await ports.setMac(i, macOf(i, g));
     const id = addContainer(docker, ports, i, g);
     const sent = performance.now();
     docker.emit(event('start', id));
     live.push({ i, id });
     r.starts++;
-    if (poll) {
-      const script = `get element bridge docker_identd port_mac { "${vethOf(i)}" . ${macOf(i, g)} }\n`;
+    if (monitor) {
       polls.push(
-        (async () => {
-          while (performance.now() - sent < 10_000) {
-            const ok =
-              spawnSync('nft', ['-f', '-'], { input: script, stdio: ['pipe', 'ignore', 'ignore'] }).status === 0;
-            if (ok) {
-              r.latencies.push(performance.now() - sent);
-              return;
-            }
-            await sleep(5);
-          }
-          r.late++;
-        })(),
+        monitor.wait(`"${vethOf(i)}" . ${macOf(i, g)}`, 10_000).then((at) => {
+          if (at === null) r.late++;
+          else r.latencies.push(at - sent);
+        }),
       );
     }
   }
@@ -367,13 +430,15 @@ async function inside(o: Options): Promise<number> {
       `# ${ports.count} container ports (netns + veth + process) in ${((Date.now() - tp) / 1000).toFixed(1)} s`,
     );
     for (let i = 0; i < o.containers; i++) addContainer(docker, ports, i, 0);
-    docker.networks.set(NETWORK_ID, {
-      Id: NETWORK_ID,
-      Name: 'bench',
-      Driver: 'bridge',
-      Options: { 'com.docker.network.bridge.name': BRIDGE },
-    });
-    docker.networks.set('bench', docker.networks.get(NETWORK_ID)!);
+    for (let b = 0; b < ports.bridges; b++) {
+      const id = networkOf(b * PORTS_PER_BRIDGE);
+      docker.networks.set(id, {
+        Id: id,
+        Name: id,
+        Driver: 'bridge',
+        Options: { 'com.docker.network.bridge.name': bridgeOf(b * PORTS_PER_BRIDGE) },
+      });
+    }
     await docker.start();
     await insertEntries(0, o.size);
     const tableSize = readNumber('/proc/sys/net/netfilter/nf_conntrack_count');
@@ -419,14 +484,26 @@ async function inside(o: Options): Promise<number> {
       'info',
     ];
     // 2. the daemon without the flag
+    const plainGen = { n: 1_000_000 };
     {
-      const d = new DaemonProcess('plain', 113, path.join(dir, 'plain.log'), ['--listen', `${HOST}:113`, ...common]);
+      // --metrics as for the flagged daemon (which the bench reads): the same per-query work apart from the flag.
+      const d = new DaemonProcess('plain', 113, path.join(dir, 'plain.log'), [
+        ...['--listen', `${HOST}:113`, ...common],
+        ...['--metrics', `127.0.0.1:${METRICS_PORT + 1}`],
+      ]);
       daemons.push(d);
       d.start();
       await d.waitForLog('ready', 60_000, 1, 5);
       const from = set++ * o.connections;
       await insertConnections(from, o.connections, o.containers);
       await load('daemon', 113, from);
+      // The same churn without the flag: what Docker's events cost the daemon anyway.
+      const busyPlain = set++ * o.connections;
+      await insertConnections(busyPlain, o.connections, o.containers);
+      await Promise.all([
+        load('daemon, during churn', 113, busyPlain),
+        churn(docker, ports, o.containers, o.churnPool, o.starts, o.loadSeconds + 1, plainGen, null),
+      ]);
       await d.stop();
     }
 
@@ -434,6 +511,8 @@ async function inside(o: Options): Promise<number> {
     const d = new DaemonProcess('bind', 114, path.join(dir, 'bind.log'), [
       ...['--listen', `${HOST}:114`, ...common],
       ...['--bind-ports', '--metrics', `127.0.0.1:${METRICS_PORT}`],
+      // IDENTD_BENCH_BIND_LOG_LEVEL=debug: the binding's updates and nft runs in the log.
+      ...(process.env.IDENTD_BENCH_BIND_LOG_LEVEL ? ['--log-level', process.env.IDENTD_BENCH_BIND_LOG_LEVEL] : []),
     ]);
     daemons.push(d);
     const started = performance.now();
@@ -454,7 +533,10 @@ async function inside(o: Options): Promise<number> {
     await load('daemon --bind-ports', 114, quiet);
 
     const gen = { n: 0 };
-    const alone = await churn(docker, ports, o.containers, o.churnPool, o.starts, o.churnSeconds, gen, true);
+    const monitor = new ElementMonitor();
+    await monitor.started();
+    const alone = await churn(docker, ports, o.containers, o.churnPool, o.starts, o.churnSeconds, gen, monitor);
+    monitor.stop();
     const lat = spread(alone.latencies);
     console.log(
       `# churn alone: ${alone.starts} starts, ${alone.stops} stops in ${o.churnSeconds} s; start -> pinned: ` +
@@ -467,7 +549,7 @@ async function inside(o: Options): Promise<number> {
     const seconds = o.loadSeconds + 1;
     const [busyLoad, during] = await Promise.all([
       load('daemon --bind-ports, during churn', 114, busy),
-      churn(docker, ports, o.containers, o.churnPool, o.starts, seconds, gen, false),
+      churn(docker, ports, o.containers, o.churnPool, o.starts, seconds, gen, null),
     ]);
     const after = await updateHistogram();
     const runs = (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0);
@@ -491,10 +573,10 @@ async function inside(o: Options): Promise<number> {
         `| ${r.label} | ${Math.round(r.qps)} | ${(r.qps / floorQps).toFixed(2)}× | ${r.medianUs} | ${r.wrong} |`,
       );
     }
-    const plain = results.find((r) => r.label === 'daemon')!;
-    const churnRatio = busyLoad.qps / plain.qps;
+    const plainBusy = results.find((r) => r.label === 'daemon, during churn')!;
+    const churnRatio = busyLoad.qps / plainBusy.qps;
     console.log('');
-    console.log(`during churn / without the flag: ${churnRatio.toFixed(2)}× q/s`);
+    console.log(`during churn, with the flag / without it: ${churnRatio.toFixed(2)}× q/s`);
     console.log(
       `start -> pinned (${alone.latencies.length} starts at ${o.starts}/s): median ${lat.median.toFixed(1)} ms, ` +
         `p95 ${lat.p95.toFixed(1)} ms, max ${lat.max.toFixed(1)} ms`,

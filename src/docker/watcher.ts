@@ -67,8 +67,12 @@ export interface WatcherOptions {
    * null once it is gone (--bind-ports follows containers with it).
    */
   onContainer?: (id: string, inspect: ContainerJson | null) => void;
-  /** Told, right after a full listing became the index, of the running containers' ids. */
-  onListing?: (ids: ReadonlySet<string>) => void;
+  /**
+   * Told, right after a full listing became the index, of the running
+   * containers: their listing entries by id (which show each endpoint's
+   * EndpointID: a container restarted or reconnected has new ones).
+   */
+  onListing?: (listed: ReadonlyMap<string, ContainerJson>) => void;
 }
 
 /**
@@ -548,7 +552,9 @@ export class ContainerWatcher {
    * A full listing as a new index that keeps the current one's release times
    * and releases (now) every address whose owner differs.
    */
-  private async listIndex(s: Session): Promise<{ index: AddressIndex; changed: number; ids: Set<string> }> {
+  private async listIndex(
+    s: Session,
+  ): Promise<{ index: AddressIndex; changed: number; ids: Map<string, ContainerJson> }> {
     const sentNs = wallNs();
     const list = await this.docker.listContainers(s.signal);
     const gw = await this.gwbridge(s, true);
@@ -558,7 +564,7 @@ export class ContainerWatcher {
     // The listing shows only running containers, each as Docker saw it after the request was sent.
     for (const info of containersFromListing(list, gw)) index.set(info, listedNs, sentNs);
     const changed = index.inheritFrom(this.index, listedNs);
-    return { index, changed, ids: new Set(list.map((c) => c.Id)) };
+    return { index, changed, ids: new Map(list.map((c) => [c.Id, c])) };
   }
 
   /**

@@ -22,7 +22,9 @@
  *   identity: a frame with a pinned MAC as Ethernet source, an IPv4 or IPv6
  *   packet from a pinned address, ARP with a pinned address as sender, a
  *   neighbour advertisement for a pinned address, or a DAD probe for one is
- *   dropped. That is what makes pinning an address worth something: the
+ *   dropped, and so is any VLAN-tagged frame from a veth port (its ether type
+ *   would be the tag's, and the host takes a VLAN 0 frame as untagged). That
+ *   is what makes pinning an address worth something: the
  *   host routes between bridges, so a spoofed address is dropped on every
  *   bridge, not only on the owner's. Otherwise an unpinned port is left alone
  *   (the daemon answers ERROR for its addresses).
@@ -183,36 +185,28 @@ function normalize(ep: PinnedEndpoint): NormalEndpoint | RejectedEndpoint {
   };
 }
 
-/** One endpoint's input values as a string (planBridgeTable's memo key). */
-function inputKey(ep: PinnedEndpoint): string {
-  return JSON.stringify([ep.containerId, ep.name, ep.hostIfname, ep.mac, ep.ipv4, ep.ipv6]);
-}
-
 /**
  * Checks the endpoints and leaves out any that cannot be pinned safely: a bad
  * value, or an interface, MAC or address that two endpoints claim. In a
  * conflict every claimant is left out, never one picked: the address then has
  * no pinned owner and the daemon answers ERROR for it. With `memo` (kept by
- * the caller between plans), an endpoint's own checks are made once while its
- * values stay the same; entries of endpoints no longer given are dropped.
+ * the caller between plans), an endpoint object's own checks are made once
+ * (the caller hands over the same object while its values stay the same).
  */
 export function planBridgeTable(
   endpoints: readonly PinnedEndpoint[],
-  memo?: Map<string, NormalEndpoint | RejectedEndpoint>,
+  memo?: WeakMap<PinnedEndpoint, NormalEndpoint | RejectedEndpoint>,
 ): BridgePlan {
   const rejected: RejectedEndpoint[] = [];
   const ok: NormalEndpoint[] = [];
   const raw = new Map<NormalEndpoint, PinnedEndpoint>();
-  const seen = memo ? new Set<string>() : null;
   for (const ep of endpoints) {
     let n: NormalEndpoint | RejectedEndpoint;
     if (memo) {
-      // The checks of one endpoint's values depend on nothing else: done once while it stays the same.
-      const k = inputKey(ep);
-      seen!.add(k);
-      const known = memo.get(k);
+      // The checks of one endpoint's values depend on nothing else: done once per (unchanging) object.
+      const known = memo.get(ep);
       n = known ?? normalize(ep);
-      if (!known) memo.set(k, n);
+      if (!known) memo.set(ep, n);
     } else n = normalize(ep);
     if ('reason' in n) rejected.push(n);
     else {
@@ -248,7 +242,6 @@ export function planBridgeTable(
     }
   }
   rejected.push(...bad.values());
-  if (memo) for (const k of memo.keys()) if (!seen!.has(k)) memo.delete(k);
   const pinned = ok.filter((ep) => !bad.has(ep)).sort((a, b) => (a.hostIfname < b.hostIfname ? -1 : 1));
   return { pinned, rejected };
 }
@@ -304,6 +297,9 @@ const CHAINS: [string, string[]][] = [
       // Before br_netfilter (0) and any filter-priority chain (-200) of others.
       'type filter hook prerouting priority -300; policy accept;',
       'iifname @ports jump port_in',
+      // VLAN-tagged frames would pass the claims below (their ether type is the tag's), and the host
+      // takes a priority-tagged (VLAN 0) frame as untagged: no container port sends any.
+      'iifname "veth*" ether type { 8021q, 8021ad } counter drop',
       // Another port claiming a pinned identity.
       'ether saddr @pinned_mac counter drop',
       'ether type vmap { ip : jump claim_ip, arp : jump claim_arp, ip6 : jump claim_ip6 }',
@@ -435,4 +431,36 @@ export function endpointCheckScript(ep: NormalEndpoint, address: string): string
   else if (ep.ipv6.includes(a)) want.push(['port_ip6', `${ifq} . ${a}`], ['pinned_ip6', a]);
   else return null;
   return `${want.map(([s, el]) => `get element ${T} ${s} { ${el} }`).join('\n')}\n`;
+}
+
+/**
+ * Whether `nft -j list table bridge docker_identd` (its parsed JSON) shows the
+ * table a run of `expected` left: each set with as many elements as those
+ * endpoints give it, and each chain with its rules. False when the table is
+ * missing, or anything else is off (someone deleted or changed it).
+ */
+export function tableMatches(listing: unknown, expected: readonly NormalEndpoint[]): boolean {
+  const items = (listing as { nftables?: unknown } | null)?.nftables;
+  if (!Array.isArray(items)) return false;
+  const want = new Map<string, number>(SET_NAMES.map((n) => [`set ${n}`, 0]));
+  for (const ep of expected) {
+    const e = elementsOf(ep);
+    for (const n of SET_NAMES) want.set(`set ${n}`, want.get(`set ${n}`)! + e[n].length);
+  }
+  for (const [name, rules] of CHAINS) want.set(`chain ${name}`, rules.length - (rules[0].startsWith('type ') ? 1 : 0));
+  const seen = new Map<string, number>();
+  let table = false;
+  for (const item of items as Record<string, Record<string, unknown> | undefined>[]) {
+    const of = (o: Record<string, unknown> | undefined) => o && o.family === BRIDGE_FAMILY && o.table === BRIDGE_TABLE;
+    if (item.table?.family === BRIDGE_FAMILY && item.table?.name === BRIDGE_TABLE) table = true;
+    if (of(item.set))
+      seen.set(`set ${String(item.set!.name)}`, Array.isArray(item.set!.elem) ? item.set!.elem.length : 0);
+    if (of(item.chain))
+      seen.set(`chain ${String(item.chain!.name)}`, seen.get(`chain ${String(item.chain!.name)}`) ?? 0);
+    if (of(item.rule))
+      seen.set(`chain ${String(item.rule!.chain)}`, (seen.get(`chain ${String(item.rule!.chain)}`) ?? 0) + 1);
+  }
+  if (!table || seen.size !== want.size) return false;
+  for (const [k, n] of want) if (seen.get(k) !== n) return false;
+  return true;
 }

@@ -30,11 +30,14 @@ import { spawn } from 'node:child_process';
 
 import { canonicalIp } from '../lib/ip';
 import {
+  BRIDGE_FAMILY,
+  BRIDGE_TABLE,
   addEndpointScript,
   bridgeTableScript,
   planBridgeTable,
   removeEndpointScript,
   removeTableScript,
+  tableMatches,
   type BridgePlan,
   type NormalEndpoint,
   type PinnedEndpoint,
@@ -106,6 +109,52 @@ export function runNft(script: string, opts: NftOptions = {}): Promise<string> {
   });
 }
 
+/** `nft -j list table bridge docker_identd`, parsed; null when there is no such table. Rejects with an NftError. */
+export function listTable(opts: NftOptions = {}): Promise<unknown> {
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  // A busy host's table in JSON: about 1 KiB per endpoint.
+  const max = opts.maxOutput ?? 64 * 1024 * 1024;
+  return new Promise((resolve, reject) => {
+    const child = spawn(opts.nft ?? 'nft', ['-j', 'list', 'table', BRIDGE_FAMILY, BRIDGE_TABLE], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    let size = 0;
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => {
+      size += d.length;
+      if (size <= max) out.push(d);
+      else child.kill('SIGKILL');
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      if (err.length < 4096) err += d.toString('utf8');
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new NftError('ERR_NFT_SPAWN', `nft: ${e.message}`));
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (size > max) return reject(new NftError('ERR_NFT_FAILED', `nft -j list table: more than ${max} bytes`));
+      if (code !== 0)
+        return /No such file or directory/.test(err)
+          ? resolve(null)
+          : reject(new NftError('ERR_NFT_FAILED', `nft -j list table failed (${code}): ${err.trim()}`));
+      try {
+        resolve(JSON.parse(Buffer.concat(out).toString('utf8')));
+      } catch (e) {
+        reject(new NftError('ERR_NFT_FAILED', `nft -j list table: ${(e as Error).message}`));
+      }
+    });
+  });
+}
+
+/** Whether the kernel's table is what runs of `expected` left (see tableMatches). */
+export async function kernelTableMatches(expected: readonly NormalEndpoint[]): Promise<boolean> {
+  return tableMatches(await listTable(), expected);
+}
+
 /** What PortPinner and the helpers below need of nft: run one script, as one transaction. */
 export type NftRunner = (script: string) => Promise<unknown>;
 
@@ -166,6 +215,12 @@ export interface PinnerStats {
 export interface PortPinnerOptions {
   run: NftRunner;
   clock?: Clock;
+  /**
+   * The least time from one run's start to the next one's (default 0): under
+   * churn, changes that arrive meanwhile share a run, so nft is started a few
+   * times a second, not once per container.
+   */
+  minIntervalMs?: number;
   /** Delay before the first retry after a failed run, doubled up to retryMaxMs. Default 500 ms. */
   retryMs?: number;
   retryMaxMs?: number;
@@ -173,6 +228,8 @@ export interface PortPinnerOptions {
   onApplied?: (stats: PinnerStats) => void;
   /** After each failed run, with the delay until the retry. */
   onError?: (err: Error, retryInMs: number) => void;
+  /** When a check found the kernel's table not as the runs left it. */
+  onTampered?: () => void;
 }
 
 /** One endpoint's identity as a string: equal keys, equal rules. */
@@ -191,13 +248,15 @@ export class PortPinner {
   private readonly clock: Clock;
   private readonly retryMs: number;
   private readonly retryMaxMs: number;
+  private readonly minIntervalMs: number;
+  private lastStartMs = -Infinity;
   private readonly opts: PortPinnerOptions;
 
   /** The plan of the desired set, and its endpoints by address (pinned or rejected). */
   private desired: BridgePlan = { pinned: [], rejected: [] };
   private desiredByKey = new Map<string, NormalEndpoint>();
   private desiredByAddress = new Map<string, Desired>();
-  private readonly memo = new Map<string, NormalEndpoint | RejectedEndpoint>();
+  private readonly memo = new WeakMap<PinnedEndpoint, NormalEndpoint | RejectedEndpoint>();
   /** Keys of the endpoints that the kernel holds for certain (see the header), with when their run completed. */
   private applied = new Map<string, number>();
   /**
@@ -207,8 +266,12 @@ export class PortPinner {
    * whole table.
    */
   private kernel: Map<string, NormalEndpoint> | null = null;
+  /** Containers unpinned by unpinContainer, not counted as pinned before the next setDesired. */
+  private stale = new Set<string>();
   /** The next run replaces the whole table, whatever the kernel should hold (refresh, or setDesired's replace). */
   private forceFull = false;
+  /** A check of the kernel's table asked for (requestCheck), made before the next run. */
+  private pendingCheck: ((expected: readonly NormalEndpoint[]) => Promise<boolean>) | null = null;
   /** When the oldest change not yet carried by a run was asked for. */
   private changedSinceMs: number | null = null;
 
@@ -226,6 +289,7 @@ export class PortPinner {
     this.clock = opts.clock ?? realClock;
     this.retryMs = opts.retryMs ?? 500;
     this.retryMaxMs = opts.retryMaxMs ?? 30_000;
+    this.minIntervalMs = opts.minIntervalMs ?? 0;
   }
 
   /**
@@ -237,6 +301,8 @@ export class PortPinner {
    */
   setDesired(endpoints: readonly PinnedEndpoint[], { replace = false }: { replace?: boolean } = {}): void {
     if (this.closed) return;
+    const stale = this.stale;
+    this.stale = new Set();
     if (replace) this.forceFull = true;
     this.desired = planBridgeTable(endpoints, this.memo);
     const byKey = new Map<string, NormalEndpoint>();
@@ -257,8 +323,71 @@ export class PortPinner {
     this.desiredByAddress = byAddress;
     // Removals and changes take effect now.
     for (const k of this.applied.keys()) if (!byKey.has(k)) this.applied.delete(k);
-    if (!this.sameAsKernel()) this.markDirty();
+    // Containers held by unpinContainer: pinned again by a run, with a new time (at once if the kernel holds them).
+    const held = [...byKey].filter(([k, ep]) => stale.has(ep.containerId) && !this.applied.has(k));
+    if (!this.sameAsKernel() || held.length > 0) this.markDirty();
     this.kick();
+  }
+
+  /**
+   * Stops counting `containerId`'s endpoints as pinned at once (its process or
+   * endpoints changed: its old port is no proof for the new ones); they count
+   * again after a run that carries them, as new endpoints do.
+   */
+  unpinContainer(containerId: string): void {
+    if (this.closed) return;
+    // Held until the caller's next setDesired, which brings its new endpoints (or the same ones, confirmed).
+    this.stale.add(containerId);
+    for (const [k, ep] of this.desiredByKey) if (ep.containerId === containerId) this.applied.delete(k);
+  }
+
+  /**
+   * The kernel's table was found not to be what the last runs left (deleted,
+   * flushed): nothing counts as pinned until a full table is back, and every
+   * pin then starts anew, since a spoofed connection may have been made while
+   * it was gone.
+   */
+  tampered(): void {
+    if (this.closed) return;
+    this.applied.clear();
+    this.forceFull = true;
+    this.markDirty();
+    this.kick();
+  }
+
+  /**
+   * Checks, between runs, that the kernel's table is what the runs left
+   * (`check` is given what the kernel should hold); when it is not, the
+   * table was deleted or changed by someone else: tampered().
+   */
+  requestCheck(check: (expected: readonly NormalEndpoint[]) => Promise<boolean>): void {
+    if (this.closed) return;
+    this.pendingCheck = check;
+    this.kick();
+  }
+
+  private startCheck(check: (expected: readonly NormalEndpoint[]) => Promise<boolean>): void {
+    this.pendingCheck = null;
+    const expected = [...this.kernel!.values()];
+    let settled = false;
+    const running = (async () => {
+      let ok = false;
+      try {
+        ok = await check(expected);
+      } catch (err) {
+        this.opts.onError?.(err as Error, 0);
+      } finally {
+        settled = true;
+        this.running = null;
+      }
+      if (!ok && !this.closed) {
+        this.opts.onTampered?.();
+        this.tampered();
+      }
+      this.kick();
+      this.settleIdle();
+    })();
+    if (!settled) this.running = running;
   }
 
   /** Replace the whole table again even if nothing changed (a resync: puts back a table someone flushed). */
@@ -271,8 +400,8 @@ export class PortPinner {
 
   pinState(address: string): PinState {
     if (this.closed) return { pinned: false, reason: 'closed' };
-    const c = canonicalIp(address);
-    const d = c ? this.desiredByAddress.get(c) : undefined;
+    // Canonical addresses (conntrack's) are found at once; the parse only for one that misses.
+    const d = this.desiredByAddress.get(address) ?? this.desiredByAddress.get(canonicalIp(address) ?? '');
     if (!d) return { pinned: false, reason: 'unknown' };
     if ('reason' in d) return { pinned: false, reason: d.reason, detail: d.detail };
     const since = this.applied.get(d.key);
@@ -288,7 +417,7 @@ export class PortPinner {
 
   /** Resolves once no run is in flight or waiting (for tests and shutdown). */
   idle(): Promise<void> {
-    if (!this.running && !this.dirty && this.timer === null) return Promise.resolve();
+    if (!this.running && !this.dirty && !this.pendingCheck && this.timer === null) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -321,12 +450,26 @@ export class PortPinner {
   }
 
   private kick(): void {
-    if (this.closed || this.running || this.timer !== null || !this.dirty) return;
-    this.start();
+    if (this.closed || this.running || this.timer !== null) return;
+    const wait = this.lastStartMs + this.minIntervalMs - this.clock.now();
+    if (wait > 0 && (this.dirty || this.pendingCheck)) {
+      this.timer = this.clock.setTimeout(() => {
+        this.timer = null;
+        this.kick();
+        this.settleIdle();
+      }, wait);
+      return;
+    }
+    const check = this.pendingCheck;
+    // A check compares the kernel with what is known for certain to be there; else the next run replaces it whole.
+    if (check && (!this.kernel || this.forceFull)) this.pendingCheck = null;
+    else if (check) return this.startCheck(check);
+    if (this.dirty) this.start();
   }
 
   private start(): void {
     this.dirty = false;
+    this.lastStartMs = this.clock.now();
     const plan = this.desired;
     const want = this.desiredByKey;
     const before = this.forceFull ? null : this.kernel;
@@ -366,7 +509,9 @@ export class PortPinner {
     // In doubt while the run is in flight: a failure (or a timeout) may leave either table.
     this.kernel = null;
     const t0 = this.clock.now();
-    this.running = (async () => {
+    // `settled`: the run ended before `running` was set (a runner that throws at once), which must not stay set.
+    let settled = false;
+    const running = (async () => {
       try {
         await this.run(script);
         if (this.closed) return;
@@ -396,24 +541,28 @@ export class PortPinner {
           this.settleIdle();
         }, delay);
       } finally {
+        settled = true;
         this.running = null;
       }
       this.kick();
       this.settleIdle();
     })();
+    if (!settled) this.running = running;
   }
 
   /** The kernel holds `want` as of `at`: pinned is what it holds and is still wanted unchanged. */
   private markApplied(want: Map<string, NormalEndpoint>, at: number): void {
     this.kernel = want;
     const next = new Map<string, number>();
-    // The ones pinned before keep their time.
-    for (const k of want.keys()) if (this.desiredByKey.has(k)) next.set(k, this.applied.get(k) ?? at);
+    // The ones pinned before keep their time; held containers wait for the next setDesired.
+    for (const [k, ep] of want) {
+      if (this.desiredByKey.has(k) && !this.stale.has(ep.containerId)) next.set(k, this.applied.get(k) ?? at);
+    }
     this.applied = next;
   }
 
   private settleIdle(): void {
-    if (this.running || (this.dirty && !this.closed) || this.timer !== null) return;
+    if (this.running || ((this.dirty || this.pendingCheck) && !this.closed) || this.timer !== null) return;
     for (const w of this.idleWaiters.splice(0)) w();
   }
 }

@@ -31,7 +31,9 @@
  * and after, and every value is read again at the end: anything that changed
  * is ERR_VETH_RACE, never an answer. The whole lookup has a deadline.
  */
-import { promises as fsp } from 'node:fs';
+// Synchronous reads: these are sysfs and procfs files, made in memory by the kernel. A promise per read
+// costs more than the read, and a busy host's lookups make thousands of them.
+import fs from 'node:fs';
 import path from 'node:path';
 
 import { withDeadline } from '../lib/deadline';
@@ -108,7 +110,7 @@ const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const IFNAME = /^[A-Za-z0-9_.:@-]{1,15}$/;
 
 async function readTrim(file: string): Promise<string> {
-  return (await fsp.readFile(file, 'utf8')).trim();
+  return fs.readFileSync(file, 'utf8').trim();
 }
 
 async function readIndex(file: string): Promise<number> {
@@ -122,7 +124,7 @@ async function readIndex(file: string): Promise<number> {
 async function startTime(procRoot: string, pid: number): Promise<string> {
   let stat: string;
   try {
-    stat = await fsp.readFile(path.join(procRoot, String(pid), 'stat'), 'utf8');
+    stat = fs.readFileSync(path.join(procRoot, String(pid), 'stat'), 'utf8');
   } catch {
     throw new VethError('ERR_VETH_NO_PROCESS', `process ${pid} is gone`);
   }
@@ -134,7 +136,7 @@ async function startTime(procRoot: string, pid: number): Promise<string> {
 
 /** Interface names of the process's network namespace, from the kernel (/proc/PID/net/dev). */
 async function procNetDev(procRoot: string, pid: number): Promise<Set<string>> {
-  const text = await fsp.readFile(path.join(procRoot, String(pid), 'net', 'dev'), 'utf8');
+  const text = fs.readFileSync(path.join(procRoot, String(pid), 'net', 'dev'), 'utf8');
   const names = new Set<string>();
   for (const line of text.split('\n').slice(2)) {
     const colon = line.indexOf(':');
@@ -148,7 +150,7 @@ async function procMcastIndex(procRoot: string, pid: number): Promise<Map<string
   const out = new Map<string, number>();
   let text = '';
   try {
-    text = await fsp.readFile(path.join(procRoot, String(pid), 'net', 'dev_mcast'), 'utf8');
+    text = fs.readFileSync(path.join(procRoot, String(pid), 'net', 'dev_mcast'), 'utf8');
   } catch {
     return out;
   }
@@ -160,7 +162,7 @@ async function procMcastIndex(procRoot: string, pid: number): Promise<Map<string
 }
 
 async function defaultStatfsType(p: string): Promise<number> {
-  return (await fsp.statfs(p)).type;
+  return fs.statfsSync(p).type;
 }
 
 interface ContainerSide {
@@ -183,7 +185,7 @@ async function containerSide(q: VethQuery, procRoot: string, statfsType: (p: str
   const netDir = path.join(sys, 'class', 'net');
   let names: string[];
   try {
-    names = await fsp.readdir(netDir);
+    names = fs.readdirSync(netDir);
   } catch (err) {
     throw new VethError('ERR_VETH_NO_PROCESS', `process ${q.pid}: ${(err as Error).message}`);
   }
@@ -231,7 +233,7 @@ async function containerSide(q: VethQuery, procRoot: string, statfsType: (p: str
 export async function hostInterfacesByIndex(sysRoot = '/sys'): Promise<Map<number, string>> {
   const dir = path.join(sysRoot, 'class', 'net');
   const out = new Map<number, string>();
-  for (const name of await fsp.readdir(dir)) {
+  for (const name of fs.readdirSync(dir)) {
     const idx = await readIndex(path.join(dir, name, 'ifindex')).catch(() => null);
     if (idx !== null) out.set(idx, name);
   }
@@ -258,11 +260,13 @@ async function lookup(q: VethQuery, opts: VethOptions): Promise<VethFound> {
       `${hostIfname} (ifindex ${side.iflink}) links to ${hostIflink}, not to ${side.ifname} (${side.ifindex})`,
     );
   }
-  const master = await fsp.readlink(path.join(hostDir, 'master')).catch(() => null);
-  const isPort = await fsp
-    .stat(path.join(hostDir, 'brport'))
-    .then(() => true)
-    .catch(() => false);
+  let master: string | null = null;
+  try {
+    master = fs.readlinkSync(path.join(hostDir, 'master'));
+  } catch {
+    master = null;
+  }
+  const isPort = fs.existsSync(path.join(hostDir, 'brport'));
   if (!master || !isPort || path.basename(master) !== q.bridge) {
     throw new VethError(
       'ERR_VETH_NOT_BRIDGE_PORT',

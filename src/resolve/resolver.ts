@@ -291,7 +291,8 @@ export class Resolver {
       const at = { ...withOwner, pin };
       if (!pin.pinned) return { ...at, ...ended('unpinned', reasonFor('unpinned', { pin: pin.detail })) };
       if (pin.sinceMs !== null) {
-        const sinceNs = BigInt(pin.sinceMs) * 1_000_000n;
+        // sinceMs is a whole millisecond read after the commit: the commit may lie up to 1 ms later.
+        const sinceNs = BigInt(pin.sinceMs + 1) * 1_000_000n;
         if (entry.startNs !== undefined) {
           // A connection older than the pin may have been made from a spoofed address.
           if (entry.startNs <= sinceNs)

@@ -74,8 +74,15 @@ export interface RunningDaemon {
  * neighbour's address and be answered with its name (README, "Security
  * model"), as far as Docker told.
  */
-function logNetRawExposure(log: Logger, e: NetRawExposure, sweep: CapabilitySweep): void {
-  if (e.shared.length > 0) {
+function logNetRawExposure(log: Logger, e: NetRawExposure, sweep: CapabilitySweep, bindPorts: boolean): void {
+  if (e.shared.length > 0 && bindPorts) {
+    // Their frames are checked at their own bridge port: a neighbour's address is of no use to them.
+    log.info(
+      { containers: e.shared, capabilitiesUnknown: e.unknown, sweep },
+      'containers keep NET_RAW on a network shared with other containers; --bind-ports answers only for ' +
+        'addresses pinned to their own port, so none of them can pass for a neighbour on a bridge network',
+    );
+  } else if (e.shared.length > 0) {
     log.warn(
       { containers: e.shared, capabilitiesUnknown: e.unknown, sweep },
       "containers keep NET_RAW on a network shared with other containers: each can send from a neighbour's " +
@@ -223,7 +230,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     if (stopping) return;
     // The NET_RAW report once the containers listed have been inspected: readiness does not wait for it.
     void watcher.capabilitySweep.then((sweep) => {
-      if (!stopping) logNetRawExposure(log, watcher.netRawExposure(), sweep);
+      if (!stopping) logNetRawExposure(log, watcher.netRawExposure(), sweep, config.bindPorts);
     });
     ready = true;
     notifier.ready(readyStatus());

@@ -21,14 +21,23 @@
  * Fail closed throughout: a failed inspect or veth lookup leaves the
  * endpoint unpinned until the next event or listing tries again.
  */
+import fs from 'node:fs';
+import path from 'node:path';
+
 import type { Logger } from 'pino';
 
 import type { ContainerJson } from '../docker/container-info';
 import { httpStatus } from '../docker/client';
-import { type PinnedEndpoint, endpointCheckScript, planBridgeTable } from '../firewall/bridge-rules';
+import {
+  endpointCheckScript,
+  planBridgeTable,
+  type NormalEndpoint,
+  type PinnedEndpoint,
+} from '../firewall/bridge-rules';
 import {
   PortPinner,
   defaultRunner,
+  kernelTableMatches,
   realClock,
   type Clock,
   type NftRunner,
@@ -39,8 +48,9 @@ import {
   withGwbridgeEndpoint,
   withLibpodBridge,
   type BridgeEndpoint,
+  type EndpointList,
 } from '../firewall/endpoints';
-import { findHostVeth, hostInterfacesByIndex, type VethFound, type VethQuery } from '../firewall/veth';
+import { findHostVeth, type VethFound, type VethQuery } from '../firewall/veth';
 import { errorCode, errorMessage } from '../lib/errors';
 import { canonicalIp } from '../lib/ip';
 import type { PinVerdict, PortPins } from '../resolve/resolver';
@@ -61,6 +71,10 @@ export interface PortBindingOptions {
   findVeth?: (q: VethQuery, hostInterfaces: () => Promise<Map<number, string>>) => Promise<VethFound>;
   /** After each completed nft run (the daemon logs and counts it). */
   onApplied?: (stats: PinnerStats) => void;
+  /** The least time between two nft runs (default MIN_RUN_INTERVAL_MS). */
+  minIntervalMs?: number;
+  /** Whether the kernel's table is what runs of these endpoints left (bridge-table.ts's by default). */
+  check?: (expected: readonly NormalEndpoint[]) => Promise<boolean>;
 }
 
 /**
@@ -77,9 +91,23 @@ async function inspectBridgeNetwork(docker: BindingDocker, id: string): Promise<
   ) {
     return n;
   }
-  const libpod = await docker.inspectLibpodNetwork(typeof o.Name === 'string' ? o.Name : id).catch(() => null);
-  return libpod ? withLibpodBridge(n, libpod) : n;
+  let libpod: unknown;
+  try {
+    libpod = await docker.inspectLibpodNetwork(typeof o.Name === 'string' ? o.Name : id);
+  } catch (err) {
+    // Docker: no libpod API, and Docker's own naming (br-<id>) applies. Anything else: not known yet.
+    if (httpStatus(err) === 404) return n;
+    throw err;
+  }
+  return withLibpodBridge(n, libpod);
 }
+
+/**
+ * At most one nft run starts every 100 ms: at 50 container starts a second a
+ * run carries about five, and starting nft (a fork of the daemon) stays a
+ * small share of a core; a start waits at most this much longer.
+ */
+const MIN_RUN_INTERVAL_MS = 100;
 
 /** Docker calls in flight at once while a listing's containers or a batch's veths are read. */
 const CONCURRENCY = 8;
@@ -104,6 +132,20 @@ async function eachLimited<T>(items: readonly T[], n: number, fn: (item: T) => P
   await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
 }
 
+/** A container's process and endpoints as a string: another value, another port to find. */
+function identityOf(json: unknown): string {
+  const j = json as {
+    State?: { Pid?: unknown };
+    NetworkSettings?: {
+      Networks?: Record<string, { EndpointID?: unknown; MacAddress?: unknown; IPAddress?: unknown }>;
+    };
+  };
+  const nets = Object.entries(j?.NetworkSettings?.Networks ?? {})
+    .map(([n, e]) => `${n}=${String(e?.EndpointID ?? '')}/${String(e?.MacAddress ?? '')}/${String(e?.IPAddress ?? '')}`)
+    .sort();
+  return nets.join(' ');
+}
+
 const labelsOf = (json: ContainerJson): Record<string, unknown> => {
   const cfg = (json as { Config?: { Labels?: unknown } }).Config;
   return typeof cfg?.Labels === 'object' && cfg.Labels !== null ? (cfg.Labels as Record<string, unknown>) : {};
@@ -121,14 +163,24 @@ export class PortBinding implements PortPins {
   private seq = 0;
   /** The latest listing's ids: a listing's read applies only to a container still listed. */
   private listed: ReadonlySet<string> = new Set();
-  /** The next update replaces the whole table (after a listing: puts back a table someone flushed). */
-  private replaceNext = false;
+  /** The next update checks the kernel's table against what the runs left (after a listing). */
+  private checkNext = false;
+  /** Host interface names and their ifindex, as last read (a stale entry cannot mislead veth.ts: it re-reads). */
+  private readonly hostIndex = new Map<string, number>();
+  private retryTimer: NodeJS.Timeout | null = null;
+  private readonly check: (expected: readonly NormalEndpoint[]) => Promise<boolean>;
   /** Ids of a listing that no event has told of yet: inspected by the next update. */
   private toInspect = new Set<string>();
   /** Network inspect answers by id (null: Docker has no such network). */
   private readonly networks = new Map<string, unknown>();
   /** Veth lookups by container, pid, MAC and bridge: the same process keeps the same port. */
   private veths = new Map<string, VethResult>();
+  /** The endpoint handed to the pinner for each found veth: the same object while nothing changes. */
+  private pinnedObjects = new Map<string, PinnedEndpoint>();
+  /** endpointsFromInspect per inspect answer, while `networksVersion` stays the same. */
+  private endpointCache = new WeakMap<object, EndpointList>();
+  private networksVersion = 0;
+  private endpointsVersion = -1;
   /** Addresses that cannot be pinned, and why (by canonical address). */
   private unpinnable = new Map<string, Unpinnable>();
   private working: Promise<void> | null = null;
@@ -140,13 +192,20 @@ export class PortBinding implements PortPins {
   constructor(opts: PortBindingOptions) {
     this.log = opts.log;
     this.findVeth = opts.findVeth ?? ((q, hostInterfaces) => findHostVeth(q, { hostInterfaces }));
+    this.check = opts.check ?? kernelTableMatches;
     this.pinner = new PortPinner({
       run: opts.run ?? defaultRunner,
       clock: opts.clock ?? realClock,
+      minIntervalMs: opts.minIntervalMs ?? MIN_RUN_INTERVAL_MS,
       onApplied: (stats) => {
         this.log.debug({ ...stats }, 'bridge port table updated');
         opts.onApplied?.(stats);
       },
+      onTampered: () =>
+        this.log.warn(
+          'table bridge docker_identd is not what the daemon left (deleted or changed by someone else): ' +
+            'every port is unpinned until the daemon has put it back, and pinned anew',
+        ),
       onError: (err, retryInMs) =>
         this.log.warn(
           { err: errorMessage(err), code: errorCode(err), retryInMs },
@@ -165,27 +224,43 @@ export class PortBinding implements PortPins {
     if (this.closed) return;
     this.told.set(id, ++this.seq);
     this.toInspect.delete(id);
+    const before = this.containers.get(id);
+    const pid = (j: unknown) => (j as { State?: { Pid?: unknown } } | undefined)?.State?.Pid;
+    // Restarted or reconnected: its old port proves nothing for it from now on.
+    if (!inspect || !before || pid(before) !== pid(inspect) || identityOf(before) !== identityOf(inspect)) {
+      this.pinner.unpinContainer(id);
+    }
     if (inspect) this.containers.set(id, inspect);
     else this.containers.delete(id);
     this.schedule();
   }
 
   /** A full listing's running containers: the others are gone; the unknown ones are read. */
-  onListing(ids: ReadonlySet<string>): void {
+  onListing(listed: ReadonlyMap<string, ContainerJson>): void {
     if (this.closed) return;
+    const ids = new Set(listed.keys());
     this.listed = ids;
-    for (const id of [...this.containers.keys()]) if (!ids.has(id)) this.containers.delete(id);
+    for (const [id, json] of [...this.containers]) {
+      if (!ids.has(id)) {
+        this.containers.delete(id);
+        this.pinner.unpinContainer(id);
+      } else if (identityOf(json) !== identityOf(listed.get(id))) {
+        // Its endpoints changed and no event told (events lost): read it again, unpinned meanwhile.
+        this.containers.delete(id);
+        this.pinner.unpinContainer(id);
+      }
+    }
     for (const id of [...this.told.keys()]) if (!ids.has(id)) this.told.delete(id);
     this.toInspect = new Set([...ids].filter((id) => !this.containers.has(id)));
-    // A resync also puts the whole table back, in case someone flushed it.
-    this.replaceNext = true;
+    // A resync also checks that the kernel's table is still what the runs left.
+    this.checkNext = true;
     this.schedule();
   }
 
   pinState(address: string, containerId: string): PinVerdict {
     if (this.closed) return { pinned: false, reason: 'closed', detail: 'the daemon is stopping' };
-    const a = canonicalIp(address);
-    const u = a ? this.unpinnable.get(a) : undefined;
+    // Addresses from conntrack come canonical: the parse only for one that misses.
+    const u = this.unpinnable.get(address) ?? this.unpinnable.get(canonicalIp(address) ?? '');
     if (u) return { pinned: false, reason: u.reason, detail: u.detail };
     const s = this.pinner.pinState(address);
     if (!s.pinned) {
@@ -223,6 +298,7 @@ export class PortBinding implements PortPins {
   /** Stops answering pinned, waits for the work in flight, and (with `removeTable`) deletes our table. */
   async close(opts: { removeTable?: boolean } = {}): Promise<void> {
     this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     while (this.working) await this.working.catch(() => undefined);
     await this.pinner.close(opts);
   }
@@ -241,7 +317,11 @@ export class PortBinding implements PortPins {
         try {
           await this.update();
         } catch (err) {
-          this.log.warn({ err: errorMessage(err) }, 'bridge port binding update failed; retried with the next event');
+          this.log.warn({ err: errorMessage(err) }, 'bridge port binding update failed; retried in 1 s');
+          this.retryTimer ??= setTimeout(() => {
+            this.retryTimer = null;
+            this.schedule();
+          }, 1000).unref();
         }
       } while (this.again && !this.closed);
     })().finally(() => {
@@ -266,8 +346,7 @@ export class PortBinding implements PortPins {
     const containers = gwbridge ? jsons.map((j) => withGwbridgeEndpoint(j, gwbridge)) : jsons;
     await this.inspectNetworks(docker, containers);
     if (this.closed) return;
-    const networks = [...this.networks.values()].filter((n) => n !== null);
-    const { pinnable, unpinnable } = endpointsFromInspect(containers, networks);
+    const { pinnable, unpinnable } = this.endpointsOf(containers);
     const unpin = new Map<string, Unpinnable>();
     for (const u of unpinnable) {
       for (const a of u.addresses) unpin.set(a, { containerId: u.containerId, reason: u.reason, detail: u.detail });
@@ -275,12 +354,41 @@ export class PortBinding implements PortPins {
     const pinned = await this.withVeths(pinnable, unpin);
     if (this.closed) return;
     this.unpinnable = unpin;
-    this.pinner.setDesired(pinned, { replace: this.replaceNext });
-    this.replaceNext = false;
+    this.pinner.setDesired(pinned);
+    if (this.checkNext) {
+      this.checkNext = false;
+      this.pinner.requestCheck(this.check);
+    }
     this.log.debug(
       { containers: containers.length, endpoints: pinned.length, unpinnable: unpin.size },
       'bridge port binding updated',
     );
+  }
+
+  /**
+   * The endpoints of every container, read once per inspect answer while the
+   * networks known stay the same (a busy host's update must not cost what
+   * 1,000 containers do).
+   */
+  private endpointsOf(containers: readonly unknown[]): EndpointList {
+    if (this.networksVersion !== this.endpointsVersion) {
+      this.endpointCache = new WeakMap();
+      this.endpointsVersion = this.networksVersion;
+    }
+    const networks = [...this.networks.values()];
+    const pinnable: BridgeEndpoint[] = [];
+    const unpinnable: EndpointList['unpinnable'] = [];
+    for (const c of containers) {
+      if (typeof c !== 'object' || c === null) continue;
+      let e = this.endpointCache.get(c);
+      if (!e) {
+        e = endpointsFromInspect([c], networks);
+        this.endpointCache.set(c, e);
+      }
+      pinnable.push(...e.pinnable);
+      unpinnable.push(...e.unpinnable);
+    }
+    return { pinnable, unpinnable };
   }
 
   /** Reads the containers a listing showed that no event told of. */
@@ -314,12 +422,32 @@ export class PortBinding implements PortPins {
     }
     await eachLimited([...ids], CONCURRENCY, async (id) => {
       try {
-        this.networks.set(id, await inspectBridgeNetwork(docker, id));
+        const n = await inspectBridgeNetwork(docker, id);
+        // Only what is certain is kept: a bridge network's answer with its bridge named, or another driver's.
+        if (n !== null) {
+          this.networks.set(id, n);
+          this.networksVersion++;
+        }
       } catch (err) {
-        if (httpStatus(err) === 404) this.networks.set(id, null);
-        else this.log.warn({ network: id, err: errorMessage(err) }, 'network inspect failed; its ports stay unpinned');
+        // Not kept: asked again at the next update (a network created after its containers were read).
+        if (httpStatus(err) !== 404) {
+          this.log.warn({ network: id, err: errorMessage(err) }, 'network inspect failed; its ports stay unpinned');
+        }
       }
     });
+    // Networks no container is on any more (Podman names may come back as other networks).
+    const inUse = new Set<string>();
+    for (const c of containers) {
+      const nets = (c as { NetworkSettings?: { Networks?: Record<string, { NetworkID?: unknown }> } }).NetworkSettings
+        ?.Networks;
+      for (const ep of Object.values(nets ?? {})) if (typeof ep?.NetworkID === 'string') inUse.add(ep.NetworkID);
+    }
+    for (const id of [...this.networks.keys()]) {
+      if (!inUse.has(id)) {
+        this.networks.delete(id);
+        this.networksVersion++;
+      }
+    }
   }
 
   /** Each bridge endpoint with its host-side veth; the ones whose veth cannot be confirmed go to `unpin`. */
@@ -330,8 +458,9 @@ export class PortBinding implements PortPins {
     let scan: Promise<Map<number, string>> | null = null;
     let rescanned = false;
     // One scan of the host's interfaces for the whole batch, made again once if it misses.
-    const hostInterfaces = (): Promise<Map<number, string>> => (scan ??= hostInterfacesByIndex());
+    const hostInterfaces = (): Promise<Map<number, string>> => (scan ??= this.scanHostInterfaces());
     const next = new Map<string, VethResult>();
+    const nextObjects = new Map<string, PinnedEndpoint>();
     const out: PinnedEndpoint[] = [];
     await eachLimited(pinnable, CONCURRENCY, async (ep) => {
       const key = `${ep.containerId} ${ep.pid} ${ep.mac} ${ep.bridge}`;
@@ -347,14 +476,17 @@ export class PortBinding implements PortPins {
       next.set(key, r);
       const addresses = [...(ep.ipv4 ? [ep.ipv4] : []), ...ep.ipv6];
       if (r.ok) {
-        out.push({
+        const objKey = `${key} ${r.hostIfname} ${ep.name} ${ep.ipv4 ?? ''} ${ep.ipv6.join(',')}`;
+        const obj = this.pinnedObjects.get(objKey) ?? {
           containerId: ep.containerId,
           name: ep.name,
           hostIfname: r.hostIfname,
           mac: ep.mac,
           ipv4: ep.ipv4,
           ipv6: ep.ipv6,
-        });
+        };
+        nextObjects.set(objKey, obj);
+        out.push(obj);
       } else {
         for (const a of addresses) {
           unpin.set(a, { containerId: ep.containerId, reason: 'veth', detail: `${r.code}: ${r.message}` });
@@ -362,6 +494,32 @@ export class PortBinding implements PortPins {
       }
     });
     this.veths = next;
+    this.pinnedObjects = nextObjects;
+    return out;
+  }
+
+  /**
+   * The host's interfaces by ifindex: one directory listing, and the ifindex
+   * read only for names not seen before (a busy host has thousands of veths).
+   */
+  private async scanHostInterfaces(): Promise<Map<number, string>> {
+    const dir = '/sys/class/net';
+    // Synchronous: sysfs is made in memory (see veth.ts).
+    const names = fs.readdirSync(dir);
+    const present = new Set(names);
+    for (const n of [...this.hostIndex.keys()]) if (!present.has(n)) this.hostIndex.delete(n);
+    for (const n of names) {
+      if (this.hostIndex.has(n)) continue;
+      let t = '';
+      try {
+        t = fs.readFileSync(path.join(dir, n, 'ifindex'), 'utf8');
+      } catch {
+        continue;
+      }
+      if (/^\d+\s*$/.test(t)) this.hostIndex.set(n, Number(t));
+    }
+    const out = new Map<number, string>();
+    for (const [n, i] of this.hostIndex) out.set(i, n);
     return out;
   }
 

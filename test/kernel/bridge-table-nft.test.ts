@@ -18,6 +18,7 @@ import {
   planBridgeTable,
   removeEndpointScript,
   removeTableScript,
+  tableMatches,
   type PinnedEndpoint,
 } from '../../src/firewall/bridge-rules';
 import { endpointsFromInspect } from '../../src/firewall/endpoints';
@@ -116,6 +117,31 @@ test("explain's check passes only for an endpoint the kernel pins, on its own ve
     );
     assert.equal(r.status, 0, r.out);
     assert.equal(endpointCheckScript(one, '172.17.0.3'), null, 'not its address');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("the kernel's own listing of a table a run left matches it; a flushed set does not", async (t) => {
+  const why = skipWhy();
+  if (why) return t.skip(why);
+  const eps = planBridgeTable(pinned(endpointsFromInspect(containers, networks).pinnable)).pinned;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bridge-list-'));
+  try {
+    fs.writeFileSync(path.join(dir, 'full'), bridgeTableScript({ pinned: eps, rejected: [] }));
+    const r = nftInOwnNetns(
+      [
+        `nft -f ${path.join(dir, 'full')}`,
+        'nft -j list table bridge docker_identd',
+        'echo',
+        'nft flush set bridge docker_identd pinned_ip4',
+        'nft -j list table bridge docker_identd',
+      ].join(' && '),
+    );
+    assert.equal(r.status, 0, r.out);
+    const [whole, flushed] = r.out.trim().split('\n').filter(Boolean);
+    assert.ok(tableMatches(JSON.parse(whole), eps), whole.slice(0, 400));
+    assert.ok(!tableMatches(JSON.parse(flushed), eps));
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

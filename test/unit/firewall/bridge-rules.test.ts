@@ -17,6 +17,7 @@ import {
   planBridgeTable,
   removeEndpointScript,
   removeTableScript,
+  tableMatches,
   type PinnedEndpoint,
 } from '../../../src/firewall/bridge-rules';
 import { endpointsFromInspect, withGwbridgeEndpoint, withLibpodBridge } from '../../../src/firewall/endpoints';
@@ -276,4 +277,40 @@ test("Podman: its container inspect names a network by name, and its bridge come
   // A Docker network keeps its own bridge option.
   const docker = { Driver: 'bridge', Options: { 'com.docker.network.bridge.name': 'docker0' } };
   assert.equal(withLibpodBridge(docker, libpod), docker);
+});
+
+test('tableMatches: the listing of the table a run left, and nothing else, matches', () => {
+  const eps = planBridgeTable(pinned(endpointsFromInspect(containers, networks).pinnable)).pinned;
+  // A listing shaped as `nft -j list table` prints it, built from what the script declares.
+  const listingOf = (endpoints: typeof eps, drop: { set?: string; chain?: string } = {}) => {
+    const script = bridgeTableScript({ pinned: endpoints, rejected: [] });
+    const items: object[] = [{ metainfo: {} }, { table: { family: 'bridge', name: 'docker_identd' } }];
+    for (const m of script.matchAll(/^ {2}set (\w+) \{\n {4}[^\n]+\n(?: {4}elements = \{ ([^\n]*) \}\n)?/gm)) {
+      const elem = m[2] ? m[2].split(', ') : [];
+      items.push({
+        set: {
+          family: 'bridge',
+          table: 'docker_identd',
+          name: m[1],
+          ...(elem.length && m[1] !== drop.set ? { elem } : {}),
+        },
+      });
+    }
+    for (const m of script.matchAll(/^ {2}chain (\w+) \{\n((?: {4}[^\n]+\n)+)/gm)) {
+      items.push({ chain: { family: 'bridge', table: 'docker_identd', name: m[1] } });
+      const rules = m[2]
+        .trim()
+        .split('\n')
+        .filter((l) => !l.trim().startsWith('type '));
+      const kept = m[1] === drop.chain ? rules.slice(1) : rules;
+      items.push(...kept.map(() => ({ rule: { family: 'bridge', table: 'docker_identd', chain: m[1] } })));
+    }
+    return { nftables: items };
+  };
+  assert.ok(tableMatches(listingOf(eps), eps));
+  assert.ok(!tableMatches(null, eps), 'no table');
+  assert.ok(!tableMatches(listingOf(eps.slice(1)), eps), 'an endpoint missing');
+  assert.ok(!tableMatches(listingOf(eps, { set: 'pinned_ip4' }), eps), 'a set flushed');
+  assert.ok(!tableMatches(listingOf(eps, { chain: 'claim_ip' }), eps), 'a rule deleted');
+  assert.ok(tableMatches(listingOf([]), []), 'an empty table');
 });

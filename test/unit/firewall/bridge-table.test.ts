@@ -398,3 +398,75 @@ test('a change undone while a run is in flight runs nothing more, and later chan
   assert.equal(who(t.pinner.pinState('172.17.0.12')), 'cc');
   await t.pinner.idle();
 });
+
+test('a check that finds the kernel table changed unpins everything until a full table is back, pinned anew', async () => {
+  const t = setup();
+  t.pinner.setDesired([A, B]);
+  t.advance(5);
+  t.calls[0].resolve();
+  await tick();
+  const before = t.pinner.pinState('172.17.0.10');
+  assert.ok(before.pinned && before.sinceMs === 5);
+  let asked: string[] = [];
+  let ok = true;
+  const check = async (expected: readonly { containerId: string }[]) => {
+    asked = expected.map((e) => e.containerId).sort();
+    return ok;
+  };
+  t.pinner.requestCheck(check);
+  await tick();
+  assert.deepEqual(asked, ['ca', 'cb'], 'the check is given what the kernel should hold');
+  assert.equal(t.calls.length, 1, 'a table as left needs no run');
+  ok = false;
+  t.advance(100);
+  t.pinner.requestCheck(check);
+  await tick();
+  assert.equal(who(t.pinner.pinState('172.17.0.10')), 'unpinned:pending', 'nothing pinned while it is not back');
+  assert.match(t.calls[1].script, /^table bridge docker_identd$/m, 'put back whole');
+  t.calls[1].resolve();
+  await tick();
+  const after = t.pinner.pinState('172.17.0.10');
+  assert.ok(after.pinned && after.sinceMs === 105, 'pinned anew, from the repair');
+  await t.pinner.idle();
+});
+
+test('a runner that throws at once leaves no run stuck', async () => {
+  let n = 0;
+  const c = fakeClock();
+  const pinner = new PortPinner({
+    run: (() => {
+      n++;
+      if (n === 1) throw new Error('at once');
+      return Promise.resolve();
+    }) as unknown as (s: string) => Promise<void>,
+    clock: c.clock,
+  });
+  pinner.setDesired([A]);
+  await tick();
+  c.advance(500);
+  await tick();
+  assert.equal(n, 2, 'retried');
+  assert.equal(who(pinner.pinState('172.17.0.10')), 'ca');
+  await pinner.idle();
+});
+
+test('minIntervalMs: changes within the interval after a run started wait for one run together', async () => {
+  const r = fakeRunner();
+  const c = fakeClock();
+  const pinner = new PortPinner({ run: r.run, clock: c.clock, minIntervalMs: 100 });
+  pinner.setDesired([A]);
+  assert.equal(r.calls.length, 1);
+  c.advance(20);
+  r.calls[0].resolve();
+  await tick();
+  pinner.setDesired([A, B]);
+  pinner.setDesired([A, B, C]);
+  assert.equal(r.calls.length, 1, 'not before 100 ms after the first run started');
+  assert.deepEqual(c.pending(), [80]);
+  c.advance(80);
+  assert.equal(r.calls.length, 2, 'one run for both changes');
+  assert.match(r.calls[1].script, /vethb/);
+  assert.match(r.calls[1].script, /vethc/);
+  r.calls[1].resolve();
+  await pinner.idle();
+});

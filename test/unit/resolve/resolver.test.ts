@@ -567,7 +567,9 @@ test('--bind-ports: named only while the owner’s own port is pinned, since bef
   const sinceNs = BigInt(sinceMs) * 1_000_000n;
   // Pinned before the connection started: named, and the pin check was about the owner's address and id.
   const p = pinnedSince(sinceMs);
-  const ok = await at(sinceNs + 1n, p);
+  // The pin's time is a whole millisecond read after the commit: only a start a millisecond later counts.
+  assert.equal((await at(sinceNs + 999_999n, pinnedSince(sinceMs))).outcome, 'unpinned');
+  const ok = await at(sinceNs + 1_000_001n, p);
   assert.deepEqual(ok.answer, { kind: 'USERID', name: 'web' });
   assert.deepEqual(p.asked, [['172.17.0.3', 'id-web']]);
   assert.equal(ok.pin?.pinned, true);
@@ -584,19 +586,19 @@ test('--bind-ports: named only while the owner’s own port is pinned, since bef
   // The kernel's word without a time (explain): named.
   assert.equal((await at(undefined, pinnedSince(null))).outcome, 'found');
   // Not pinned, a check that throws, or one that fails: ERROR with the reason.
-  const no = await at(sinceNs + 1n, {
+  const no = await at(sinceNs + 1_000_001n, {
     pinState: () => ({ pinned: false, reason: 'pending', detail: 'the rules for its port are not in the kernel yet' }),
   });
   assert.equal(no.outcome, 'unpinned');
   assert.match(no.reason, /not in the kernel yet/);
   assert.equal(no.name, undefined, 'the name step is not reached');
-  const threw = await at(sinceNs + 1n, {
+  const threw = await at(sinceNs + 1_000_001n, {
     pinState: () => {
       throw new Error('boom');
     },
   });
   assert.equal(threw.outcome, 'unpinned');
-  const rejected = await at(sinceNs + 1n, { pinState: () => Promise.reject(new Error('nft gone')) });
+  const rejected = await at(sinceNs + 1_000_001n, { pinState: () => Promise.reject(new Error('nft gone')) });
   assert.equal(rejected.outcome, 'unpinned');
   assert.match(rejected.reason, /nft gone/);
 });

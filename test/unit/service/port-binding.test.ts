@@ -49,6 +49,8 @@ function setup(opts: { veth?: (q: VethQuery) => string | Error; inspectDelay?: (
   const binding = new PortBinding({
     log: pino({ level: 'silent' }),
     run: async (s) => void scripts.push(s),
+    check: async () => true,
+    minIntervalMs: 0,
     findVeth: async (q) => {
       const r = opts.veth?.(q) ?? VETHS[`${q.pid} ${q.mac}`];
       if (r instanceof Error) throw r;
@@ -60,6 +62,10 @@ function setup(opts: { veth?: (q: VethQuery) => string | Error; inspectDelay?: (
   return { binding, scripts, inspects };
 }
 
+/** A listing of these containers, as the watcher hands it over (the recorded JSON stands for the listing's). */
+const listing = (...ids: string[]): Map<string, Json> =>
+  new Map(ids.map((id) => [id, (containers as Json[]).find((c) => c.Id === id)!]));
+
 const state = (b: PortBinding, address: string, name: string): string => {
   const s = b.pinState(address, idOf(name));
   return s.pinned ? `pinned ${s.hostIfname}` : `unpinned ${s.reason}`;
@@ -67,7 +73,7 @@ const state = (b: PortBinding, address: string, name: string): string => {
 
 test('a listing of the recorded containers: bridge endpoints pinned to their veths, the rest unpinned with the reason', async () => {
   const { binding, scripts } = setup();
-  binding.onListing(new Set((containers as Json[]).map((c) => c.Id)));
+  binding.onListing(listing(...(containers as Json[]).map((c) => c.Id)));
   await binding.idle();
   assert.equal(state(binding, '172.17.0.2', 'idt-ok-rec4'), 'pinned veth50d1e9f');
   assert.equal(state(binding, '10.218.0.2', 'idt-ok-rec6'), 'pinned veth77177a0');
@@ -87,7 +93,7 @@ test('a listing of the recorded containers: bridge endpoints pinned to their vet
 
 test('a container gone is unpinned at once, before nft has run; one come back is pinned after it has', async () => {
   const { binding, scripts } = setup();
-  binding.onListing(new Set([idOf('idt-ok-rec4'), idOf('idt-ok-rec6')]));
+  binding.onListing(listing(idOf('idt-ok-rec4'), idOf('idt-ok-rec6')));
   await binding.idle();
   assert.equal(state(binding, '172.17.0.2', 'idt-ok-rec4'), 'pinned veth50d1e9f');
   binding.onContainer(idOf('idt-ok-rec4'), null);
@@ -112,7 +118,7 @@ test('a veth that cannot be confirmed leaves the endpoint unpinned with the code
   const s = binding.pinState('172.17.0.2', idOf('idt-ok-rec4'));
   assert.ok(!s.pinned && s.reason === 'veth' && /ERR_VETH_RACE/.test(s.detail), JSON.stringify(s));
   fail = false;
-  binding.onListing(new Set([idOf('idt-ok-rec4')]));
+  binding.onListing(listing(idOf('idt-ok-rec4')));
   await binding.idle();
   assert.equal(state(binding, '172.17.0.2', 'idt-ok-rec4'), 'pinned veth50d1e9f');
   await binding.close();
@@ -122,7 +128,7 @@ test("a listing's inspect that ends after an event's word about the container do
   let open!: () => void;
   const gate = new Promise<void>((r) => (open = r));
   const { binding, inspects } = setup({ inspectDelay: () => gate });
-  binding.onListing(new Set([idOf('idt-ok-rec4')]));
+  binding.onListing(listing(idOf('idt-ok-rec4')));
   // Let the update start and send its inspect.
   while (inspects.length === 0) await new Promise((r) => setImmediate(r));
   // Meanwhile Docker's event: the container is gone.
@@ -136,9 +142,73 @@ test("a listing's inspect that ends after an event's word about the container do
 
 test('close() unpins everything and can remove the table', async () => {
   const { binding, scripts } = setup();
-  binding.onListing(new Set([idOf('idt-ok-rec4')]));
+  binding.onListing(listing(idOf('idt-ok-rec4')));
   await binding.idle();
   await binding.close({ removeTable: true });
   assert.equal(state(binding, '172.17.0.2', 'idt-ok-rec4'), 'unpinned closed');
   assert.match(scripts.at(-1)!, /^delete table bridge docker_identd$/m);
+});
+
+test('a restart (new pid or endpoints) unpins the container at once; so does a listing that shows new endpoints', async () => {
+  const { binding, inspects } = setup();
+  const id = idOf('idt-ok-rec4');
+  binding.onListing(listing(id));
+  await binding.idle();
+  assert.equal(state(binding, '172.17.0.2', 'idt-ok-rec4'), 'pinned veth50d1e9f');
+  // An event with another process: its old port proves nothing for it any more.
+  const restarted = { ...rec('idt-ok-rec4'), State: { ...rec('idt-ok-rec4').State, Pid: 9999 } } as Json;
+  binding.onContainer(id, restarted);
+  assert.equal(state(binding, '172.17.0.2', 'idt-ok-rec4'), 'unpinned pending', 'synchronously');
+  await binding.idle();
+  // No veth for pid 9999 in the recording: it stays unpinned, with the reason.
+  assert.equal(state(binding, '172.17.0.2', 'idt-ok-rec4'), 'unpinned veth');
+  binding.onContainer(id, rec('idt-ok-rec4'));
+  await binding.idle();
+  assert.equal(state(binding, '172.17.0.2', 'idt-ok-rec4'), 'pinned veth50d1e9f');
+  // Events lost: a listing shows another EndpointID. Unpinned at once, read again.
+  const json = rec('idt-ok-rec4') as Json & { NetworkSettings: { Networks: Record<string, object> } };
+  const relisted = {
+    ...json,
+    NetworkSettings: { Networks: { bridge: { ...json.NetworkSettings.Networks.bridge, EndpointID: 'new' } } },
+  } as Json;
+  const n = inspects.length;
+  binding.onListing(new Map([[id, relisted]]));
+  assert.equal(state(binding, '172.17.0.2', 'idt-ok-rec4'), 'unpinned pending', 'synchronously');
+  await binding.idle();
+  assert.deepEqual(inspects.slice(n), [id], 'read again');
+  await binding.close();
+});
+
+test('a check that finds the kernel table gone unpins every port until it is put back', async () => {
+  let intact = true;
+  const scripts: string[] = [];
+  const binding = new PortBinding({
+    log: pino({ level: 'silent' }),
+    run: async (s) => void scripts.push(s),
+    check: async () => intact,
+    minIntervalMs: 0,
+    findVeth: async (q) => ({
+      hostIfname: VETHS[`${q.pid} ${q.mac}`],
+      hostIfindex: 1,
+      containerIfname: 'eth0',
+      containerIfindex: 2,
+    }),
+  });
+  binding.attach({
+    inspectContainer: async (cid: string) => (containers as Json[]).find((c) => c.Id === cid)!,
+    inspectNetwork: async (nid: string) => (networks as { Id: string }[]).find((x) => x.Id === nid)!,
+  });
+  const id = idOf('idt-ok-rec4');
+  binding.onListing(listing(id));
+  await binding.idle();
+  binding.onListing(listing(id));
+  await binding.idle();
+  assert.equal(scripts.length, 1, 'an intact table is left alone');
+  intact = false;
+  binding.onListing(listing(id));
+  await binding.idle();
+  assert.equal(scripts.length, 2);
+  assert.match(scripts[1], /^table bridge docker_identd$/m, 'put back whole');
+  assert.equal(state(binding, '172.17.0.2', 'idt-ok-rec4'), 'pinned veth50d1e9f', 'pinned anew');
+  await binding.close();
 });
