@@ -255,6 +255,7 @@ export class PortPinner {
   /** The plan of the desired set, and its endpoints by address (pinned or rejected). */
   private desired: BridgePlan = { pinned: [], rejected: [] };
   private desiredByKey = new Map<string, NormalEndpoint>();
+  private desiredByContainer = new Map<string, string[]>();
   private desiredByAddress = new Map<string, Desired>();
   private readonly memo = new WeakMap<PinnedEndpoint, NormalEndpoint | RejectedEndpoint>();
   /** Keys of the endpoints that the kernel holds for certain (see the header), with when their run completed. */
@@ -307,9 +308,13 @@ export class PortPinner {
     this.desired = planBridgeTable(endpoints, this.memo);
     const byKey = new Map<string, NormalEndpoint>();
     const byAddress = new Map<string, Desired>();
+    const byContainer = new Map<string, string[]>();
     for (const ep of this.desired.pinned) {
       const key = keyOf(ep);
       byKey.set(key, ep);
+      const keys = byContainer.get(ep.containerId);
+      if (keys) keys.push(key);
+      else byContainer.set(ep.containerId, [key]);
       for (const a of addressesOf(ep)) byAddress.set(a, { ep, key });
     }
     for (const r of this.desired.rejected) {
@@ -321,6 +326,7 @@ export class PortPinner {
     }
     this.desiredByKey = byKey;
     this.desiredByAddress = byAddress;
+    this.desiredByContainer = byContainer;
     // Removals and changes take effect now.
     for (const k of this.applied.keys()) if (!byKey.has(k)) this.applied.delete(k);
     // Containers held by unpinContainer: pinned again by a run, with a new time (at once if the kernel holds them).
@@ -338,7 +344,7 @@ export class PortPinner {
     if (this.closed) return;
     // Held until the caller's next setDesired, which brings its new endpoints (or the same ones, confirmed).
     this.stale.add(containerId);
-    for (const [k, ep] of this.desiredByKey) if (ep.containerId === containerId) this.applied.delete(k);
+    for (const k of this.desiredByContainer.get(containerId) ?? []) this.applied.delete(k);
   }
 
   /**

@@ -48,7 +48,6 @@ import {
   withGwbridgeEndpoint,
   withLibpodBridge,
   type BridgeEndpoint,
-  type EndpointList,
 } from '../firewall/endpoints';
 import { findHostVeth, type VethFound, type VethQuery } from '../firewall/veth';
 import { errorCode, errorMessage } from '../lib/errors';
@@ -109,6 +108,13 @@ async function inspectBridgeNetwork(docker: BindingDocker, id: string): Promise<
  */
 const MIN_RUN_INTERVAL_MS = 100;
 
+/**
+ * At most one update every 50 ms: under churn an update carries the events of
+ * 50 ms, and its work on the whole set (the plan of every endpoint) stays a
+ * small share of a core. Removals do not wait for it (unpinContainer).
+ */
+const UPDATE_INTERVAL_MS = 50;
+
 /** Docker calls in flight at once while a listing's containers or a batch's veths are read. */
 const CONCURRENCY = 8;
 /** A swarm task's label: its docker_gwbridge endpoint is listed by the network only. */
@@ -119,6 +125,15 @@ interface Unpinnable {
   containerId: string;
   reason: string;
   detail: string;
+}
+
+/** What one inspect answer gives: endpoints to pin, and addresses that cannot be. */
+interface ContainerEndpoints {
+  version: number;
+  /** False while a veth lookup of it failed: worked out again at the next update. */
+  complete: boolean;
+  pinned: PinnedEndpoint[];
+  unpin: [string, Unpinnable][];
 }
 
 type VethResult = { ok: true; hostIfname: string } | { ok: false; code: string; message: string };
@@ -173,17 +188,14 @@ export class PortBinding implements PortPins {
   private toInspect = new Set<string>();
   /** Network inspect answers by id (null: Docker has no such network). */
   private readonly networks = new Map<string, unknown>();
-  /** Veth lookups by container, pid, MAC and bridge: the same process keeps the same port. */
-  private veths = new Map<string, VethResult>();
-  /** The endpoint handed to the pinner for each found veth: the same object while nothing changes. */
-  private pinnedObjects = new Map<string, PinnedEndpoint>();
-  /** endpointsFromInspect per inspect answer, while `networksVersion` stays the same. */
-  private endpointCache = new WeakMap<object, EndpointList>();
+  /** Each inspect answer's endpoints (see endpointsOf), while `networksVersion` stays the same. */
+  private perContainer = new WeakMap<object, ContainerEndpoints>();
+  /** Counts changes of the networks known (a network's answer read or dropped). */
   private networksVersion = 0;
-  private endpointsVersion = -1;
   /** Addresses that cannot be pinned, and why (by canonical address). */
   private unpinnable = new Map<string, Unpinnable>();
   private working: Promise<void> | null = null;
+  private lastUpdateMs = 0;
   private again = false;
   private closed = false;
   /** Updates made (tests and benchmarks). */
@@ -310,9 +322,13 @@ export class PortBinding implements PortPins {
       return;
     }
     this.working = (async () => {
-      // Events that arrive together are carried by one update.
+      // Events that arrive together are carried by one update; at most one update every UPDATE_INTERVAL_MS.
       await new Promise((r) => setImmediate(r));
       do {
+        const wait = this.lastUpdateMs + UPDATE_INTERVAL_MS - Date.now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        if (this.closed) break;
+        this.lastUpdateMs = Date.now();
         this.again = false;
         try {
           await this.update();
@@ -346,12 +362,7 @@ export class PortBinding implements PortPins {
     const containers = gwbridge ? jsons.map((j) => withGwbridgeEndpoint(j, gwbridge)) : jsons;
     await this.inspectNetworks(docker, containers);
     if (this.closed) return;
-    const { pinnable, unpinnable } = this.endpointsOf(containers);
-    const unpin = new Map<string, Unpinnable>();
-    for (const u of unpinnable) {
-      for (const a of u.addresses) unpin.set(a, { containerId: u.containerId, reason: u.reason, detail: u.detail });
-    }
-    const pinned = await this.withVeths(pinnable, unpin);
+    const { pinned, unpin } = await this.endpointsOf(containers);
     if (this.closed) return;
     this.unpinnable = unpin;
     this.pinner.setDesired(pinned);
@@ -366,29 +377,75 @@ export class PortBinding implements PortPins {
   }
 
   /**
-   * The endpoints of every container, read once per inspect answer while the
-   * networks known stay the same (a busy host's update must not cost what
-   * 1,000 containers do).
+   * Every container's endpoints to pin (with their veths) and its addresses
+   * that cannot be pinned, worked out once per inspect answer while the
+   * networks known stay the same, and again while a veth lookup of it fails:
+   * a busy host's update must not cost what 1,000 containers do.
    */
-  private endpointsOf(containers: readonly unknown[]): EndpointList {
-    if (this.networksVersion !== this.endpointsVersion) {
-      this.endpointCache = new WeakMap();
-      this.endpointsVersion = this.networksVersion;
-    }
+  private async endpointsOf(
+    containers: readonly unknown[],
+  ): Promise<{ pinned: PinnedEndpoint[]; unpin: Map<string, Unpinnable> }> {
     const networks = [...this.networks.values()];
-    const pinnable: BridgeEndpoint[] = [];
-    const unpinnable: EndpointList['unpinnable'] = [];
+    const results: ContainerEndpoints[] = [];
+    const todo: { c: object; at: number }[] = [];
     for (const c of containers) {
       if (typeof c !== 'object' || c === null) continue;
-      let e = this.endpointCache.get(c);
-      if (!e) {
-        e = endpointsFromInspect([c], networks);
-        this.endpointCache.set(c, e);
+      const known = this.perContainer.get(c);
+      if (known && known.version === this.networksVersion && known.complete) results.push(known);
+      else {
+        todo.push({ c, at: results.length });
+        results.push({ version: this.networksVersion, complete: false, pinned: [], unpin: [] });
       }
-      pinnable.push(...e.pinnable);
-      unpinnable.push(...e.unpinnable);
     }
-    return { pinnable, unpinnable };
+    if (todo.length > 0) {
+      let scan: Promise<Map<number, string>> | null = null;
+      let rescanned = false;
+      // The host's interfaces as last read; read again (once per batch) when a lookup misses.
+      const hostInterfaces = (): Promise<Map<number, string>> =>
+        (scan ??=
+          rescanned || this.hostIndex.size === 0 ? this.scanHostInterfaces() : Promise.resolve(this.indexMap()));
+      await eachLimited(todo, CONCURRENCY, async ({ c, at }) => {
+        const { pinnable, unpinnable } = endpointsFromInspect([c], networks);
+        const r: ContainerEndpoints = { version: this.networksVersion, complete: true, pinned: [], unpin: [] };
+        for (const u of unpinnable) {
+          for (const a of u.addresses)
+            r.unpin.push([a, { containerId: u.containerId, reason: u.reason, detail: u.detail }]);
+        }
+        for (const ep of pinnable) {
+          let v = await this.lookupVeth(ep, hostInterfaces);
+          if (!v.ok && v.code === 'ERR_VETH_NO_PEER' && !rescanned) {
+            rescanned = true;
+            scan = null;
+            v = await this.lookupVeth(ep, hostInterfaces);
+          }
+          if (v.ok) {
+            r.pinned.push({
+              containerId: ep.containerId,
+              name: ep.name,
+              hostIfname: v.hostIfname,
+              mac: ep.mac,
+              ipv4: ep.ipv4,
+              ipv6: ep.ipv6,
+            });
+          } else {
+            // Tried again at the next update.
+            r.complete = false;
+            for (const a of [...(ep.ipv4 ? [ep.ipv4] : []), ...ep.ipv6]) {
+              r.unpin.push([a, { containerId: ep.containerId, reason: 'veth', detail: `${v.code}: ${v.message}` }]);
+            }
+          }
+        }
+        results[at] = r;
+        this.perContainer.set(c, r);
+      });
+    }
+    const pinned: PinnedEndpoint[] = [];
+    const unpin = new Map<string, Unpinnable>();
+    for (const r of results) {
+      for (const ep of r.pinned) pinned.push(ep);
+      for (const [a, u] of r.unpin) unpin.set(a, u);
+    }
+    return { pinned, unpin };
   }
 
   /** Reads the containers a listing showed that no event told of. */
@@ -450,54 +507,6 @@ export class PortBinding implements PortPins {
     }
   }
 
-  /** Each bridge endpoint with its host-side veth; the ones whose veth cannot be confirmed go to `unpin`. */
-  private async withVeths(
-    pinnable: readonly BridgeEndpoint[],
-    unpin: Map<string, Unpinnable>,
-  ): Promise<PinnedEndpoint[]> {
-    let scan: Promise<Map<number, string>> | null = null;
-    let rescanned = false;
-    // One scan of the host's interfaces for the whole batch, made again once if it misses.
-    const hostInterfaces = (): Promise<Map<number, string>> => (scan ??= this.scanHostInterfaces());
-    const next = new Map<string, VethResult>();
-    const nextObjects = new Map<string, PinnedEndpoint>();
-    const out: PinnedEndpoint[] = [];
-    await eachLimited(pinnable, CONCURRENCY, async (ep) => {
-      const key = `${ep.containerId} ${ep.pid} ${ep.mac} ${ep.bridge}`;
-      let r = this.veths.get(key);
-      if (!r || !r.ok) {
-        r = await this.lookupVeth(ep, hostInterfaces);
-        if (!r.ok && r.code === 'ERR_VETH_NO_PEER' && !rescanned) {
-          rescanned = true;
-          scan = null;
-          r = await this.lookupVeth(ep, hostInterfaces);
-        }
-      }
-      next.set(key, r);
-      const addresses = [...(ep.ipv4 ? [ep.ipv4] : []), ...ep.ipv6];
-      if (r.ok) {
-        const objKey = `${key} ${r.hostIfname} ${ep.name} ${ep.ipv4 ?? ''} ${ep.ipv6.join(',')}`;
-        const obj = this.pinnedObjects.get(objKey) ?? {
-          containerId: ep.containerId,
-          name: ep.name,
-          hostIfname: r.hostIfname,
-          mac: ep.mac,
-          ipv4: ep.ipv4,
-          ipv6: ep.ipv6,
-        };
-        nextObjects.set(objKey, obj);
-        out.push(obj);
-      } else {
-        for (const a of addresses) {
-          unpin.set(a, { containerId: ep.containerId, reason: 'veth', detail: `${r.code}: ${r.message}` });
-        }
-      }
-    });
-    this.veths = next;
-    this.pinnedObjects = nextObjects;
-    return out;
-  }
-
   /**
    * The host's interfaces by ifindex: one directory listing, and the ifindex
    * read only for names not seen before (a busy host has thousands of veths).
@@ -518,6 +527,10 @@ export class PortBinding implements PortPins {
       }
       if (/^\d+\s*$/.test(t)) this.hostIndex.set(n, Number(t));
     }
+    return this.indexMap();
+  }
+
+  private indexMap(): Map<number, string> {
     const out = new Map<number, string>();
     for (const [n, i] of this.hostIndex) out.set(i, n);
     return out;
