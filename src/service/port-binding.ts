@@ -398,12 +398,14 @@ export class PortBinding implements PortPins {
       }
     }
     if (todo.length > 0) {
-      let scan: Promise<Map<number, string>> | null = null;
-      let rescanned = false;
-      // The host's interfaces as last read; read again (once per batch) when a lookup misses.
-      const hostInterfaces = (): Promise<Map<number, string>> =>
-        (scan ??=
-          rescanned || this.hostIndex.size === 0 ? this.scanHostInterfaces() : Promise.resolve(this.indexMap()));
+      // The host's interfaces as last read, and read again, wholly and once per batch, when a lookup misses
+      // (a new veth, or a name given again to another interface: Podman's vethN).
+      // New names are read first; every name's ifindex only if that still misses.
+      let fresh: Promise<Map<number, string>> | null = this.hostIndex.size === 0 ? this.scanHostInterfaces(true) : null;
+      let whole: Promise<Map<number, string>> | null = null;
+      const cached = (): Promise<Map<number, string>> => fresh ?? Promise.resolve(this.indexMap());
+      const rescan = (): Promise<Map<number, string>> => (fresh ??= this.scanHostInterfaces(false));
+      const rescanWhole = (): Promise<Map<number, string>> => (whole ??= fresh = this.scanHostInterfaces(true));
       await eachLimited(todo, CONCURRENCY, async ({ c, at }) => {
         const { pinnable, unpinnable } = endpointsFromInspect([c], networks);
         const r: ContainerEndpoints = { version: this.networksVersion, complete: true, pinned: [], unpin: [] };
@@ -412,11 +414,14 @@ export class PortBinding implements PortPins {
             r.unpin.push([a, { containerId: u.containerId, reason: u.reason, detail: u.detail }]);
         }
         for (const ep of pinnable) {
-          let v = await this.lookupVeth(ep, hostInterfaces);
-          if (!v.ok && v.code === 'ERR_VETH_NO_PEER' && !rescanned) {
-            rescanned = true;
-            scan = null;
-            v = await this.lookupVeth(ep, hostInterfaces);
+          let v = await this.lookupVeth(ep, cached);
+          if (!v.ok && v.code === 'ERR_VETH_NO_PEER') {
+            const again = rescan();
+            v = await this.lookupVeth(ep, () => again);
+          }
+          if (!v.ok && v.code === 'ERR_VETH_NO_PEER') {
+            const all = rescanWhole();
+            v = await this.lookupVeth(ep, () => all);
           }
           if (v.ok) {
             r.pinned.push({
@@ -508,15 +513,15 @@ export class PortBinding implements PortPins {
   }
 
   /**
-   * The host's interfaces by ifindex: one directory listing, and the ifindex
-   * read only for names not seen before (a busy host has thousands of veths).
+   * The host's interfaces by ifindex: one directory listing, and each name's
+   * ifindex read (`whole`), or only those of names not seen before.
    */
-  private async scanHostInterfaces(): Promise<Map<number, string>> {
+  private async scanHostInterfaces(whole: boolean): Promise<Map<number, string>> {
     const dir = '/sys/class/net';
     // Synchronous: sysfs is made in memory (see veth.ts).
     const names = fs.readdirSync(dir);
     const present = new Set(names);
-    for (const n of [...this.hostIndex.keys()]) if (!present.has(n)) this.hostIndex.delete(n);
+    for (const n of [...this.hostIndex.keys()]) if (whole || !present.has(n)) this.hostIndex.delete(n);
     for (const n of names) {
       if (this.hostIndex.has(n)) continue;
       let t = '';

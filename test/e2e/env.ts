@@ -90,7 +90,7 @@ export const STATE_DIR = '/run/idt-e2e';
  */
 export const BIND_PORTS = process.env.IDENTD_E2E_BIND_PORTS === '1';
 /** With BIND_PORTS: how long after its start a client container makes its request. */
-export const BIND_PORTS_CLIENT_DELAY_S = 2;
+export const BIND_PORTS_CLIENT_DELAY_S = 3;
 
 /**
  * A client container's command: as is, or with BIND_PORTS first a pause of
