@@ -3,10 +3,10 @@
  * with the endpoints the daemon wants pinned, and says which addresses are
  * pinned right now (issue 16).
  *
- * runNft() is the one place that runs nft: `nft -f -` with the script on
- * stdin, a deadline (then SIGKILL), and stdout/stderr capped. applyTable()
- * replaces the whole table in one transaction; removeTable() deletes our
- * table and nothing else.
+ * spawnNft() is the one place that starts nft (a deadline, then SIGKILL;
+ * output capped): runNft() runs a script with `nft -f -`, listTable() reads
+ * our table back as JSON. applyTable() replaces the whole table in one
+ * transaction; removeTable() deletes our table and nothing else.
  *
  * PortPinner is fed the desired endpoint set by its caller (from Docker's
  * events and every resync) and answers pinState(address). The rule it keeps:
@@ -18,10 +18,11 @@
  *   successfully since (so a container just started is unpinned until its
  *   rules are in), and no transaction since has left the kernel's state in
  *   doubt without it.
- * Every run replaces the whole table (the plan of the whole desired set), so
- * the kernel holds exactly what one plan says, whatever ran before, and a
- * table that someone flushed is back after the next run (refresh()). At most
- * one nft runs at a time; changes that arrive meanwhile are carried together
+ * The first run replaces the whole table; each later one sends only what
+ * changed (removals first), as one transaction, and a run after a failure,
+ * refresh() or tampered() (a check that found the table not as left) again
+ * replaces it whole. At most one nft runs at a time, at most one starts per
+ * `minIntervalMs`; changes that arrive meanwhile are carried together
  * by the next run. A failed run (nft's transactions are atomic: the kernel
  * keeps the previous table) leaves pinned only what both the previous and the
  * failed table pin, and is retried with a growing delay.
@@ -68,24 +69,55 @@ export interface NftOptions {
   maxOutput?: number;
 }
 
-/** Runs `script` with `nft -f -`. Resolves with stdout; rejects with an NftError. */
-export function runNft(script: string, opts: NftOptions = {}): Promise<string> {
+interface NftExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * The one place nft is started: `args`, `input` on stdin (or none), killed
+ * at the deadline (ETIMEDOUT), stderr capped at `max`, stdout capped at `max`
+ * too: cut there (`overflow: 'cut'`) or the run failed ('fail', for output
+ * that must be whole). Rejects with an NftError; resolves with how it exited.
+ */
+function spawnNft(
+  args: string[],
+  input: string | null,
+  opts: NftOptions,
+  max: number,
+  overflow: 'cut' | 'fail',
+): Promise<NftExit> {
   const timeoutMs = opts.timeoutMs ?? 10_000;
-  const max = opts.maxOutput ?? 16 * 1024;
+  const what = `nft ${args.join(' ')}`;
   return new Promise((resolve, reject) => {
     let child;
     try {
-      child = spawn(opts.nft ?? 'nft', ['-f', '-'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      child = spawn(opts.nft ?? 'nft', args, { stdio: [input === null ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     } catch (err) {
       reject(new NftError('ERR_NFT_SPAWN', `nft: ${(err as Error).message}`));
       return;
     }
-    const out = { stdout: '', stderr: '' };
-    const keep = (k: 'stdout' | 'stderr') => (d: Buffer) => {
-      if (out[k].length < max) out[k] += d.toString('utf8').slice(0, max - out[k].length);
-    };
-    child.stdout.on('data', keep('stdout'));
-    child.stderr.on('data', keep('stderr'));
+    const stdout: Buffer[] = [];
+    let size = 0;
+    let stderr = '';
+    let overflowed = false;
+    child.stdout!.on('data', (d: Buffer) => {
+      if (size + d.length > max) {
+        if (overflow === 'fail') {
+          overflowed = true;
+          child.kill('SIGKILL');
+        } else stdout.push(d.subarray(0, Math.max(0, max - size)));
+        size = max;
+        return;
+      }
+      size += d.length;
+      stdout.push(d);
+    });
+    child.stderr!.on('data', (d: Buffer) => {
+      if (stderr.length < max) stderr += d.toString('utf8').slice(0, max - stderr.length);
+    });
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -97,57 +129,40 @@ export function runNft(script: string, opts: NftOptions = {}): Promise<string> {
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      if (timedOut) reject(new NftError('ETIMEDOUT', `nft -f - did not finish within ${timeoutMs} ms`));
-      else if (code !== 0) {
-        reject(
-          new NftError('ERR_NFT_FAILED', `nft -f - failed (${code ?? signal}): ${out.stderr.trim().slice(0, 2000)}`),
-        );
-      } else resolve(out.stdout);
+      if (timedOut) reject(new NftError('ETIMEDOUT', `${what} did not finish within ${timeoutMs} ms`));
+      else if (overflowed) reject(new NftError('ERR_NFT_FAILED', `${what}: more than ${max} bytes`));
+      else resolve({ code, signal, stdout: Buffer.concat(stdout).toString('utf8'), stderr });
     });
-    child.stdin.on('error', () => {});
-    child.stdin.end(script);
+    if (child.stdin) {
+      child.stdin.on('error', () => {});
+      child.stdin.end(input);
+    }
   });
 }
 
+/** Runs `script` with `nft -f -`. Resolves with stdout; rejects with an NftError. */
+export async function runNft(script: string, opts: NftOptions = {}): Promise<string> {
+  const r = await spawnNft(['-f', '-'], script, opts, opts.maxOutput ?? 16 * 1024, 'cut');
+  if (r.code !== 0) {
+    throw new NftError('ERR_NFT_FAILED', `nft -f - failed (${r.code ?? r.signal}): ${r.stderr.trim().slice(0, 2000)}`);
+  }
+  return r.stdout;
+}
+
 /** `nft -j list table bridge docker_identd`, parsed; null when there is no such table. Rejects with an NftError. */
-export function listTable(opts: NftOptions = {}): Promise<unknown> {
-  const timeoutMs = opts.timeoutMs ?? 10_000;
+export async function listTable(opts: NftOptions = {}): Promise<unknown> {
   // A busy host's table in JSON: about 1 KiB per endpoint.
   const max = opts.maxOutput ?? 64 * 1024 * 1024;
-  return new Promise((resolve, reject) => {
-    const child = spawn(opts.nft ?? 'nft', ['-j', 'list', 'table', BRIDGE_FAMILY, BRIDGE_TABLE], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    let size = 0;
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => {
-      size += d.length;
-      if (size <= max) out.push(d);
-      else child.kill('SIGKILL');
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      if (err.length < 4096) err += d.toString('utf8');
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(new NftError('ERR_NFT_SPAWN', `nft: ${e.message}`));
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      if (size > max) return reject(new NftError('ERR_NFT_FAILED', `nft -j list table: more than ${max} bytes`));
-      if (code !== 0)
-        return /No such file or directory/.test(err)
-          ? resolve(null)
-          : reject(new NftError('ERR_NFT_FAILED', `nft -j list table failed (${code}): ${err.trim()}`));
-      try {
-        resolve(JSON.parse(Buffer.concat(out).toString('utf8')));
-      } catch (e) {
-        reject(new NftError('ERR_NFT_FAILED', `nft -j list table: ${(e as Error).message}`));
-      }
-    });
-  });
+  const r = await spawnNft(['-j', 'list', 'table', BRIDGE_FAMILY, BRIDGE_TABLE], null, opts, max, 'fail');
+  if (r.code !== 0) {
+    if (/No such file or directory/.test(r.stderr)) return null;
+    throw new NftError('ERR_NFT_FAILED', `nft -j list table failed (${r.code ?? r.signal}): ${r.stderr.trim()}`);
+  }
+  try {
+    return JSON.parse(r.stdout);
+  } catch (e) {
+    throw new NftError('ERR_NFT_FAILED', `nft -j list table: ${(e as Error).message}`);
+  }
 }
 
 /** Whether the kernel's table is what runs of `expected` left (see tableMatches). */
@@ -269,7 +284,7 @@ export class PortPinner {
   private kernel: Map<string, NormalEndpoint> | null = null;
   /** Containers unpinned by unpinContainer, not counted as pinned before the next setDesired. */
   private stale = new Set<string>();
-  /** The next run replaces the whole table, whatever the kernel should hold (refresh, or setDesired's replace). */
+  /** The next run replaces the whole table, whatever the kernel should hold (refresh, tampered). */
   private forceFull = false;
   /** A check of the kernel's table asked for (requestCheck), made before the next run. */
   private pendingCheck: ((expected: readonly NormalEndpoint[]) => Promise<boolean>) | null = null;
@@ -297,14 +312,11 @@ export class PortPinner {
    * The whole set of endpoints that should be pinned now (the caller's view
    * of Docker after an event or a resync). Takes effect for pinState() at
    * once for removals and changes; additions count once a run has put them in.
-   * With `replace`, the next run replaces the whole table even if the kernel
-   * should hold it already (a resync: puts back a table someone flushed).
    */
-  setDesired(endpoints: readonly PinnedEndpoint[], { replace = false }: { replace?: boolean } = {}): void {
+  setDesired(endpoints: readonly PinnedEndpoint[]): void {
     if (this.closed) return;
     const stale = this.stale;
     this.stale = new Set();
-    if (replace) this.forceFull = true;
     this.desired = planBridgeTable(endpoints, this.memo);
     const byKey = new Map<string, NormalEndpoint>();
     const byAddress = new Map<string, Desired>();
