@@ -43,7 +43,7 @@ import { promisify } from 'node:util';
 
 import { FakeDocker } from '../test/support/fake-docker';
 import { type SyntheticEntry, insertSyntheticEntries } from '../test/support/native-extras';
-import { buildC, DaemonProcess } from './daemon-process';
+import { benchDaemonArgs, buildC, DaemonProcess } from './daemon-process';
 import { FloorProcess } from './floor-process';
 import { queryFileLine, runIdentLoad, shuffle, type IdentLoadOutput } from './ident-load';
 import { runInfo, writeResults } from './results';
@@ -473,16 +473,7 @@ async function inside(o: Options): Promise<number> {
     await load('floor', 1113, floorFrom);
     await floor.stop();
 
-    const common = [
-      '--conntrack',
-      'netlink',
-      '--allow',
-      PROXY_CIDR,
-      '--docker-host',
-      docker.url,
-      '--log-level',
-      'info',
-    ];
+    const common = benchDaemonArgs(PROXY_CIDR, docker.url);
     // 2. the daemon without the flag
     const plainGen = { n: 1_000_000 };
     {

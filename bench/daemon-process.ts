@@ -98,6 +98,11 @@ export function fakeDockerOf(
 
 // ------------------------------------------------------------ the daemon
 
+/** What every benchmark's daemon is started with: netlink, the proxies' queries, the FakeDocker, info logs. */
+export function benchDaemonArgs(allow: string, dockerUrl: string): string[] {
+  return ['--conntrack', 'netlink', '--allow', allow, '--docker-host', dockerUrl, '--log-level', 'info'];
+}
+
 /** `bin/docker-identd.js serve` as a child process; its JSON log goes to a file. */
 export class DaemonProcess {
   private child: ChildProcess | null = null;

@@ -60,7 +60,7 @@ import { performance } from 'node:perf_hooks';
 import { type SyntheticEntry } from '../test/support/native-extras';
 import type { FakeDocker } from '../test/support/fake-docker';
 import type { DaemonLogStats } from './daemon-log';
-import { buildC, cpuUsOfTree, DaemonProcess, fakeDockerOf, rssKbOfTree } from './daemon-process';
+import { benchDaemonArgs, buildC, cpuUsOfTree, DaemonProcess, fakeDockerOf, rssKbOfTree } from './daemon-process';
 import { FloorProcess, type Server } from './floor-process';
 import { queryFileLine, runIdentLoad, shuffle, type IdentLoadOutput } from './ident-load';
 import { addonPath, runInfo, writeResults } from './results';
@@ -712,16 +712,7 @@ async function inside(o: Options): Promise<number> {
     docker = fakeDockerOf(path.join(dir, 'docker.sock'), o.containers, containerName, containerAddress);
     await docker.start();
     const dockerSocket = docker.socketPath;
-    const common = [
-      '--conntrack',
-      'netlink',
-      '--allow',
-      PROXY_CIDR,
-      '--docker-host',
-      docker.url,
-      '--log-level',
-      'info',
-    ];
+    const common = benchDaemonArgs(PROXY_CIDR, docker.url);
 
     const results: VariantResult[] = [];
     let set = 0;

@@ -19,20 +19,11 @@ import {
   removeEndpointScript,
   removeTableScript,
   tableMatches,
-  type PinnedEndpoint,
 } from '../../src/firewall/bridge-rules';
 import { endpointsFromInspect } from '../../src/firewall/endpoints';
-import { containers, networks, pinned } from '../support/docker-fixtures';
+import { containers, endpoint, networks, pinned } from '../support/docker-fixtures';
 
-const ep = (over: Partial<PinnedEndpoint> = {}): PinnedEndpoint => ({
-  containerId: 'c1',
-  name: 'one',
-  hostIfname: 'veth1',
-  mac: '02:42:ac:11:00:02',
-  ipv4: '172.17.0.2',
-  ipv6: [],
-  ...over,
-});
+const ep = endpoint;
 
 function skipWhy(): string | null {
   const nft = spawnSync('sh', ['-c', 'command -v nft'], { encoding: 'utf8' }).stdout.trim();

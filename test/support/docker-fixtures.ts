@@ -38,3 +38,14 @@ export const pinned = (eps: BridgeEndpoint[]): PinnedEndpoint[] =>
     ipv4: e.ipv4,
     ipv6: e.ipv6,
   }));
+
+/** One made-up endpoint for the rule tests; `over` replaces parts of it. */
+export const endpoint = (over: Partial<PinnedEndpoint> = {}): PinnedEndpoint => ({
+  containerId: 'c1',
+  name: 'one',
+  hostIfname: 'veth1',
+  mac: '02:42:ac:11:00:02',
+  ipv4: '172.17.0.2',
+  ipv6: [],
+  ...over,
+});

@@ -21,7 +21,7 @@ import {
   type PinnedEndpoint,
 } from '../../../src/firewall/bridge-rules';
 import { endpointsFromInspect, withGwbridgeEndpoint, withLibpodBridge } from '../../../src/firewall/endpoints';
-import { containers, networks, pinned } from '../../support/docker-fixtures';
+import { containers, endpoint, networks, pinned } from '../../support/docker-fixtures';
 
 test('endpoints from recorded inspect JSON: bridge endpoints pinnable, every other driver not, with the reason', () => {
   const { pinnable, unpinnable } = endpointsFromInspect(containers, networks);
@@ -119,15 +119,7 @@ test('the table pins each recorded bridge endpoint to its veth', () => {
   assert.match(empty, /iifname @ports jump port_in/);
 });
 
-const ep = (over: Partial<PinnedEndpoint> = {}): PinnedEndpoint => ({
-  containerId: 'c1',
-  name: 'one',
-  hostIfname: 'veth1',
-  mac: '02:42:ac:11:00:02',
-  ipv4: '172.17.0.2',
-  ipv6: [],
-  ...over,
-});
+const ep = endpoint;
 
 test('bad values never reach the script: each such endpoint is left out with the reason', () => {
   const cases: [Partial<PinnedEndpoint>, string][] = [
